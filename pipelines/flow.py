@@ -1,0 +1,146 @@
+"""The training flow: Prefect runs each stage as a task through DVC, so unchanged stages are
+skipped, dvc.lock records what ran, and the same stage commands serve DVC, Prefect and users."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from siamese import paths
+from siamese.config import load_params
+from siamese.params_file import set_params
+
+STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
+# a retry helps only where a failure can be transient (a tracking server, a remote)
+STAGE_RETRIES = {"register": 2}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
+def _tail(text: str, n: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+@task(name="dvc-status")
+def stale_stages(project_dir: str) -> list[str]:
+    """Stages DVC considers changed (deps, params, outs or never run)."""
+    proc = _dvc(Path(project_dir), "status", "--json")
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc status failed:\n{_tail(proc.stderr or proc.stdout)}")
+    status = json.loads(proc.stdout or "{}")
+    return [name.split(":")[-1] for name in status if not name.endswith(".dvc")]
+
+
+@task(name="stage")
+def repro_stage(project_dir: str, stage: str) -> str:
+    """``dvc repro --single-item STAGE``: runs the stage only if DVC finds it changed."""
+    logger = get_run_logger()
+    proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
+    output = (proc.stdout or "") + (proc.stderr or "")
+    for line in output.strip().splitlines()[-40:]:
+        logger.info("%s | %s", stage, line)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage!r} failed (dvc repro exit {proc.returncode}):\n{_tail(output)}")
+    return "skipped" if "didn't change, skipping" in output else "ran"
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=3)
+def push_outputs(project_dir: str) -> str:
+    """Push data and outputs so a registered version's inputs can be pulled back."""
+    project = Path(project_dir)
+    remotes = _dvc(project, "remote", "list")
+    if not remotes.stdout.strip():
+        get_run_logger().warning("no DVC remote configured; skipping push")
+        return "no remote"
+    proc = _dvc(project, "push")
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc push failed:\n{_tail(proc.stderr or proc.stdout)}")
+    return _tail(proc.stdout, 1)
+
+
+@flow(name="siamese-training", log_prints=True)
+def training_flow(
+    project_dir: str = ".", overrides: list[str] | None = None, push: bool = True
+) -> dict:
+    """prepare -> mine -> train -> calibrate -> evaluate -> register, then push to the remote."""
+    from prefect.runtime import flow_run
+
+    project = Path(project_dir).resolve()
+    params_path = project / paths.PARAMS
+    # validate (and apply overrides to params.yaml) before any stage runs
+    if overrides:
+        set_params(params_path, list(overrides))
+    else:
+        load_params(params_path)
+    stale = set(stale_stages(str(project)))
+    statuses: dict[str, str] = {}
+    upstream_changed = False
+    for stage in STAGES:
+        if upstream_changed or stage in stale:
+            run = repro_stage.with_options(
+                name=f"stage-{stage}", retries=STAGE_RETRIES.get(stage, 0), retry_delay_seconds=5
+            )
+            statuses[stage] = run(str(project), stage)
+            upstream_changed = upstream_changed or statuses[stage] == "ran"
+        else:
+            statuses[stage] = "skipped"
+    pushed = push_outputs(str(project)) if push else "disabled"
+    registration = json.loads((project / paths.REGISTRATION / "registration.json").read_text())
+    return {
+        "stages": statuses,
+        "registration": registration,
+        "push": pushed,
+        "flow_run_id": str(flow_run.id),
+        "project_dir": str(project),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    reg = summary["registration"]
+    test = reg["test"]
+    lines = [
+        "",
+        "== siamese run summary ==",
+        "stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()),
+        f"registered model: {reg['model_name']} version {reg['version']} "
+        f"aliases: {', '.join(reg['aliases'])}"
+        + ("" if reg["promoted"] else " (champion kept: it scored higher on these test pairs)"),
+        f"test pairs: {test['n_pairs']}  ROC AUC {test['roc_auc']:.4f}  EER {test['eer']:.4f}  "
+        f"accuracy {test['accuracy']:.4f} at threshold {reg['threshold']:.4f}",
+    ]
+    tars = [f"TAR@FAR={k.split('_')[-1]} {v:.4f}" for k, v in test.items() if k.startswith("tar_")]
+    if tars:
+        lines.append("            " + "  ".join(tars))
+    uri = reg["tracking_uri"]
+    lines += [
+        f"MLflow UI:  mlflow ui --backend-store-uri {uri}  ->  "
+        f"http://127.0.0.1:5000/#/experiments/{reg['experiment_id']}/runs/{reg['run_id']}",
+    ]
+    if uri.startswith("http"):
+        lines[-1] = f"MLflow UI:  {uri}/#/experiments/{reg['experiment_id']}/runs/{reg['run_id']}"
+    api = os.environ.get("PREFECT_API_URL")
+    ui = api.removesuffix("/api") if api else "http://127.0.0.1:4200"
+    start = "" if api else "prefect server start  ->  "
+    lines.append(f"Prefect UI: {start}{ui}/runs/flow-run/{summary['flow_run_id']}")
+    lines.append(f"DVC push: {summary['push']}")
+    return "\n".join(lines)

@@ -1,0 +1,3 @@
+from siamese.cli import app
+
+app()

@@ -1,0 +1,166 @@
+"""``siamese`` command line: a thin shell over the stage functions (what dvc.yaml calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from siamese import paths
+from siamese.config import ParamsError, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Bring a dataset under DVC.")
+app.add_typer(data_app, name="data")
+
+ParamsOpt = typer.Option(paths.PARAMS, "--params", help="params file")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _run_stage(fn, params_path: Path, *args) -> None:
+    from siamese.data.images import BadImageError
+    from siamese.data.sources import DatasetError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(params_path)
+        result = fn(params, *args)
+    except (ParamsError, DatasetError, BadImageError, FileNotFoundError) as err:
+        _fail(str(err))
+    if result:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def prepare(params: Path = ParamsOpt, out: Path = paths.PREPARED) -> None:
+    """Load, validate and split the dataset by identity."""
+    from siamese.stages.prepare import run_prepare
+
+    _run_stage(run_prepare, params, out)
+
+
+@app.command()
+def mine(params: Path = ParamsOpt, prepared: Path = paths.PREPARED, out: Path = paths.PAIRS) -> None:
+    """Write the fixed validation/test pairs (and offline training pairs)."""
+    from siamese.stages.mine import run_mine
+
+    _run_stage(run_mine, params, prepared, out)
+
+
+@app.command()
+def train(
+    params: Path = ParamsOpt,
+    prepared: Path = paths.PREPARED,
+    pairs: Path = paths.PAIRS,
+    out: Path = paths.TRAIN,
+    metrics: Path = paths.TRAIN_METRICS,
+) -> None:
+    """Train the shared encoder (Lightning; DDP-ready) and record the MLflow run."""
+    from siamese.stages.train import run_train
+
+    _run_stage(run_train, params, prepared, pairs, out, metrics)
+
+
+@app.command()
+def calibrate(
+    params: Path = ParamsOpt,
+    prepared: Path = paths.PREPARED,
+    pairs: Path = paths.PAIRS,
+    model: Path = paths.TRAIN,
+    out: Path = paths.CALIBRATION,
+) -> None:
+    """Choose the decision threshold on the validation pairs."""
+    from siamese.stages.calibrate import run_calibrate
+
+    _run_stage(run_calibrate, params, prepared, pairs, model, out)
+
+
+@app.command()
+def evaluate(
+    params: Path = ParamsOpt,
+    prepared: Path = paths.PREPARED,
+    pairs: Path = paths.PAIRS,
+    model: Path = paths.TRAIN,
+    calibration: Path = paths.CALIBRATION,
+    out: Path = paths.EVALUATION,
+) -> None:
+    """Score the test pairs at the calibrated threshold."""
+    from siamese.stages.evaluate import run_evaluate
+
+    _run_stage(run_evaluate, params, prepared, pairs, model, calibration, out)
+
+
+@app.command()
+def register(
+    params: Path = ParamsOpt,
+    prepared: Path = paths.PREPARED,
+    pairs: Path = paths.PAIRS,
+    model: Path = paths.TRAIN,
+    calibration: Path = paths.CALIBRATION,
+    evaluation: Path = paths.EVALUATION,
+    out: Path = paths.REGISTRATION,
+) -> None:
+    """Log the pyfunc model, register it as challenger, promote it if it wins."""
+    from siamese.stages.register import run_register
+
+    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out)
+
+
+@app.command()
+def check(params: Path = ParamsOpt) -> None:
+    """Validate params.yaml and exit (non-zero with the bad keys named)."""
+    try:
+        load_params(params)
+    except ParamsError as err:
+        _fail(str(err))
+    typer.echo(f"{params}: ok")
+
+
+@app.command()
+def run(
+    set_: list[str] = typer.Option([], "--set", "-S", help="override, e.g. train.loss=triplet"),
+    project: Path = typer.Option(Path("."), help="project directory"),
+    push: bool = typer.Option(True, help="push data and outputs to the DVC remote afterwards"),
+) -> None:
+    """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
+    from pipelines.flow import format_summary, training_flow
+
+    try:
+        summary = training_flow(project_dir=str(project.resolve()), overrides=set_, push=push)
+    except ParamsError as err:
+        _fail(str(err))
+    except RuntimeError as err:
+        _fail(str(err), code=1)
+    typer.echo(format_summary(summary))
+
+
+@data_app.command("add")
+def data_add(
+    path: Path = typer.Argument(..., help="a directory of identity folders"),
+    name: str = typer.Option("", help="name under data/ (default: the folder name)"),
+    project: Path = typer.Option(Path("."), help="project directory"),
+    use: bool = typer.Option(True, help="point data.source in params.yaml at it"),
+) -> None:
+    """Copy a dataset into data/<name>, track it with DVC and use it as data.source."""
+    from siamese.dataset_registry import add_dataset
+
+    try:
+        target = add_dataset(path, project, name or None, use)
+    except (ParamsError, ValueError, RuntimeError) as err:
+        _fail(str(err))
+    typer.echo(f"added {path} as {target} (tracked by DVC: {target}.dvc)")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,272 @@
+"""Validated pipeline parameters.
+
+Every tunable value lives in ``params.yaml``. It is parsed into the models below before any stage
+runs so that a typo or an impossible value fails at once with a message naming the key, instead of
+surfacing as a confusing error minutes into training.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+LOSSES = ("contrastive", "triplet")
+MINERS = ("batch_all", "batch_hard", "hard_pairs", "all_pairs", "offline_pairs")
+LOSS_MINERS = {
+    "contrastive": ("all_pairs", "hard_pairs", "offline_pairs"),
+    "triplet": ("batch_all", "batch_hard"),
+}
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(_Strict):
+    source: str = Field(
+        "digits",
+        description="'digits' (scikit-learn's built-in handwritten digits) or a directory of "
+        "identity folders root/<identity>/<image>",
+    )
+    image_size: int = Field(28, ge=8, le=512)
+    min_images_per_identity: int = Field(2, ge=2)
+    on_bad_image: Literal["error", "skip"] = "error"
+    on_small_identity: Literal["error", "skip"] = "error"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                "data.val_fraction + data.test_fraction must be < 1 so some identities remain "
+                f"for training (got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+class MineParams(_Strict):
+    val_pairs: int = Field(1000, ge=2, description="balanced validation pairs (half positive)")
+    test_pairs: int = Field(2000, ge=2, description="balanced test pairs (half positive)")
+    train_pairs: int = Field(
+        4000, ge=0, description="balanced training pairs for the offline_pairs miner (0: none)"
+    )
+
+
+class ModelParams(_Strict):
+    encoder: Literal["conv4", "mlp"] = "conv4"
+    embedding_dim: int = Field(64, ge=2, le=4096)
+    channels: int = Field(64, ge=1, le=1024)
+    normalize: bool = Field(True, description="L2-normalise embeddings")
+
+
+class AugmentStep(_Strict):
+    name: str = Field(..., description="an albumentations transform class, e.g. Affine")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainParams(_Strict):
+    loss: str = "contrastive"
+    miner: str = "hard_pairs"
+    margin: float = Field(0.5, description="loss margin on the distance")
+    identities_per_batch: int = Field(8, ge=2, description="P of the P x K sampler")
+    images_per_identity: int = Field(8, description="K of the P x K sampler")
+    batches_per_epoch: int | None = Field(None, ge=1, description="default: one pass over train")
+    max_epochs: int = Field(8, ge=1)
+    lr: float = Field(1e-3)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    early_stopping_patience: int = Field(3, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        if v not in LOSSES:
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSSES)}")
+        return v
+
+    @field_validator("miner")
+    @classmethod
+    def _known_miner(cls, v: str) -> str:
+        if v not in MINERS:
+            raise ValueError(f"unknown miner {v!r}; allowed: {', '.join(MINERS)}")
+        return v
+
+    @field_validator("margin")
+    @classmethod
+    def _positive_margin(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"margin must be a finite number > 0 (got {v})")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"learning rate must be a finite number > 0 (got {v})")
+        return v
+
+    @field_validator("images_per_identity")
+    @classmethod
+    def _k_at_least_two(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"K must be >= 2 so every batch holds positive pairs (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _miner_fits_loss(self) -> TrainParams:
+        allowed = LOSS_MINERS[self.loss]
+        if self.miner not in allowed:
+            raise ValueError(
+                f"miner {self.miner!r} does not work with loss {self.loss!r}; "
+                f"allowed for {self.loss}: {', '.join(allowed)}"
+            )
+        return self
+
+
+class TrainerParams(_Strict):
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    log_every_n_steps: int = Field(10, ge=1)
+
+
+class CalibrateParams(_Strict):
+    strategy: Literal["max_accuracy"] = "max_accuracy"
+
+
+class EvaluateParams(_Strict):
+    far_targets: list[float] = Field(default_factory=lambda: [1e-2, 1e-3])
+    histogram_bins: int = Field(30, ge=2)
+
+    @field_validator("far_targets")
+    @classmethod
+    def _fars_in_range(cls, v: list[float]) -> list[float]:
+        for far in v:
+            if not 0 < far < 1:
+                raise ValueError(f"every FAR target must lie in (0, 1) (got {far})")
+        return v
+
+
+class RegisterParams(_Strict):
+    model_name: str = Field("siamese-digits", min_length=1)
+    experiment: str = Field("siamese", min_length=1)
+    promote_metric: Literal["roc_auc"] = "roc_auc"
+
+
+class Params(_Strict):
+    seed: int = 42
+    data: DataParams = Field(default_factory=DataParams)
+    mine: MineParams = Field(default_factory=MineParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    augment: list[AugmentStep] = Field(default_factory=list)
+    train: TrainParams = Field(default_factory=TrainParams)
+    trainer: TrainerParams = Field(default_factory=TrainerParams)
+    calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    register: RegisterParams = Field(default_factory=RegisterParams)
+
+    @model_validator(mode="after")
+    def _offline_pairs_need_mined_pairs(self) -> Params:
+        if self.train.miner == "offline_pairs" and self.mine.train_pairs == 0:
+            raise ValueError("train.miner=offline_pairs needs mine.train_pairs > 0")
+        return self
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_steps_exist(cls, steps: list[AugmentStep]) -> list[AugmentStep]:
+        from siamese.augment import check_steps
+
+        check_steps(steps)
+        return steps
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid parameters in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_params(raw: dict[str, Any], origin: str = "params") -> Params:
+    """Validate a params mapping, raising ParamsError naming each bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin} must be a mapping of keys to values, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(err, origin)) from None
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(
+            f"params file {path} not found; run from the project root or pass --params PATH"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return validate_params(read_params_file(path), origin=str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value`` (value as YAML, like ``dvc exp run --set-param``)."""
+    if "=" not in text:
+        raise ParamsError(f"override {text!r} must look like key.path=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ParamsError(f"override {text!r} has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of raw params with dotted overrides applied (validated by the caller)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys (the same keys in every MLflow run)."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat

@@ -1,0 +1,1 @@
+"""Dataset sources, image decoding and identity-disjoint splitting."""

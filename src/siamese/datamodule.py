@@ -1,0 +1,105 @@
+"""Lightning data module over the prepare and mine outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from siamese.augment import apply_augment, build_augment, seed_worker
+from siamese.config import Params
+from siamese.models.encoders import preprocess
+from siamese.sampler import PKBatchSampler
+from siamese.stages.prepare import PreparedData
+
+
+class ImageDataset(Dataset):
+    """(image, label) by global index, augmented on the fly when a transform is given."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = apply_augment(self.transform, self.images[i])
+        return preprocess(torch.from_numpy(np.ascontiguousarray(img))[None])[0], int(self.labels[i])
+
+
+class PairDataset(Dataset):
+    """(image_a, image_b, same) for the offline_pairs miner."""
+
+    def __init__(self, images: np.ndarray, pairs: dict, transform=None):
+        self.images, self.pairs, self.transform = images, pairs, transform
+
+    def __len__(self) -> int:
+        return len(self.pairs["y"])
+
+    def __getitem__(self, i: int):
+        a = apply_augment(self.transform, self.images[self.pairs["a"][i]])
+        b = apply_augment(self.transform, self.images[self.pairs["b"][i]])
+        to_t = lambda x: preprocess(torch.from_numpy(np.ascontiguousarray(x))[None])[0]  # noqa: E731
+        return to_t(a), to_t(b), int(self.pairs["y"][i])
+
+
+def load_pairs(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in ("a", "b", "y")}
+
+
+class SiameseDataModule(pl.LightningDataModule):
+    def __init__(self, params: Params, prepared_dir: str | Path, pairs_dir: str | Path):
+        super().__init__()
+        self.params = params
+        self.prepared_dir, self.pairs_dir = Path(prepared_dir), Path(pairs_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.data = PreparedData(self.prepared_dir)
+        self.val_pairs = load_pairs(self.pairs_dir / "val.npz")
+        # validation embeds each image that occurs in a val pair once
+        self.val_images = np.unique(np.r_[self.val_pairs["a"], self.val_pairs["b"]])
+        self.train_idx = self.data.indices("train")
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        p, t = self.params, self.params.train
+        transform = build_augment(p.augment, p.seed)
+        rank, world = self._rank()
+        common = dict(
+            num_workers=t.num_workers,
+            worker_init_fn=seed_worker,
+            persistent_workers=t.num_workers > 0,
+        )
+        if t.miner == "offline_pairs":
+            pairs = load_pairs(self.pairs_dir / "train.npz")
+            ds = PairDataset(self.data.images, pairs, transform)
+            g = torch.Generator().manual_seed(p.seed)
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                ds, num_replicas=world, rank=rank, shuffle=True, seed=p.seed
+            )
+            batch = t.identities_per_batch * t.images_per_identity
+            return DataLoader(ds, batch_size=batch, sampler=sampler, generator=g, **common)
+        ds = ImageDataset(self.data.images, self.data.labels, transform)
+        sampler = PKBatchSampler(
+            self.data.labels[self.train_idx],
+            t.identities_per_batch,
+            t.images_per_identity,
+            p.seed,
+            t.batches_per_epoch,
+            rank,
+            world,
+        )
+        sampler.by_class = {c: self.train_idx[v] for c, v in sampler.by_class.items()}
+        return DataLoader(ds, batch_sampler=sampler, **common)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = ImageDataset(self.data.images, self.data.labels)
+        subset = torch.utils.data.Subset(ds, self.val_images.tolist())
+        return DataLoader(subset, batch_size=256, shuffle=False)

@@ -1,0 +1,33 @@
+"""``siamese data add``: bring a user's dataset under DVC so its version is part of every run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from siamese.data.sources import load_folder_dataset
+from siamese.params_file import set_params
+
+DATA_DIR = Path("data")
+
+
+def add_dataset(source: Path, project: Path, name: str | None = None, use: bool = True) -> Path:
+    source, project = Path(source).resolve(), Path(project).resolve()
+    # validate before copying anything so a bad dataset leaves the project untouched
+    load_folder_dataset(source, size=16)
+    rel = DATA_DIR / (name or source.name)
+    target = project / rel
+    if target.exists():
+        raise ValueError(f"{rel} already exists in the project; choose another --name")
+    tmp = target.with_name(f".{target.name}.adding")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, symlinks=False)
+    tmp.rename(target)
+    proc = subprocess.run(["dvc", "add", str(rel)], cwd=project, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise RuntimeError(f"dvc add {rel} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    if use:
+        set_params(project / "params.yaml", [f"data.source={rel.as_posix()}"])
+    return rel

@@ -1,0 +1,46 @@
+"""Load a trained encoder and embed images: shared by calibrate, evaluate, register and serving so
+that every consumer computes distances the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siamese.io import read_json
+from siamese.models.encoders import SiameseEncoder, preprocess
+
+
+def load_encoder(model_dir: str | Path) -> SiameseEncoder:
+    model_dir = Path(model_dir)
+    cfg = read_json(model_dir / "model.json")
+    enc = SiameseEncoder(
+        cfg["encoder"], cfg["image_size"], cfg["embedding_dim"], cfg["channels"], cfg["normalize"]
+    )
+    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    enc.load_state_dict(state)
+    enc.eval()
+    return enc
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """uint8 (N, S, S) images -> float32 (N, D) embeddings."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        out.append(encoder(x).float().numpy())
+    if not out:
+        return np.zeros((0, 1), np.float32)
+    return np.concatenate(out)
+
+
+def pair_distances(
+    encoder: torch.nn.Module, images: np.ndarray, pairs: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Distances of indexed pairs, embedding each distinct image once."""
+    uniq, inv = np.unique(np.r_[pairs["a"], pairs["b"]], return_inverse=True)
+    emb = embed(encoder, images[uniq]).astype(np.float64)
+    n = len(pairs["a"])
+    return np.linalg.norm(emb[inv[:n]] - emb[inv[n:]], axis=1)

@@ -1,0 +1,1 @@
+"""Pair and triplet mining: offline (fixed pair sets) and online (inside a batch)."""

@@ -1,0 +1,65 @@
+"""Fixed, seeded, balanced pair sets. Every model is scored on the same validation and test pairs,
+so metrics of two runs are comparable."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def balanced_pairs(indices: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int) -> dict:
+    """Draw ``n_pairs`` unique pairs from ``indices``: half same identity, half different.
+
+    Anchors are drawn uniformly over images, so identities are represented in proportion to their
+    size, as they would be in production traffic.
+    """
+    indices = np.asarray(indices)
+    lab = labels[indices]
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, np.ndarray] = {int(c): indices[lab == c] for c in np.unique(lab)}
+    with_pos = np.concatenate([v for v in by_label.values() if len(v) >= 2])
+    if len(with_pos) == 0 or len(by_label) < 2:
+        raise ValueError("pair mining needs >= 2 identities, one of them with >= 2 images")
+    n_pos = n_pairs // 2
+    n_neg = n_pairs - n_pos
+    max_pos = sum(len(v) * (len(v) - 1) // 2 for v in by_label.values())
+    n_total = len(indices)
+    max_neg = (n_total * n_total - sum(len(v) ** 2 for v in by_label.values())) // 2
+    if n_pos > max_pos or n_neg > max_neg:
+        raise ValueError(
+            f"cannot draw {n_pos} unique positive and {n_neg} negative pairs from "
+            f"{n_total} images (at most {max_pos} positive and {max_neg} negative exist); "
+            "lower the mine.*_pairs setting"
+        )
+
+    def draw(n: int, positive: bool) -> list[tuple[int, int]]:
+        seen: set[tuple[int, int]] = set()
+        out: list[tuple[int, int]] = []
+        while len(out) < n:
+            m = (n - len(out)) * 2 + 16
+            anchors = rng.choice(with_pos if positive else indices, size=m)
+            for a in anchors:
+                la = int(labels[a])
+                if positive:
+                    pool = by_label[la]
+                    b = pool[rng.integers(len(pool))]
+                    if b == a:
+                        continue
+                else:
+                    b = indices[rng.integers(n_total)]
+                    if int(labels[b]) == la:
+                        continue
+                key = (int(min(a, b)), int(max(a, b)))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append(key)
+                if len(out) == n:
+                    break
+        return out
+
+    pos = draw(n_pos, True)
+    neg = draw(n_neg, False)
+    pairs = np.array(pos + neg, dtype=np.int64).reshape(-1, 2)
+    y = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(neg), np.int8)])
+    order = rng.permutation(len(y))
+    return {"a": pairs[order, 0], "b": pairs[order, 1], "y": y[order]}

@@ -1,0 +1,1 @@
+"""Encoders: one network shared by both branches of the Siamese twin."""

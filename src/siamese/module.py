@@ -1,0 +1,99 @@
+"""The LightningModule: one shared encoder, a metric loss with in-batch mining, and validation on
+the fixed validation pairs (the signal for early stopping and checkpointing)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from siamese import metrics
+from siamese.config import Params
+from siamese.losses.distances import pair_distance
+from siamese.losses.losses import MetricLoss, contrastive_pair_loss
+from siamese.models.encoders import SiameseEncoder
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; stopping keeps the last good checkpoint intact."""
+
+
+class SiameseModule(pl.LightningModule):
+    def __init__(self, params: dict, val_pairs: dict | None = None, val_images=None):
+        super().__init__()
+        self.save_hyperparameters({"params": params})
+        self.p = Params.model_validate(params)
+        m = self.p.model
+        self.encoder = SiameseEncoder(
+            m.encoder, self.p.data.image_size, m.embedding_dim, m.channels, m.normalize
+        )
+        self.criterion = MetricLoss(self.p.train.loss, self._online_miner(), self.p.train.margin)
+        self.val_pairs = val_pairs
+        self.val_images = None if val_images is None else np.asarray(val_images)
+        self._val_emb: list[torch.Tensor] = []
+
+    def _online_miner(self) -> str:
+        miner = self.p.train.miner
+        return "all_pairs" if miner == "offline_pairs" else miner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.p.train.miner == "offline_pairs":
+            a, b, y = batch
+            emb = self.encoder(torch.cat([a, b]))
+            d = pair_distance(emb[: len(a)], emb[len(a) :])
+            loss, stats = contrastive_pair_loss(d, y, self.p.train.margin), {}
+            n = len(a) * 2
+        else:
+            x, labels = batch
+            loss, stats = self.criterion(self.encoder(x), labels)
+            n = len(x)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
+                f"step {self.global_step}; lower train.lr or check the inputs"
+            )
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        for k, v in stats.items():
+            self.log(f"train/{k}", float(v), on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_emb = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, _ = batch
+        self._val_emb.append(self.encoder(x).detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_pairs is None or not self._val_emb:
+            return
+        emb = torch.cat(self._val_emb)
+        if len(emb) != len(self.val_images):  # sanity-check run on a partial loader
+            return
+        pos = {int(g): i for i, g in enumerate(self.val_images)}
+        a = emb[[pos[int(i)] for i in self.val_pairs["a"]]]
+        b = emb[[pos[int(i)] for i in self.val_pairs["b"]]]
+        d = pair_distance(a, b).numpy().astype(np.float64)
+        y = self.val_pairs["y"]
+        if not np.all(np.isfinite(d)):
+            auc, acc, eer = 0.5, 0.5, 0.5
+        else:
+            auc = metrics.roc_auc(d, y)
+            eer = metrics.eer(d, y)
+            acc = metrics.max_accuracy_threshold(d, y)[1]
+        loss = contrastive_pair_loss(torch.from_numpy(d), torch.from_numpy(y), self.p.train.margin)
+        self.log("val/roc_auc", auc, prog_bar=True)
+        self.log("val/eer", eer)
+        self.log("val/accuracy", acc)
+        self.log("val/pair_loss", float(loss) if math.isfinite(float(loss)) else 1e9)
+
+    def configure_optimizers(self):
+        t = self.p.train
+        opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.max_epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

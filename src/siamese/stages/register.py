@@ -1,0 +1,138 @@
+"""register: log the pyfunc model into the training run, register a version as ``challenger``,
+and promote it to ``champion`` when it beats the current champion on the same test pairs.
+
+A failure after the version exists deletes that version again, so the registry never holds half
+a registration."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from siamese import metrics
+from siamese.config import Params
+from siamese.datamodule import load_pairs
+from siamese.io import atomic_dir, read_json, write_json
+from siamese.stages.prepare import PreparedData
+from siamese.tracking import tracking_uri
+
+log = logging.getLogger(__name__)
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir: Path) -> None:
+    from mlflow.entities import Metric
+
+    ts = 0
+    entries = [Metric("calibration.threshold", calibration["threshold"], ts, 0)]
+    entries += [Metric(f"val.{k}", float(v), ts, 0) for k, v in calibration["val"].items()]
+    entries += [Metric(f"test.{k}", float(v), ts, 0) for k, v in test.items()]
+    client.log_batch(run_id, metrics=entries)
+    client.set_tag(run_id, "calibration.strategy", calibration["strategy"])
+    for name in ("metrics.json", "roc.csv", "distance_hist.csv"):
+        client.log_artifact(run_id, str(eval_dir / name), artifact_path="evaluation")
+
+
+def _champion_score(client, name: str, test_pairs: dict, images: np.ndarray) -> dict | None:
+    """Score the current champion on *our* test pairs through its served interface."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from siamese.serving import pairs_frame
+
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    out = model.predict(pairs_frame(images, test_pairs["a"], test_pairs["b"]))
+    d = out["distance"].to_numpy(dtype=np.float64)
+    return {"version": str(champ.version), "roc_auc": metrics.roc_auc(d, test_pairs["y"])}
+
+
+def run_register(
+    params: Params,
+    prepared_dir: str | Path,
+    pairs_dir: str | Path,
+    model_dir: str | Path,
+    calibration_dir: str | Path,
+    eval_dir: str | Path,
+    out_dir: str | Path,
+) -> dict:
+    import mlflow
+
+    from siamese.serving import SiamesePyfunc, signature
+
+    model_dir, eval_dir = Path(model_dir), Path(eval_dir)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    run_id = read_json(model_dir / "run.json")["run_id"]
+    calibration_path = Path(calibration_dir) / "calibration.json"
+    calibration = read_json(calibration_path)
+    test = read_json(eval_dir / "metrics.json")
+    name = params.register.model_name
+    test_pairs = load_pairs(Path(pairs_dir) / "test.npz")
+    data = PreparedData(prepared_dir)
+
+    _log_run_results(client, run_id, calibration, test, eval_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        served = Path(tmp) / "encoder"
+        served.mkdir()
+        for f in ("model.pt", "model.json"):
+            (served / f).write_bytes((model_dir / f).read_bytes())
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SiamesePyfunc(),
+                artifacts={"model_dir": str(served), "calibration": str(calibration_path)},
+                code_paths=[str(Path(__file__).resolve().parents[1])],
+                signature=signature(),
+            )
+
+    champion = _champion_score(client, name, test_pairs, data.images)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(
+            name, description="Siamese verification model: image pair -> distance and decision"
+        )
+    run = client.get_run(run_id)
+    version_tags = {
+        "git_commit": run.data.tags.get("git_commit", "unknown"),
+        "test.roc_auc": f"{test['roc_auc']:.6f}",
+        "calibration.threshold": f"{calibration['threshold']:.6f}",
+        **{k: v for k, v in run.data.tags.items() if k.startswith(("data.", "dvc."))},
+    }
+    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=version_tags)
+    try:
+        client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        promoted = champion is None or test["roc_auc"] > champion["roc_auc"]
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, mv.version)
+        aliases = [CHALLENGER] + ([CHAMPION] if promoted else [])
+        result = {
+            "model_name": name,
+            "version": str(mv.version),
+            "aliases": aliases,
+            "run_id": run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_uri": f"models:/{name}/{mv.version}",
+            "promoted": promoted,
+            "previous_champion": champion,
+            "test": test,
+            "threshold": calibration["threshold"],
+            "tracking_uri": uri,
+        }
+        with atomic_dir(out_dir) as tmp_out:
+            write_json(tmp_out / "registration.json", result)
+    except BaseException:
+        log.error("registration failed after creating %s v%s; deleting it", name, mv.version)
+        client.delete_model_version(name, mv.version)
+        if champion is not None:
+            client.set_registered_model_alias(name, CHAMPION, champion["version"])
+        raise
+    return result

@@ -1,0 +1,146 @@
+"""train: fit the shared encoder with Lightning and record the run in MLflow.
+
+Under ``strategy: ddp`` Lightning relaunches this command once per extra device; the launching
+process (rank 0) creates the MLflow run and hands its id to the children through the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siamese.config import Params, flatten
+from siamese.io import atomic_dir, write_json
+from siamese.tracking import dir_md5, dvc_lock_hashes, ensure_experiment, git_info, tracking_uri
+
+log = logging.getLogger(__name__)
+RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
+
+
+def _is_launcher() -> bool:
+    return "LOCAL_RANK" not in os.environ and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def start_run(params: Params, prepared_dir: Path, pairs_dir: Path, run_name: str | None) -> str:
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(tracking_uri())
+    exp_id = ensure_experiment(params.register.experiment)
+    tags = {**git_info(), "stage": "train", "mlflow.runName": run_name or "siamese-train"}
+    tags["data.prepared_md5"] = dir_md5(prepared_dir)
+    tags["data.pairs_md5"] = dir_md5(pairs_dir)
+    tags.update(dvc_lock_hashes())
+    run = client.create_run(exp_id, tags=tags)
+    flat = flatten(params.model_dump(mode="json"))
+    entries = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for i in range(0, len(entries), 100):
+        client.log_batch(run.info.run_id, params=entries[i : i + 100])
+    return run.info.run_id
+
+
+def export_encoder(module, out_dir: Path) -> None:
+    """Save the encoder alone as a plain state dict: loadable with weights_only=True."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}
+    torch.save(state, out_dir / "model.pt")
+    write_json(out_dir / "model.json", {**module.encoder.config, "preprocess": "uint8/127.5-1"})
+
+
+def run_train(
+    params: Params,
+    prepared_dir: str | Path,
+    pairs_dir: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path | None = None,
+    run_name: str | None = None,
+) -> dict:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from siamese.datamodule import SiameseDataModule
+    from siamese.module import SiameseModule
+
+    prepared_dir, pairs_dir, out_dir = Path(prepared_dir), Path(pairs_dir), Path(out_dir)
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    launcher = _is_launcher()
+    if launcher and not os.environ.get(RUN_ID_ENV):
+        os.environ[RUN_ID_ENV] = start_run(params, prepared_dir, pairs_dir, run_name)
+    run_id = os.environ[RUN_ID_ENV]
+
+    # all ranks must agree on the scratch directory, so it is derived, not random
+    scratch = out_dir.parent / f".{out_dir.name}.partial"
+    if launcher and scratch.exists():
+        shutil.rmtree(scratch)
+
+    dm = SiameseDataModule(params, prepared_dir, pairs_dir)
+    dm.setup()
+    module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
+    t, tr = params.train, params.trainer
+    ckpt = ModelCheckpoint(
+        dirpath=scratch / "checkpoints",
+        filename="best",
+        monitor="val/roc_auc",
+        mode="max",
+        save_last=True,
+    )
+    stop = EarlyStopping(monitor="val/roc_auc", mode="max", patience=t.early_stopping_patience)
+    logger = MLFlowLogger(
+        experiment_name=params.register.experiment, tracking_uri=tracking_uri(), run_id=run_id
+    )
+    trainer = pl.Trainer(
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        strategy=tr.strategy,
+        precision=tr.precision,
+        deterministic=tr.deterministic,
+        max_epochs=t.max_epochs,
+        logger=logger,
+        callbacks=[ckpt, stop],
+        use_distributed_sampler=False,
+        log_every_n_steps=tr.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        default_root_dir=str(scratch),
+    )
+    try:
+        trainer.fit(module, datamodule=dm)
+    except BaseException:
+        if launcher:
+            import mlflow
+
+            mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, "FAILED")
+        raise
+    if not trainer.is_global_zero or not launcher:
+        return {}
+
+    best_path = ckpt.best_model_path or ckpt.last_model_path
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    summary = {
+        "best_val_roc_auc": float(ckpt.best_model_score)
+        if ckpt.best_model_score is not None
+        else float("nan"),
+        "epochs_trained": int(trainer.current_epoch),
+        "global_steps": int(trainer.global_step),
+        "world_size": int(trainer.world_size),
+    }
+    with atomic_dir(out_dir) as tmp:
+        shutil.move(str(scratch / "checkpoints"), tmp / "checkpoints")
+        export_encoder(module, tmp)
+        write_json(tmp / "run.json", {"run_id": run_id, "tracking_uri": tracking_uri()})
+    write_json(metrics_path or out_dir.parent / "train_metrics.json", summary)
+    shutil.rmtree(scratch, ignore_errors=True)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    for k, v in summary.items():
+        if np.isfinite(v):
+            client.log_metric(run_id, f"train.{k}", float(v))
+    return summary
