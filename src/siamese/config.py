@@ -8,6 +8,7 @@ surfacing as a confusing error minutes into training.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,6 +163,9 @@ class RegisterParams(_Strict):
     model_name: str = Field("siamese-digits", min_length=1)
     experiment: str = Field("siamese", min_length=1)
     promote_metric: Literal["roc_auc"] = "roc_auc"
+
+
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
 class Params(_Strict):

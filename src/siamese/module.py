@@ -23,7 +23,7 @@ class NonFiniteLossError(RuntimeError):
 class SiameseModule(pl.LightningModule):
     def __init__(self, params: dict, val_pairs: dict | None = None, val_images=None):
         super().__init__()
-        self.save_hyperparameters({"params": params})
+        self.save_hyperparameters("params", logger=False)
         self.p = Params.model_validate(params)
         m = self.p.model
         self.encoder = SiameseEncoder(
