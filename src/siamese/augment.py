@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,10 @@ def check_steps(steps: list) -> None:
     for i, step in enumerate(steps):
         cls = _transform_class(step.name)
         try:
-            cls(**step.params)
+            with warnings.catch_warnings():
+                # albumentations only warns about unknown arguments; a typo must fail here
+                warnings.simplefilter("error", UserWarning)
+                cls(**step.params)
         except Exception as err:
             raise ValueError(f"augment[{i}] ({step.name}): invalid params: {err}") from None
 

@@ -11,6 +11,8 @@ def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.
     sq = (x * x).sum(1, keepdim=True) + (y * y).sum(1).unsqueeze(0) - 2.0 * x @ y.T
     sq = sq.clamp_min(0.0)
     zero = sq <= 1e-12
+    if y is x:  # self-distances are exactly zero, whatever the rounding of the expansion
+        zero = zero | torch.eye(len(x), dtype=torch.bool, device=x.device)
     dist = torch.sqrt(sq.masked_fill(zero, 1.0))
     return dist.masked_fill(zero, 0.0)
 

@@ -1,0 +1,55 @@
+import pytest
+
+from siamese.config import ParamsError, apply_overrides, load_params, validate_params
+from siamese.params_file import set_params
+
+
+def test_shipped_params_are_valid():
+    p = load_params("params.yaml")
+    assert p.train.loss in ("contrastive", "triplet")
+
+
+@pytest.mark.parametrize(
+    "raw, key, hint",
+    [
+        ({"train": {"los": "contrastive"}}, "train.los", "unknown key"),
+        ({"trian": {}}, "trian", "unknown key"),
+        ({"train": {"loss": "arcface"}}, "train.loss", "allowed: contrastive, triplet"),
+        ({"train": {"images_per_identity": 1}}, "train.images_per_identity", "K must be >= 2"),
+        ({"train": {"margin": -0.5}}, "train.margin", "> 0"),
+        ({"train": {"lr": float("nan")}}, "train.lr", "finite"),
+        ({"train": {"lr": -1}}, "train.lr", "> 0"),
+        ({"train": {"max_epochs": "ten"}}, "train.max_epochs", "integer"),
+        ({"train": {"miner": "batch_hard"}}, "train", "does not work with loss"),
+        ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, "data", "< 1"),
+        ({"augment": [{"name": "NoSuchTransform"}]}, "augment", "not an albumentations"),
+        ({"augment": [{"name": "Affine", "params": {"bogus": 1}}]}, "augment", "Affine"),
+        ({"evaluate": {"far_targets": [2.0]}}, "evaluate.far_targets", "(0, 1)"),
+    ],
+)
+def test_bad_params_name_the_key(raw, key, hint):
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw)
+    text = str(err.value)
+    assert key in text and hint in text, text
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_overrides_parse_yaml_values():
+    out = apply_overrides({"train": {"lr": 1}}, ["train.lr=0.5", "train.loss=triplet", "seed=3"])
+    assert out == {"train": {"lr": 0.5, "loss": "triplet"}, "seed": 3}
+
+
+def test_set_params_keeps_comments_and_rejects_bad_values(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("# top comment\ntrain:\n  lr: 0.1  # learning rate\n")
+    set_params(f, ["train.max_epochs=3"])
+    text = f.read_text()
+    assert "# learning rate" in text and "max_epochs: 3" in text
+    with pytest.raises(ParamsError, match="train.margin"):
+        set_params(f, ["train.margin=-1"])
+    assert "margin" not in f.read_text()  # a rejected override never reaches the file

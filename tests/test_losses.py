@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+
+from siamese.losses.distances import pairwise_euclidean
+from siamese.losses.losses import MetricLoss
+from siamese.losses.miners import batch_all, batch_hard, hard_pairs
+
+
+def _batch(seed=0, b=24, dim=8, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=1)
+    labels = torch.arange(b) % classes
+    return emb.requires_grad_(True), labels
+
+
+def test_distance_matrix_matches_cdist_with_finite_gradient_on_the_diagonal():
+    emb, _ = _batch()
+    d = pairwise_euclidean(emb)
+    torch.testing.assert_close(d, torch.cdist(emb, emb), atol=1e-5, rtol=1e-5)
+    d.sum().backward()
+    assert torch.isfinite(emb.grad).all()
+
+
+def test_contrastive_loss_matches_the_formula():
+    emb, labels = _batch()
+    loss, _ = MetricLoss("contrastive", "all_pairs", margin=0.7)(emb, labels)
+    d = torch.cdist(emb, emb).detach().numpy()
+    same = (labels[:, None] == labels[None, :]).numpy()
+    iu = np.triu_indices(len(labels), 1)
+    dd, ss = d[iu], same[iu]
+    expected = 0.5 * np.mean(np.where(ss, dd**2, np.maximum(0, 0.7 - dd) ** 2))
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_batch_hard_picks_the_hardest_positive_and_negative():
+    emb, labels = _batch(1)
+    d = pairwise_euclidean(emb).detach()
+    a, p, n = batch_hard(d, labels, 0.2)
+    for ai, pi, ni in zip(a.tolist(), p.tolist(), n.tolist(), strict=True):
+        same = labels == labels[ai]
+        same[ai] = False
+        assert d[ai, pi] == d[ai][same].max()
+        assert d[ai, ni] == d[ai][labels != labels[ai]].min()
+
+
+def test_batch_all_returns_exactly_the_violating_triplets():
+    emb, labels = _batch(2, b=12, classes=3)
+    d = pairwise_euclidean(emb).detach()
+    got = set(zip(*(t.tolist() for t in batch_all(d, labels, 0.3)), strict=True))
+    want = {
+        (a, p, n)
+        for a in range(12)
+        for p in range(12)
+        for n in range(12)
+        if a != p and labels[a] == labels[p] and labels[a] != labels[n]
+        and d[a, p] - d[a, n] + 0.3 > 0
+    }
+    assert got == want
+
+
+def test_hard_pairs_keeps_only_negatives_inside_the_margin():
+    emb, labels = _batch(3)
+    d = pairwise_euclidean(emb).detach()
+    _, (ni, nj) = hard_pairs(d, labels, 0.9)
+    assert (d[ni, nj] < 0.9).all() and (labels[ni] != labels[nj]).all()
+
+
+def test_single_identity_batch_gives_zero_triplet_loss_with_a_graph():
+    emb = torch.randn(6, 4, requires_grad=True)
+    loss, stats = MetricLoss("triplet", "batch_hard", 0.2)(emb, torch.zeros(6, dtype=torch.long))
+    assert loss.item() == 0.0 and stats["mined_triplets"] == 0
+    loss.backward()
+
+
+def test_losses_decrease_when_optimised():
+    torch.manual_seed(0)
+    x = torch.randn(32, 10)
+    labels = torch.arange(32) % 4
+    x = x + labels[:, None].float()
+    net = torch.nn.Linear(10, 4)
+    crit = MetricLoss("triplet", "batch_all", 0.2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    first = None
+    for _ in range(50):
+        loss, _ = crit(torch.nn.functional.normalize(net(x), dim=1), labels)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first * 0.5

@@ -1,0 +1,33 @@
+from collections import Counter
+
+import numpy as np
+
+from siamese.sampler import PKBatchSampler
+
+
+def test_batches_hold_p_identities_with_k_images():
+    labels = np.repeat(np.arange(10), [2, 3, 10, 10, 10, 10, 10, 10, 10, 10])
+    s = PKBatchSampler(labels, p=4, k=5, seed=0, batches_per_epoch=20)
+    for batch in s:
+        counts = Counter(labels[batch].tolist())
+        assert len(counts) == 4 and set(counts.values()) == {5}
+
+
+def test_deterministic_per_seed_and_epoch():
+    labels = np.repeat(np.arange(6), 8)
+    a = PKBatchSampler(labels, 3, 4, seed=1)
+    b = PKBatchSampler(labels, 3, 4, seed=1)
+    assert list(a) == list(b)
+    e0 = list(a)
+    a.sampler.set_epoch(1)  # the hook Lightning calls
+    assert list(a) != e0
+
+
+def test_ddp_ranks_get_disjoint_shares_of_the_global_batches():
+    labels = np.repeat(np.arange(6), 8)
+    single = PKBatchSampler(labels, 3, 4, seed=5, batches_per_epoch=8)
+    r0 = PKBatchSampler(labels, 3, 4, seed=5, batches_per_epoch=8, rank=0, world_size=2)
+    r1 = PKBatchSampler(labels, 3, 4, seed=5, batches_per_epoch=8, rank=1, world_size=2)
+    assert len(r0) == len(r1) == 4
+    glob = list(single)
+    assert list(r0) == glob[0::2] and list(r1) == glob[1::2]
