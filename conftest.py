@@ -102,3 +102,12 @@ def project(tmp_path, monkeypatch) -> Path:
     proj = make_project(tmp_path / "project", FAST_PARAMS)
     monkeypatch.chdir(proj)
     return proj
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throwaway Prefect API and database for the session, stopped cleanly at the end."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,32 @@
+# One command to set up and run the pipeline, one to set up and run the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)  ## train, calibrate, evaluate and register on the built-in digits
+	$(BIN)/siamese run
+
+test: $(STAMP)  ## the default (fast) test suite
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline_timing.py
+
+clean:
+	rm -rf artifacts mlflow.db mlartifacts .dvcstore dvc.lock
