@@ -12,7 +12,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 SHARED_DATA = Path(os.environ.get("SIAMESE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-PROJECT_FILES = ("params.yaml", "dvc.yaml", ".dvcignore", ".gitignore", "data", "src", ".dvc/config")
+PROJECT_FILES = (
+    "params.yaml",
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    "data",
+    "src",
+    ".dvc/config",
+)
 
 # tests must never touch a user's real tracking store or Prefect database
 os.environ.pop("MLFLOW_TRACKING_URI", None)

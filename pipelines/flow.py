@@ -60,7 +60,9 @@ def repro_stage(project_dir: str, stage: str) -> str:
     for line in output.strip().splitlines()[-40:]:
         logger.info("%s | %s", stage, line)
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage!r} failed (dvc repro exit {proc.returncode}):\n{_tail(output)}")
+        raise RuntimeError(
+            f"stage {stage!r} failed (dvc repro exit {proc.returncode}):\n{_tail(output)}"
+        )
     return "skipped" if "didn't change, skipping" in output else "ran"
 
 

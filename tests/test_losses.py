@@ -53,7 +53,9 @@ def test_batch_all_returns_exactly_the_violating_triplets():
         for a in range(12)
         for p in range(12)
         for n in range(12)
-        if a != p and labels[a] == labels[p] and labels[a] != labels[n]
+        if a != p
+        and labels[a] == labels[p]
+        and labels[a] != labels[n]
         and d[a, p] - d[a, n] + 0.3 > 0
     }
     assert got == want

@@ -55,8 +55,10 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     zero_a, zero_b, one = _digit_images()
     out = model.predict(
         pd.DataFrame(
-            {"image_a": [encode_png(zero_a), encode_png(zero_a)],
-             "image_b": [encode_png(zero_b), encode_png(one)]}
+            {
+                "image_a": [encode_png(zero_a), encode_png(zero_a)],
+                "image_b": [encode_png(zero_b), encode_png(one)],
+            }
         )
     )
     assert list(out.columns) == ["distance", "similarity", "match"]
@@ -70,8 +72,12 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
 
     changed = training_flow(project_dir=str(project), overrides=["train.max_epochs=1"])
     assert changed["stages"] == {
-        "prepare": "skipped", "mine": "skipped", "train": "ran",
-        "calibrate": "ran", "evaluate": "ran", "register": "ran",
+        "prepare": "skipped",
+        "mine": "skipped",
+        "train": "ran",
+        "calibrate": "ran",
+        "evaluate": "ran",
+        "register": "ran",
     }
     assert changed["registration"]["version"] == "2"
     assert "challenger" in changed["registration"]["aliases"]

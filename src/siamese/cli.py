@@ -47,7 +47,9 @@ def prepare(params: Path = ParamsOpt, out: Path = paths.PREPARED) -> None:
 
 
 @app.command()
-def mine(params: Path = ParamsOpt, prepared: Path = paths.PREPARED, out: Path = paths.PAIRS) -> None:
+def mine(
+    params: Path = ParamsOpt, prepared: Path = paths.PREPARED, out: Path = paths.PAIRS
+) -> None:
     """Write the fixed validation/test pairs (and offline training pairs)."""
     from siamese.stages.mine import run_mine
 

@@ -50,7 +50,9 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
 
         missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
         if missing:
-            raise ValueError(f"input is missing column(s) {missing}; expected {list(INPUT_COLUMNS)}")
+            raise ValueError(
+                f"input is missing column(s) {missing}; expected {list(INPUT_COLUMNS)}"
+            )
         n = len(model_input)
         imgs = [
             _decode(v, self.image_size, f"row {i} {col}")
@@ -73,7 +75,11 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image_a"), ColSpec("binary", "image_b")]),
         outputs=Schema(
-            [ColSpec("double", "distance"), ColSpec("double", "similarity"), ColSpec("boolean", "match")]
+            [
+                ColSpec("double", "distance"),
+                ColSpec("double", "similarity"),
+                ColSpec("boolean", "match"),
+            ]
         ),
     )
 
@@ -97,6 +103,4 @@ def pairs_frame(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> pd.DataFram
             cache[i] = encode_png(images[i])
         return cache[i]
 
-    return pd.DataFrame(
-        {"image_a": [enc(int(i)) for i in a], "image_b": [enc(int(i)) for i in b]}
-    )
+    return pd.DataFrame({"image_a": [enc(int(i)) for i in a], "image_b": [enc(int(i)) for i in b]})

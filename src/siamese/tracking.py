@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -90,3 +92,19 @@ def dvc_lock_hashes(project_dir: str | Path = ".") -> dict[str, str]:
                 if digest and not item["path"].startswith("src"):
                     out[f"dvc.{stage}.{kind}.{item['path']}"] = digest
     return out
+
+
+@contextlib.contextmanager
+def active_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a block only. ``mlflow.set_tracking_uri`` also
+    exports MLFLOW_TRACKING_URI, which would leak into every later stage of this process."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif"})
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif"}
+)
 
 
 class BadImageError(ValueError):
@@ -43,7 +45,9 @@ def decode_image(data: bytes, size: int, name: str = "image") -> np.ndarray:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 if min(img.size) < 2:
-                    raise BadImageError(f"{name}: image is {img.size[0]}x{img.size[1]} pixels, too small")
+                    raise BadImageError(
+                        f"{name}: image is {img.size[0]}x{img.size[1]} pixels, too small"
+                    )
                 return _to_gray_array(img, size)
     except BadImageError:
         raise

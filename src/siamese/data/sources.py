@@ -69,7 +69,9 @@ def load_folder_dataset(
         raise DatasetError(f"dataset path {root} is not a directory of identity folders")
     folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     if not folders:
-        raise DatasetError(f"dataset path {root} holds no identity folders (root/<identity>/<image>)")
+        raise DatasetError(
+            f"dataset path {root} holds no identity folders (root/<identity>/<image>)"
+        )
     images: list[np.ndarray] = []
     identities: list[str] = []
     sources: list[str] = []

@@ -15,7 +15,10 @@ STRATEGIES = {"max_accuracy": metrics.max_accuracy_threshold}
 
 
 def run_calibrate(
-    params: Params, prepared_dir: str | Path, pairs_dir: str | Path, model_dir: str | Path,
+    params: Params,
+    prepared_dir: str | Path,
+    pairs_dir: str | Path,
+    model_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
     data = PreparedData(prepared_dir)

@@ -25,8 +25,12 @@ def _csv(header: list[str], rows) -> str:
 
 
 def run_evaluate(
-    params: Params, prepared_dir: str | Path, pairs_dir: str | Path, model_dir: str | Path,
-    calibration_dir: str | Path, out_dir: str | Path,
+    params: Params,
+    prepared_dir: str | Path,
+    pairs_dir: str | Path,
+    model_dir: str | Path,
+    calibration_dir: str | Path,
+    out_dir: str | Path,
 ) -> dict:
     data = PreparedData(prepared_dir)
     pairs = load_pairs(Path(pairs_dir) / "test.npz")

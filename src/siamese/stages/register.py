@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from siamese.config import Params
 from siamese.datamodule import load_pairs
 from siamese.io import atomic_dir, read_json, write_json
 from siamese.stages.prepare import PreparedData
-from siamese.tracking import tracking_uri
+from siamese.tracking import active_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -26,7 +27,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir: Path) -> None:
     from mlflow.entities import Metric
 
-    ts = 0
+    ts = int(time.time() * 1000)
     entries = [Metric("calibration.threshold", calibration["threshold"], ts, 0)]
     entries += [Metric(f"val.{k}", float(v), ts, 0) for k, v in calibration["val"].items()]
     entries += [Metric(f"test.{k}", float(v), ts, 0) for k, v in test.items()]
@@ -64,21 +65,50 @@ def run_register(
 ) -> dict:
     import mlflow
 
-    from siamese.serving import SiamesePyfunc, signature
-
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     run_id = read_json(model_dir / "run.json")["run_id"]
     calibration_path = Path(calibration_dir) / "calibration.json"
     calibration = read_json(calibration_path)
     test = read_json(eval_dir / "metrics.json")
-    name = params.register.model_name
     test_pairs = load_pairs(Path(pairs_dir) / "test.npz")
     data = PreparedData(prepared_dir)
 
     _log_run_results(client, run_id, calibration, test, eval_dir)
+    with active_tracking_uri(uri):
+        return _register(
+            params,
+            client,
+            run_id,
+            model_dir,
+            calibration_path,
+            calibration,
+            test,
+            test_pairs,
+            data,
+            out_dir,
+            uri,
+        )
+
+
+def _register(
+    params,
+    client,
+    run_id,
+    model_dir,
+    calibration_path,
+    calibration,
+    test,
+    test_pairs,
+    data,
+    out_dir,
+    uri,
+) -> dict:
+    import mlflow
+
+    from siamese.serving import SiamesePyfunc, signature
+
     with tempfile.TemporaryDirectory() as tmp:
         served = Path(tmp) / "encoder"
         served.mkdir()

@@ -16,7 +16,14 @@ import torch
 
 from siamese.config import Params, flatten
 from siamese.io import atomic_dir, write_json
-from siamese.tracking import dir_md5, dvc_lock_hashes, ensure_experiment, git_info, tracking_uri
+from siamese.tracking import (
+    active_tracking_uri,
+    dir_md5,
+    dvc_lock_hashes,
+    ensure_experiment,
+    git_info,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
@@ -60,17 +67,37 @@ def run_train(
     run_name: str | None = None,
 ) -> dict:
     import pytorch_lightning as pl
+
+    prepared_dir, pairs_dir, out_dir = Path(prepared_dir), Path(pairs_dir), Path(out_dir)
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    launcher = _is_launcher()
+    # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
+    with active_tracking_uri(tracking_uri()):
+        if launcher:
+            # a fresh run per training; DDP children launched during fit() inherit its id
+            os.environ[RUN_ID_ENV] = start_run(params, prepared_dir, pairs_dir, run_name)
+        try:
+            return _fit(params, prepared_dir, pairs_dir, out_dir, metrics_path, launcher)
+        finally:
+            if launcher:
+                os.environ.pop(RUN_ID_ENV, None)
+
+
+def _fit(
+    params: Params,
+    prepared_dir: Path,
+    pairs_dir: Path,
+    out_dir: Path,
+    metrics_path: str | Path | None,
+    launcher: bool,
+) -> dict:
+    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
     from siamese.datamodule import SiameseDataModule
     from siamese.module import SiameseModule
 
-    prepared_dir, pairs_dir, out_dir = Path(prepared_dir), Path(pairs_dir), Path(out_dir)
-    pl.seed_everything(params.seed, workers=True, verbose=False)
-    launcher = _is_launcher()
-    if launcher and not os.environ.get(RUN_ID_ENV):
-        os.environ[RUN_ID_ENV] = start_run(params, prepared_dir, pairs_dir, run_name)
     run_id = os.environ[RUN_ID_ENV]
 
     # all ranks must agree on the scratch directory, so it is derived, not random
@@ -123,12 +150,13 @@ def run_train(
     best_path = ckpt.best_model_path or ckpt.last_model_path
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
+    # read progress from the checkpoint: under ddp_spawn this process's trainer never stepped
+    last = torch.load(ckpt.last_model_path or best_path, map_location="cpu", weights_only=True)
+    best_score = ckpt.best_model_score
     summary = {
-        "best_val_roc_auc": float(ckpt.best_model_score)
-        if ckpt.best_model_score is not None
-        else float("nan"),
-        "epochs_trained": int(trainer.current_epoch),
-        "global_steps": int(trainer.global_step),
+        "best_val_roc_auc": float(best_score) if best_score is not None else float("nan"),
+        "epochs_trained": int(last["epoch"]) + 1,
+        "global_steps": int(last["global_step"]),
         "world_size": int(trainer.world_size),
     }
     with atomic_dir(out_dir) as tmp:

@@ -1,0 +1,134 @@
+"""Each stage function on real data (AT&T faces), chained as DVC would chain them, plus the
+atomicity and promotion rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from siamese import paths
+from siamese.config import load_params
+from siamese.data.sources import DatasetError
+from siamese.params_file import set_params
+from siamese.stages.calibrate import run_calibrate
+from siamese.stages.evaluate import run_evaluate
+from siamese.stages.mine import run_mine
+from siamese.stages.prepare import run_prepare
+from siamese.stages.register import run_register
+from siamese.stages.train import run_train
+from siamese.tracking import tracking_uri
+
+
+def _all_stages(params):
+    run_prepare(params, paths.PREPARED)
+    run_mine(params, paths.PREPARED, paths.PAIRS)
+    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
+    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+    run_evaluate(
+        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
+    )
+    return run_register(
+        params,
+        paths.PREPARED,
+        paths.PAIRS,
+        paths.TRAIN,
+        paths.CALIBRATION,
+        paths.EVALUATION,
+        paths.REGISTRATION,
+    )
+
+
+@pytest.fixture
+def faces_params(project, small_faces, monkeypatch):
+    monkeypatch.delenv("SIAMESE_MLFLOW_RUN_ID", raising=False)
+    return set_params(
+        project / "params.yaml",
+        [
+            f"data.source={small_faces}",
+            "data.image_size=24",
+            "mine.val_pairs=20",
+            "mine.test_pairs=20",
+            "mine.train_pairs=20",
+            "train.images_per_identity=3",
+            "train.identities_per_batch=3",
+            "register.model_name=faces",
+        ],
+    )
+
+
+def test_prepare_writes_an_identity_disjoint_manifest(faces_params, project):
+    summary = run_prepare(faces_params, paths.PREPARED)
+    assert summary["images"] == 40 and summary["identities"] == 8
+    rows = list(csv.DictReader((paths.PREPARED / "manifest.csv").open()))
+    split_of = {}
+    for r in rows:
+        assert split_of.setdefault(r["identity"], r["split"]) == r["split"]
+        assert len(r["sha256"]) == 64 and r["source"].endswith(".pgm")
+    assert {"train", "val", "test"} == set(split_of.values())
+
+
+def test_failed_prepare_leaves_the_previous_output_untouched(faces_params, project, small_faces):
+    run_prepare(faces_params, paths.PREPARED)
+    before = (paths.PREPARED / "manifest.csv").read_text()
+    (sorted(small_faces.iterdir())[1] / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DatasetError, match="corrupt.png"):
+        run_prepare(faces_params, paths.PREPARED)
+    assert (paths.PREPARED / "manifest.csv").read_text() == before
+    assert not [p for p in paths.ARTIFACTS.iterdir() if p.name.startswith(".")]
+
+
+def test_all_stages_on_faces_then_champion_gate(faces_params, project):
+    first = _all_stages(faces_params)
+    assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"]
+    calib = json.loads((paths.CALIBRATION / "calibration.json").read_text())
+    assert calib["strategy"] == "max_accuracy" and np.isfinite(calib["threshold"])
+    roc = list(csv.DictReader((paths.EVALUATION / "roc.csv").open()))
+    assert roc[0]["fpr"] == "0" and float(roc[-1]["tpr"]) == 1.0
+
+    # a worse challenger (an untrained one) must not take the champion alias
+    worse = set_params(project / "params.yaml", ["train.lr=1e-9", "train.max_epochs=1"])
+    second = _all_stages(worse)
+    client = mlflow.MlflowClient(tracking_uri())
+    champ = client.get_model_version_by_alias("faces", "champion")
+    challenger = client.get_model_version_by_alias("faces", "challenger")
+    assert str(challenger.version) == "2"
+    if second["promoted"]:
+        assert second["test"]["roc_auc"] > second["previous_champion"]["roc_auc"]
+        assert str(champ.version) == "2"
+    else:
+        assert str(champ.version) == "1" and second["aliases"] == ["challenger"]
+    assert second["previous_champion"]["version"] == "1"
+
+
+def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):
+    params = load_params(project / "params.yaml")
+    run_prepare(params, paths.PREPARED)
+    run_mine(params, paths.PREPARED, paths.PAIRS)
+    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
+    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+    run_evaluate(
+        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
+    )
+    import siamese.stages.register as reg
+
+    def boom(*a, **k):
+        raise OSError("disk full while writing registration.json")
+
+    monkeypatch.setattr(reg, "atomic_dir", boom)
+    with pytest.raises(OSError, match="disk full"):
+        run_register(
+            params,
+            paths.PREPARED,
+            paths.PAIRS,
+            paths.TRAIN,
+            paths.CALIBRATION,
+            paths.EVALUATION,
+            paths.REGISTRATION,
+        )
+    client = mlflow.MlflowClient(tracking_uri())
+    assert client.search_model_versions("name='faces'") == []
+    assert not paths.REGISTRATION.exists()
