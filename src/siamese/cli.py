@@ -133,7 +133,13 @@ def run(
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
     from pipelines.flow import format_summary, training_flow
+    from siamese.config import apply_overrides, read_params_file, validate_params
 
+    try:  # fail fast, before an orchestrator is even started
+        params_path = project / paths.PARAMS
+        validate_params(apply_overrides(read_params_file(params_path), set_), str(params_path))
+    except ParamsError as err:
+        _fail(str(err))
     try:
         summary = training_flow(project_dir=str(project.resolve()), overrides=set_, push=push)
     except ParamsError as err:

@@ -1,0 +1,67 @@
+"""The thin CLI: commands exit non-zero with the bad key or file named, and ``data add`` brings
+a real dataset under DVC."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+from typer.testing import CliRunner
+
+from siamese.cli import app
+
+runner = CliRunner()
+
+
+def test_check_accepts_the_shipped_params(project):
+    result = runner.invoke(app, ["check"])
+    assert result.exit_code == 0, result.output
+
+
+def test_bad_params_fail_before_any_stage_runs(project):
+    (project / "params.yaml").write_text("train:\n  loss: arcface\n  margin: -1\n")
+    result = runner.invoke(app, ["prepare"])
+    assert result.exit_code == 2
+    assert "train.loss" in result.output and "train.margin" in result.output
+    assert not (project / "artifacts" / "prepared").exists()
+
+
+def test_run_rejects_a_bad_override_without_touching_params(project):
+    before = (project / "params.yaml").read_text()
+    result = runner.invoke(app, ["run", "--set", "train.images_per_identity=1"])
+    assert result.exit_code == 2 and "train.images_per_identity" in result.output
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_missing_dataset_is_named(project):
+    (project / "params.yaml").write_text("data:\n  source: data/nowhere\n")
+    result = runner.invoke(app, ["prepare"])
+    assert result.exit_code == 2 and "data/nowhere does not exist" in result.output
+
+
+def test_data_add_tracks_the_dataset_with_dvc(project, small_faces):
+    result = runner.invoke(app, ["data", "add", str(small_faces), "--name", "faces"])
+    assert result.exit_code == 0, result.output
+    assert (project / "data" / "faces.dvc").is_file()
+    assert len(list((project / "data" / "faces").iterdir())) == 8
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["data"]["source"] == "data/faces"
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "data/faces.dvc"],
+        capture_output=True, text=True, cwd=project,
+    )
+    assert status.returncode == 0 and "up to date" in status.stdout
+    # the prepare stage sees the tracked data as its input
+    result = runner.invoke(app, ["prepare"])
+    assert result.exit_code == 0, result.output
+    assert '"identities": 8' in result.output
+
+
+def test_data_add_refuses_a_bad_dataset_and_adds_nothing(project, small_faces):
+    lonely = small_faces / "zz_lonely"
+    lonely.mkdir()
+    (lonely / "1.pgm").write_bytes(next((small_faces / "s1").iterdir()).read_bytes())
+    result = runner.invoke(app, ["data", "add", str(small_faces)])
+    assert result.exit_code == 2 and "zz_lonely" in result.output
+    assert not (project / "data" / "faces").exists()
