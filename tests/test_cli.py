@@ -49,7 +49,9 @@ def test_data_add_tracks_the_dataset_with_dvc(project, small_faces):
     assert params["data"]["source"] == "data/faces"
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "data/faces.dvc"],
-        capture_output=True, text=True, cwd=project,
+        capture_output=True,
+        text=True,
+        cwd=project,
     )
     assert status.returncode == 0 and "up to date" in status.stdout
     # the prepare stage sees the tracked data as its input

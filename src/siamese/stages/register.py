@@ -54,57 +54,8 @@ def _champion_score(client, name: str, test_pairs: dict, images: np.ndarray) -> 
     return {"version": str(champ.version), "roc_auc": metrics.roc_auc(d, test_pairs["y"])}
 
 
-def run_register(
-    params: Params,
-    prepared_dir: str | Path,
-    pairs_dir: str | Path,
-    model_dir: str | Path,
-    calibration_dir: str | Path,
-    eval_dir: str | Path,
-    out_dir: str | Path,
-) -> dict:
-    import mlflow
-
-    model_dir, eval_dir = Path(model_dir), Path(eval_dir)
-    uri = tracking_uri()
-    client = mlflow.MlflowClient(uri)
-    run_id = read_json(model_dir / "run.json")["run_id"]
-    calibration_path = Path(calibration_dir) / "calibration.json"
-    calibration = read_json(calibration_path)
-    test = read_json(eval_dir / "metrics.json")
-    test_pairs = load_pairs(Path(pairs_dir) / "test.npz")
-    data = PreparedData(prepared_dir)
-
-    _log_run_results(client, run_id, calibration, test, eval_dir)
-    with active_tracking_uri(uri):
-        return _register(
-            params,
-            client,
-            run_id,
-            model_dir,
-            calibration_path,
-            calibration,
-            test,
-            test_pairs,
-            data,
-            out_dir,
-            uri,
-        )
-
-
-def _register(
-    params,
-    client,
-    run_id,
-    model_dir,
-    calibration_path,
-    calibration,
-    test,
-    test_pairs,
-    data,
-    out_dir,
-    uri,
-) -> dict:
+def _log_model(run_id: str, model_dir: Path, calibration_path: Path) -> str:
+    """Log the pyfunc (encoder weights + calibration + code) into the run; returns its URI."""
     import mlflow
 
     from siamese.serving import SiamesePyfunc, signature
@@ -122,14 +73,47 @@ def _register(
                 code_paths=[str(Path(__file__).resolve().parents[1])],
                 signature=signature(),
             )
+    return info.model_uri
 
-    champion = _champion_score(client, name, test_pairs, data.images)
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
     try:
         client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         client.create_registered_model(
             name, description="Siamese verification model: image pair -> distance and decision"
         )
+
+
+def run_register(
+    params: Params,
+    prepared_dir: str | Path,
+    pairs_dir: str | Path,
+    model_dir: str | Path,
+    calibration_dir: str | Path,
+    eval_dir: str | Path,
+    out_dir: str | Path,
+) -> dict:
+    import mlflow
+
+    model_dir, eval_dir = Path(model_dir), Path(eval_dir)
+    uri = tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    name = params.register.model_name
+    run_id = read_json(model_dir / "run.json")["run_id"]
+    calibration_path = Path(calibration_dir) / "calibration.json"
+    calibration = read_json(calibration_path)
+    test = read_json(eval_dir / "metrics.json")
+    test_pairs = load_pairs(Path(pairs_dir) / "test.npz")
+    data = PreparedData(prepared_dir)
+
+    _log_run_results(client, run_id, calibration, test, eval_dir)
+    with active_tracking_uri(uri):
+        model_uri = _log_model(run_id, model_dir, calibration_path)
+        champion = _champion_score(client, name, test_pairs, data.images)
+    _ensure_registered_model(client, name)
     run = client.get_run(run_id)
     version_tags = {
         "git_commit": run.data.tags.get("git_commit", "unknown"),
@@ -137,17 +121,17 @@ def _register(
         "calibration.threshold": f"{calibration['threshold']:.6f}",
         **{k: v for k, v in run.data.tags.items() if k.startswith(("data.", "dvc."))},
     }
-    mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=version_tags)
+    # the version is created last; anything failing after it removes it again
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=version_tags)
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
         promoted = champion is None or test["roc_auc"] > champion["roc_auc"]
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, mv.version)
-        aliases = [CHALLENGER] + ([CHAMPION] if promoted else [])
         result = {
             "model_name": name,
             "version": str(mv.version),
-            "aliases": aliases,
+            "aliases": [CHALLENGER] + ([CHAMPION] if promoted else []),
             "run_id": run_id,
             "experiment_id": run.info.experiment_id,
             "model_uri": f"models:/{name}/{mv.version}",
