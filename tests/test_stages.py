@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from siamese import paths
-from siamese.config import load_params
 from siamese.data.sources import DatasetError
 from siamese.params_file import set_params
 from siamese.stages.calibrate import run_calibrate
@@ -23,7 +22,7 @@ from siamese.stages.train import run_train
 from siamese.tracking import tracking_uri
 
 
-def _all_stages(params):
+def _stages_until_evaluate(params):
     run_prepare(params, paths.PREPARED)
     run_mine(params, paths.PREPARED, paths.PAIRS)
     run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
@@ -31,6 +30,9 @@ def _all_stages(params):
     run_evaluate(
         params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
     )
+
+
+def _register(params):
     return run_register(
         params,
         paths.PREPARED,
@@ -40,6 +42,11 @@ def _all_stages(params):
         paths.EVALUATION,
         paths.REGISTRATION,
     )
+
+
+def _all_stages(params):
+    _stages_until_evaluate(params)
+    return _register(params)
 
 
 @pytest.fixture
@@ -105,14 +112,7 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
 
 
 def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):
-    params = load_params(project / "params.yaml")
-    run_prepare(params, paths.PREPARED)
-    run_mine(params, paths.PREPARED, paths.PAIRS)
-    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
-    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
-    run_evaluate(
-        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
-    )
+    _stages_until_evaluate(faces_params)
     import siamese.stages.register as reg
 
     def boom(*a, **k):
@@ -120,15 +120,7 @@ def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):
 
     monkeypatch.setattr(reg, "atomic_dir", boom)
     with pytest.raises(OSError, match="disk full"):
-        run_register(
-            params,
-            paths.PREPARED,
-            paths.PAIRS,
-            paths.TRAIN,
-            paths.CALIBRATION,
-            paths.EVALUATION,
-            paths.REGISTRATION,
-        )
+        _register(faces_params)
     client = mlflow.MlflowClient(tracking_uri())
     assert client.search_model_versions("name='faces'") == []
     assert not paths.REGISTRATION.exists()

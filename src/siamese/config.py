@@ -87,32 +87,20 @@ class TrainParams(_Strict):
     early_stopping_patience: int = Field(3, ge=1)
     num_workers: int = Field(0, ge=0)
 
-    @field_validator("loss")
+    @field_validator("loss", "miner")
     @classmethod
-    def _known_loss(cls, v: str) -> str:
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSSES)}")
+    def _known_choice(cls, v: str, info) -> str:
+        allowed = {"loss": LOSSES, "miner": MINERS}[info.field_name]
+        if v not in allowed:
+            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
         return v
 
-    @field_validator("miner")
+    @field_validator("margin", "lr")
     @classmethod
-    def _known_miner(cls, v: str) -> str:
-        if v not in MINERS:
-            raise ValueError(f"unknown miner {v!r}; allowed: {', '.join(MINERS)}")
-        return v
-
-    @field_validator("margin")
-    @classmethod
-    def _positive_margin(cls, v: float) -> float:
+    def _positive_finite(cls, v: float, info) -> float:
         if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"margin must be a finite number > 0 (got {v})")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_lr(cls, v: float) -> float:
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"learning rate must be a finite number > 0 (got {v})")
+            what = {"lr": "learning rate"}.get(info.field_name, info.field_name)
+            raise ValueError(f"{what} must be a finite number > 0 (got {v})")
         return v
 
     @field_validator("images_per_identity")

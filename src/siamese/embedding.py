@@ -44,3 +44,15 @@ def pair_distances(
     emb = embed(encoder, images[uniq]).astype(np.float64)
     n = len(pairs["a"])
     return np.linalg.norm(emb[inv[:n]] - emb[inv[n:]], axis=1)
+
+
+def split_pair_distances(
+    prepared_dir: str | Path, pairs_dir: str | Path, model_dir: str | Path, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, same) of the fixed ``split`` pairs under the trained encoder."""
+    from siamese.datamodule import load_pairs
+    from siamese.stages.prepare import PreparedData
+
+    data = PreparedData(prepared_dir)
+    pairs = load_pairs(Path(pairs_dir) / f"{split}.npz")
+    return pair_distances(load_encoder(model_dir), data.images, pairs), pairs["y"].astype(bool)

@@ -6,10 +6,8 @@ from pathlib import Path
 
 from siamese import metrics
 from siamese.config import Params
-from siamese.datamodule import load_pairs
-from siamese.embedding import load_encoder, pair_distances
+from siamese.embedding import split_pair_distances
 from siamese.io import atomic_dir, write_json
-from siamese.stages.prepare import PreparedData
 
 STRATEGIES = {"max_accuracy": metrics.max_accuracy_threshold}
 
@@ -21,11 +19,9 @@ def run_calibrate(
     model_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
-    data = PreparedData(prepared_dir)
-    pairs = load_pairs(Path(pairs_dir) / "val.npz")
-    d = pair_distances(load_encoder(model_dir), data.images, pairs)
-    threshold, _ = STRATEGIES[params.calibrate.strategy](d, pairs["y"])
-    report = metrics.verification_report(d, pairs["y"], threshold, params.evaluate.far_targets)
+    d, same = split_pair_distances(prepared_dir, pairs_dir, model_dir, "val")
+    threshold, _ = STRATEGIES[params.calibrate.strategy](d, same)
+    report = metrics.verification_report(d, same, threshold, params.evaluate.far_targets)
     result = {"strategy": params.calibrate.strategy, "threshold": threshold, "val": report}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "calibration.json", result)

@@ -10,10 +10,8 @@ import numpy as np
 
 from siamese import metrics
 from siamese.config import Params
-from siamese.datamodule import load_pairs
-from siamese.embedding import load_encoder, pair_distances
+from siamese.embedding import split_pair_distances
 from siamese.io import atomic_dir, read_json, save_npz, write_json
-from siamese.stages.prepare import PreparedData
 
 
 def _csv(header: list[str], rows) -> str:
@@ -32,11 +30,8 @@ def run_evaluate(
     calibration_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
-    data = PreparedData(prepared_dir)
-    pairs = load_pairs(Path(pairs_dir) / "test.npz")
-    d = pair_distances(load_encoder(model_dir), data.images, pairs)
+    d, y = split_pair_distances(prepared_dir, pairs_dir, model_dir, "test")
     threshold = read_json(Path(calibration_dir) / "calibration.json")["threshold"]
-    y = pairs["y"].astype(bool)
     report = metrics.verification_report(d, y, threshold, params.evaluate.far_targets)
 
     fpr, tpr, thr = metrics.roc_curve(d, y)
