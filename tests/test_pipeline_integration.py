@@ -3,6 +3,10 @@ temporary project (own git repo, DVC repo and SQLite MLflow) and registers a ser
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -64,7 +68,16 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert list(out.columns) == ["distance", "similarity", "match"]
     assert out["distance"].iloc[0] >= 0 and out["match"].dtype == bool
     assert (out["similarity"] > 0).all() and (out["similarity"] <= 1).all()
-    assert (project / ".dvcstore").is_dir()  # outputs pushed to the local remote
+    # every DVC-tracked output was pushed: a registered version's inputs can be pulled back
+    cloud = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--cloud", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(cloud.stdout) == {}
+    assert (project / ".dvcstore").is_dir()
 
     again = training_flow(project_dir=str(project))
     assert again["stages"] == dict.fromkeys(STAGES, "skipped")

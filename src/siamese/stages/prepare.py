@@ -17,8 +17,20 @@ from siamese.io import atomic_dir, save_npz, write_json
 log = logging.getLogger(__name__)
 
 
+def _inside_data_dir(source: str) -> bool:
+    data_dir = Path("data").resolve()
+    return Path(source).resolve().is_relative_to(data_dir)
+
+
 def run_prepare(params: Params, out_dir: str | Path) -> dict:
     d = params.data
+    if d.source != "digits" and not _inside_data_dir(d.source):
+        log.warning(
+            "data.source %s is outside the project's data/ folder, so DVC does not version it; "
+            "run `siamese data add %s` to track it",
+            d.source,
+            d.source,
+        )
     ds = load_source(
         d.source, d.image_size, d.min_images_per_identity, d.on_bad_image, d.on_small_identity
     )
