@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_lightning.callbacks import Callback
 
 from siamese.config import Params, flatten
 from siamese.io import atomic_dir, write_json
@@ -49,6 +50,20 @@ def start_run(params: Params, prepared_dir: Path, pairs_dir: Path, run_name: str
     for i in range(0, len(entries), 100):
         client.log_batch(run.info.run_id, params=entries[i : i + 100])
     return run.info.run_id
+
+
+class SaveLastCheckpoint(Callback):
+    """Write ``last.ckpt`` after every epoch, atomically. (Lightning 2.6's ``save_last`` only
+    refreshes it when the monitored metric improves, which is useless for resuming.)"""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 def export_encoder(module, out_dir: Path) -> None:
@@ -110,12 +125,9 @@ def _fit(
     module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
     t, tr = params.train, params.trainer
     ckpt = ModelCheckpoint(
-        dirpath=scratch / "checkpoints",
-        filename="best",
-        monitor="val/roc_auc",
-        mode="max",
-        save_last=True,
+        dirpath=scratch / "checkpoints", filename="best", monitor="val/roc_auc", mode="max"
     )
+    last_ckpt = SaveLastCheckpoint(scratch / "checkpoints" / "last.ckpt")
     stop = EarlyStopping(monitor="val/roc_auc", mode="max", patience=t.early_stopping_patience)
     logger = MLFlowLogger(
         experiment_name=params.register.experiment, tracking_uri=tracking_uri(), run_id=run_id
@@ -128,7 +140,7 @@ def _fit(
         deterministic=tr.deterministic,
         max_epochs=t.max_epochs,
         logger=logger,
-        callbacks=[ckpt, stop],
+        callbacks=[ckpt, last_ckpt, stop],
         use_distributed_sampler=False,
         log_every_n_steps=tr.log_every_n_steps,
         num_sanity_val_steps=0,
@@ -147,11 +159,11 @@ def _fit(
     if not trainer.is_global_zero or not launcher:
         return {}
 
-    best_path = ckpt.best_model_path or ckpt.last_model_path
+    best_path = ckpt.best_model_path or str(last_ckpt.path)
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     # read progress from the checkpoint: under ddp_spawn this process's trainer never stepped
-    last = torch.load(ckpt.last_model_path or best_path, map_location="cpu", weights_only=True)
+    last = torch.load(last_ckpt.path, map_location="cpu", weights_only=True)
     best_score = ckpt.best_model_score
     summary = {
         "best_val_roc_auc": float(best_score) if best_score is not None else float("nan"),
