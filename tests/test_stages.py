@@ -8,6 +8,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 from siamese import paths
@@ -47,6 +48,12 @@ def _register(params):
 def _all_stages(params):
     _stages_until_evaluate(params)
     return _register(params)
+
+
+def faces_params_root(params):
+    from pathlib import Path
+
+    return Path(params.data.source)
 
 
 @pytest.fixture
@@ -96,10 +103,32 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
     roc = list(csv.DictReader((paths.EVALUATION / "roc.csv").open()))
     assert roc[0]["fpr"] == "0" and float(roc[-1]["tpr"]) == 1.0
 
+    # the served model decides on real face pairs and names malformed input
+    client = mlflow.MlflowClient(tracking_uri())
+    run = client.get_run(first["run_id"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/roc.png", "evaluation/distance_hist.png"} <= artifacts
+    model = mlflow.pyfunc.load_model("models:/faces@champion")
+    faces = sorted(p for p in faces_params_root(faces_params).iterdir())
+    a, b = sorted(faces[0].iterdir())[:2]
+    c = sorted(faces[1].iterdir())[0]
+    out = model.predict(
+        pd.DataFrame(
+            {
+                "image_a": [a.read_bytes(), a.read_bytes()],
+                "image_b": [b.read_bytes(), c.read_bytes()],
+            }
+        )
+    )
+    assert out["match"].dtype == bool and (out["distance"] >= 0).all()
+    threshold = first["threshold"]
+    assert list(out["match"]) == list(out["distance"] <= threshold)
+    with pytest.raises(Exception, match="row 0 image_b"):
+        model.predict(pd.DataFrame({"image_a": [a.read_bytes()], "image_b": [b"not an image"]}))
+
     # a worse challenger (an untrained one) must not take the champion alias
     worse = set_params(project / "params.yaml", ["train.lr=1e-9", "train.max_epochs=1"])
     second = _all_stages(worse)
-    client = mlflow.MlflowClient(tracking_uri())
     champ = client.get_model_version_by_alias("faces", "champion")
     challenger = client.get_model_version_by_alias("faces", "challenger")
     assert str(challenger.version) == "2"

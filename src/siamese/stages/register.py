@@ -17,6 +17,7 @@ from siamese import metrics
 from siamese.config import Params
 from siamese.datamodule import load_pairs
 from siamese.io import atomic_dir, read_json, write_json
+from siamese.plots import write_evaluation_figures
 from siamese.stages.prepare import PreparedData
 from siamese.tracking import active_tracking_uri, tracking_uri
 
@@ -35,6 +36,12 @@ def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_di
     client.set_tag(run_id, "calibration.strategy", calibration["strategy"])
     for name in ("metrics.json", "roc.csv", "distance_hist.csv"):
         client.log_artifact(run_id, str(eval_dir / name), artifact_path="evaluation")
+    with np.load(eval_dir / "scores.npz") as scores, tempfile.TemporaryDirectory() as tmp:
+        figures = write_evaluation_figures(
+            scores["distance"], scores["same"], calibration["threshold"], tmp
+        )
+        for fig in figures:
+            client.log_artifact(run_id, str(fig), artifact_path="evaluation")
 
 
 def _champion_score(client, name: str, test_pairs: dict, images: np.ndarray) -> dict | None:
