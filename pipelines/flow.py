@@ -18,6 +18,7 @@ from siamese.params_file import set_params
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
 STAGE_RETRIES = {"register": 2}
+KEPT = "this version did not beat it on the same test pairs"
 
 
 def _env() -> dict[str, str]:
@@ -126,7 +127,7 @@ def format_summary(summary: dict) -> str:
         "stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()),
         f"registered model: {reg['model_name']} version {reg['version']} "
         f"aliases: {', '.join(reg['aliases'])}"
-        + ("" if reg["promoted"] else " (champion kept: it scored higher on these test pairs)"),
+        + ("" if reg["promoted"] else f" (champion kept: {KEPT})"),
         f"test pairs: {test['n_pairs']}  ROC AUC {test['roc_auc']:.4f}  EER {test['eer']:.4f}  "
         f"accuracy {test['accuracy']:.4f} at threshold {reg['threshold']:.4f}",
     ]
