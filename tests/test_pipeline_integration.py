@@ -65,7 +65,8 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
             }
         )
     )
-    assert list(out.columns) == ["distance", "similarity", "match"]
+    assert list(out.columns) == ["distance", "similarity", "probability", "match"]
+    assert out["probability"].between(0, 1).all()
     assert out["distance"].iloc[0] >= 0 and out["match"].dtype == bool
     assert (out["similarity"] > 0).all() and (out["similarity"] <= 1).all()
     # every DVC-tracked output was pushed: a registered version's inputs can be pulled back

@@ -100,8 +100,22 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
     assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"]
     calib = json.loads((paths.CALIBRATION / "calibration.json").read_text())
     assert calib["strategy"] == "max_accuracy" and np.isfinite(calib["threshold"])
+    assert calib["threshold_ci"]["low"] <= calib["threshold"] <= calib["threshold_ci"]["high"]
+    assert calib["probability"]["method"] == "platt"
     roc = list(csv.DictReader((paths.EVALUATION / "roc.csv").open()))
     assert roc[0]["fpr"] == "0" and float(roc[-1]["tpr"]) == 1.0
+    report = json.loads((paths.EVALUATION / "metrics.json").read_text())
+    ci = report["ci"]["roc_auc"]
+    assert ci["low"] <= report["roc_auc"] <= ci["high"]
+    assert {"brier", "ece", "kfold_accuracy"} <= set(report)
+    figures = {p.name for p in (paths.EVALUATION / "figures").iterdir()}
+    assert figures == {
+        "roc.png",
+        "det.png",
+        "distance_hist.png",
+        "reliability.png",
+        "hardest_errors.png",
+    }
 
     # the served model decides on real face pairs and names malformed input
     client = mlflow.MlflowClient(tracking_uri())
@@ -153,3 +167,25 @@ def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):
     client = mlflow.MlflowClient(tracking_uri())
     assert client.search_model_versions("name='faces'") == []
     assert not paths.REGISTRATION.exists()
+
+
+def test_target_far_strategy_with_isotonic_probabilities(faces_params, project):
+    _stages_until_evaluate(faces_params)
+    params = set_params(
+        project / "params.yaml",
+        [
+            "calibrate.strategy=target_far",
+            "calibrate.target=0.05",
+            "calibrate.probability=isotonic",
+            "evaluate.kfold=0",
+            "evaluate.bootstrap_resamples=0",
+        ],
+    )
+    calib = run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+    assert calib["val"]["far"] <= 0.05
+    assert calib["probability"]["method"] == "isotonic"
+    report = run_evaluate(
+        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
+    )
+    assert "ci" not in report and "kfold_accuracy" not in report
+    assert 0 <= report["brier"] <= 1

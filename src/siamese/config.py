@@ -131,12 +131,37 @@ class TrainerParams(_Strict):
 
 
 class CalibrateParams(_Strict):
-    strategy: Literal["max_accuracy"] = "max_accuracy"
+    strategy: Literal["max_accuracy", "max_f1", "eer", "target_far", "target_frr"] = "max_accuracy"
+    target: float | None = Field(
+        None, description="the FAR (target_far) or FRR (target_frr) to stay within"
+    )
+    probability: Literal["none", "platt", "isotonic"] = "platt"
+    bootstrap_resamples: int = Field(1000, ge=0, description="for the threshold's CI (0: off)")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+
+    @model_validator(mode="after")
+    def _target_matches_strategy(self) -> CalibrateParams:
+        if self.strategy.startswith("target_"):
+            if self.target is None or not 0 < self.target < 1:
+                raise ValueError(
+                    f"strategy {self.strategy} needs calibrate.target in (0, 1), "
+                    f"e.g. 0.001 (got {self.target})"
+                )
+        elif self.target is not None:
+            raise ValueError(
+                f"calibrate.target is only used by target_far / target_frr, not {self.strategy}"
+            )
+        return self
 
 
 class EvaluateParams(_Strict):
     far_targets: list[float] = Field(default_factory=lambda: [1e-2, 1e-3])
     histogram_bins: int = Field(30, ge=2)
+    reliability_bins: int = Field(10, ge=2)
+    bootstrap_resamples: int = Field(1000, ge=0, description="for the metrics' CIs (0: off)")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    kfold: int = Field(10, ge=0, description="LFW-style k-fold accuracy (0 or 1: off)")
+    hardest_pairs: int = Field(8, ge=0, description="false accepts/rejects shown in the sheet")
 
     @field_validator("far_targets")
     @classmethod

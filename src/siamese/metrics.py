@@ -38,7 +38,7 @@ def sweep(distances: np.ndarray, same: np.ndarray) -> Sweep:
         raise ValueError("distances and labels must be 1-D arrays of equal length")
     if not np.all(np.isfinite(d)):
         raise ValueError("distances contain NaN or infinite values")
-    order = np.argsort(d, kind="mergesort")
+    order = np.argsort(d)  # ties are grouped below, so sort stability is irrelevant
     d, y = d[order], y[order]
     last_of_group = np.r_[np.flatnonzero(np.diff(d)), len(d) - 1] if len(d) else np.array([], int)
     tp = np.cumsum(y)[last_of_group]

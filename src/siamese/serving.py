@@ -43,10 +43,12 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["calibration"]) as fh:
             self.calibration = json.load(fh)
         self.threshold = float(self.calibration["threshold"])
+        self.probability_map = self.calibration.get("probability", {"method": "none"})
         self.image_size = self.encoder.config["image_size"]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from siamese.embedding import embed
+        from siamese.probability import apply_probability_map
 
         missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
         if missing:
@@ -60,11 +62,18 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
             for i, v in enumerate(model_input[col].tolist())
         ]
         if n == 0:
-            return pd.DataFrame({"distance": [], "similarity": [], "match": []})
-        emb = embed(self.encoder, np.stack(imgs)).astype(np.float64)
-        d = np.linalg.norm(emb[:n] - emb[n:], axis=1)
+            d = np.zeros(0)
+        else:
+            emb = embed(self.encoder, np.stack(imgs)).astype(np.float64)
+            d = np.linalg.norm(emb[:n] - emb[n:], axis=1)
+        prob = apply_probability_map(self.probability_map, d)
         return pd.DataFrame(
-            {"distance": d, "similarity": 1.0 / (1.0 + d), "match": d <= self.threshold}
+            {
+                "distance": d,
+                "similarity": 1.0 / (1.0 + d),
+                "probability": np.full(n, np.nan) if prob is None else prob,
+                "match": d <= self.threshold,
+            }
         )
 
 
@@ -78,6 +87,7 @@ def signature():
             [
                 ColSpec("double", "distance"),
                 ColSpec("double", "similarity"),
+                ColSpec("double", "probability"),
                 ColSpec("boolean", "match"),
             ]
         ),

@@ -1,15 +1,40 @@
-"""calibrate: choose the decision threshold on the validation pairs (never on test pairs)."""
+"""calibrate: choose the decision threshold (and the distance -> probability map) on the
+validation pairs, never on test pairs, with a bootstrap interval for the threshold."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from siamese import metrics
 from siamese.config import Params
 from siamese.embedding import split_pair_distances
 from siamese.io import atomic_dir, write_json
+from siamese.probability import fit_probability_map
+from siamese.thresholds import choose_threshold
 
-STRATEGIES = {"max_accuracy": metrics.max_accuracy_threshold}
+
+def threshold_interval(
+    d: np.ndarray,
+    same: np.ndarray,
+    strategy: str,
+    target: float | None,
+    n: int,
+    level: float,
+    seed: int,
+) -> dict[str, float] | None:
+    """Percentile CI of the chosen threshold over stratified resamples of the validation pairs."""
+    if n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(same), np.flatnonzero(~same)
+    values = []
+    for _ in range(n):
+        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
+        values.append(choose_threshold(d[idx], same[idx], strategy, target))
+    alpha = (1 - level) / 2
+    return {"low": float(np.quantile(values, alpha)), "high": float(np.quantile(values, 1 - alpha))}
 
 
 def run_calibrate(
@@ -19,10 +44,19 @@ def run_calibrate(
     model_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
+    c = params.calibrate
     d, same = split_pair_distances(prepared_dir, pairs_dir, model_dir, "val")
-    threshold, _ = STRATEGIES[params.calibrate.strategy](d, same)
-    report = metrics.verification_report(d, same, threshold, params.evaluate.far_targets)
-    result = {"strategy": params.calibrate.strategy, "threshold": threshold, "val": report}
+    threshold = choose_threshold(d, same, c.strategy, c.target)
+    result = {
+        "strategy": c.strategy,
+        "target": c.target,
+        "threshold": threshold,
+        "threshold_ci": threshold_interval(
+            d, same, c.strategy, c.target, c.bootstrap_resamples, c.confidence, params.seed
+        ),
+        "probability": fit_probability_map(d, same, c.probability),
+        "val": metrics.verification_report(d, same, threshold, params.evaluate.far_targets),
+    }
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "calibration.json", result)
     return result

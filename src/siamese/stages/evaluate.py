@@ -1,4 +1,6 @@
-"""evaluate: score the fixed test pairs at the calibrated threshold."""
+"""evaluate: score the fixed test pairs at the calibrated threshold and write the report a
+verification team signs off: metrics with bootstrap CIs, k-fold accuracy, probability quality,
+ROC / DET / histogram / reliability data and figures, and the hardest errors."""
 
 from __future__ import annotations
 
@@ -9,9 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from siamese import metrics
+from siamese.bootstrap import bootstrap_ci, kfold_accuracy
 from siamese.config import Params
+from siamese.datamodule import load_pairs
 from siamese.embedding import split_pair_distances
 from siamese.io import atomic_dir, read_json, save_npz, write_json
+from siamese.probability import (
+    apply_probability_map,
+    brier_score,
+    expected_calibration_error,
+    reliability,
+)
+from siamese.thresholds import choose_threshold
 
 
 def _csv(header: list[str], rows) -> str:
@@ -22,6 +33,31 @@ def _csv(header: list[str], rows) -> str:
     return buf.getvalue()
 
 
+def _statistics(far_targets: list[float], threshold: float) -> dict:
+    stats = {
+        "roc_auc": metrics.roc_auc,
+        "eer": metrics.eer,
+        "accuracy": lambda d, y: metrics.accuracy_at(d, y, threshold),
+    }
+    for far in far_targets:
+        stats[f"tar_at_far_{far:g}"] = lambda d, y, far=far: metrics.tar_at_far(d, y, far)
+    return stats
+
+
+def det_rows(d: np.ndarray, y: np.ndarray) -> list[tuple]:
+    """DET curve points (FAR, FRR) and their normal deviates, the axes DET plots use."""
+    from scipy.stats import norm
+
+    fpr, tpr, thr = metrics.roc_curve(d, y)
+    frr = 1 - tpr
+    eps = 1e-6
+    rows = []
+    for a, b, t in zip(fpr[1:], frr[1:], thr[1:], strict=True):
+        za, zb = norm.ppf(np.clip([a, b], eps, 1 - eps))
+        rows.append((f"{a:.6g}", f"{b:.6g}", f"{za:.6g}", f"{zb:.6g}", f"{t:.6g}"))
+    return rows
+
+
 def run_evaluate(
     params: Params,
     prepared_dir: str | Path,
@@ -30,13 +66,40 @@ def run_evaluate(
     calibration_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
+    from siamese.plots import write_evaluation_figures
+    from siamese.stages.prepare import PreparedData
+
+    e = params.evaluate
     d, y = split_pair_distances(prepared_dir, pairs_dir, model_dir, "test")
-    threshold = read_json(Path(calibration_dir) / "calibration.json")["threshold"]
-    report = metrics.verification_report(d, y, threshold, params.evaluate.far_targets)
+    calibration = read_json(Path(calibration_dir) / "calibration.json")
+    threshold = calibration["threshold"]
+    report = metrics.verification_report(d, y, threshold, e.far_targets)
+    far_keys = [k for k in report if k.startswith("tar_at_far_")]
+    fars = [f for f in e.far_targets if f"tar_at_far_{f:g}" in far_keys]
+    if e.bootstrap_resamples:
+        report["ci"] = bootstrap_ci(
+            d, y, _statistics(fars, threshold), e.bootstrap_resamples, e.confidence, params.seed
+        )
+        report["ci"]["threshold"] = calibration.get("threshold_ci")
+    if e.kfold > 1:
+        cal = params.calibrate
+        report["kfold_accuracy"] = kfold_accuracy(
+            d,
+            y,
+            lambda dd, yy: choose_threshold(dd, yy, cal.strategy, cal.target),
+            e.kfold,
+            params.seed,
+        )
+    prob = apply_probability_map(calibration["probability"], d)
+    rel = None
+    if prob is not None:
+        report["brier"] = brier_score(prob, y)
+        report["ece"] = expected_calibration_error(prob, y, e.reliability_bins)
+        rel = reliability(prob, y, e.reliability_bins)
 
     fpr, tpr, thr = metrics.roc_curve(d, y)
     roc_rows = [(f"{a:.6g}", f"{b:.6g}", f"{t:.6g}") for a, b, t in zip(fpr, tpr, thr, strict=True)]
-    edges = np.histogram_bin_edges(d, bins=params.evaluate.histogram_bins)
+    edges = np.histogram_bin_edges(d, bins=e.histogram_bins)
     pos_hist, _ = np.histogram(d[y], bins=edges)
     neg_hist, _ = np.histogram(d[~y], bins=edges)
     hist_rows = []
@@ -44,9 +107,35 @@ def run_evaluate(
         centre = f"{(edges[i] + edges[i + 1]) / 2:.6g}"
         hist_rows.append((centre, int(pos_hist[i]), "positive"))
         hist_rows.append((centre, int(neg_hist[i]), "negative"))
+    pairs = load_pairs(Path(pairs_dir) / "test.npz")
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", report)
         (tmp / "roc.csv").write_text(_csv(["fpr", "tpr", "threshold"], roc_rows))
+        (tmp / "det.csv").write_text(
+            _csv(["far", "frr", "far_deviate", "frr_deviate", "threshold"], det_rows(d, y))
+        )
         (tmp / "distance_hist.csv").write_text(_csv(["distance", "count", "pair"], hist_rows))
-        save_npz(tmp / "scores.npz", distance=d, same=y.astype(np.int8))
+        rel_rows = []  # header only when no probability map is configured
+        if rel is not None:
+            rel_rows = [
+                (f"{m:.6g}", f"{o:.6g}", int(c))
+                for m, o, c in zip(
+                    rel["mean_predicted"], rel["observed"], rel["count"], strict=True
+                )
+                if c > 0
+            ]
+        (tmp / "reliability.csv").write_text(
+            _csv(["mean_predicted", "observed", "count"], rel_rows)
+        )
+        save_npz(tmp / "scores.npz", distance=d, same=y.astype(np.int8), a=pairs["a"], b=pairs["b"])
+        (tmp / "figures").mkdir()
+        write_evaluation_figures(
+            d,
+            y,
+            threshold,
+            tmp / "figures",
+            e.histogram_bins,
+            rel,
+            hardest=(PreparedData(prepared_dir).images, pairs, e.hardest_pairs),
+        )
     return report

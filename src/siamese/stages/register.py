@@ -17,7 +17,6 @@ from siamese import metrics
 from siamese.config import Params
 from siamese.datamodule import load_pairs
 from siamese.io import atomic_dir, read_json, write_json
-from siamese.plots import write_evaluation_figures
 from siamese.stages.prepare import PreparedData
 from siamese.tracking import active_tracking_uri, tracking_uri
 
@@ -25,23 +24,37 @@ log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
 
 
+def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
+    """Nested report -> dotted MLflow metric keys (CIs become e.g. test.ci.roc_auc.low)."""
+    from siamese.config import flatten
+
+    out = {}
+    for k, v in flatten(report, prefix).items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int | float) and np.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
 def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir: Path) -> None:
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    entries = [Metric("calibration.threshold", calibration["threshold"], ts, 0)]
-    entries += [Metric(f"val.{k}", float(v), ts, 0) for k, v in calibration["val"].items()]
-    entries += [Metric(f"test.{k}", float(v), ts, 0) for k, v in test.items()]
-    client.log_batch(run_id, metrics=entries)
+    values = {"calibration.threshold": calibration["threshold"]}
+    values.update(_flat_metrics("calibration.threshold_ci.", calibration.get("threshold_ci") or {}))
+    values.update(_flat_metrics("val.", calibration["val"]))
+    values.update(_flat_metrics("test.", test))
+    entries = [Metric(k, v, ts, 0) for k, v in values.items()]
+    for i in range(0, len(entries), 500):
+        client.log_batch(run_id, metrics=entries[i : i + 500])
     client.set_tag(run_id, "calibration.strategy", calibration["strategy"])
-    for name in ("metrics.json", "roc.csv", "distance_hist.csv"):
-        client.log_artifact(run_id, str(eval_dir / name), artifact_path="evaluation")
-    with np.load(eval_dir / "scores.npz") as scores, tempfile.TemporaryDirectory() as tmp:
-        figures = write_evaluation_figures(
-            scores["distance"], scores["same"], calibration["threshold"], tmp
-        )
-        for fig in figures:
-            client.log_artifact(run_id, str(fig), artifact_path="evaluation")
+    client.set_tag(run_id, "calibration.target", str(calibration.get("target")))
+    client.set_tag(run_id, "calibration.probability", calibration["probability"]["method"])
+    for f in sorted(eval_dir.iterdir()):
+        if f.suffix in (".json", ".csv"):
+            client.log_artifact(run_id, str(f), artifact_path="evaluation")
+    client.log_artifacts(run_id, str(eval_dir / "figures"), artifact_path="evaluation")
 
 
 def _champion_score(client, name: str, test_pairs: dict, images: np.ndarray) -> dict | None:
