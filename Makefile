@@ -27,6 +27,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_timing.py
+	$(BIN)/python benchmarks/roc_sweep.py
 
 clean:
 	rm -rf artifacts mlflow.db mlartifacts .dvcstore dvc.lock

@@ -84,6 +84,10 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert again["stages"] == dict.fromkeys(STAGES, "skipped")
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
+    git = lambda *a: subprocess.run(["git", *a], cwd=project, check=True, capture_output=True)  # noqa: E731
+    git("add", "-A")
+    git("commit", "-qm", "first model")
+
     changed = training_flow(project_dir=str(project), overrides=["train.max_epochs=1"])
     assert changed["stages"] == {
         "prepare": "skipped",
@@ -97,3 +101,15 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert "challenger" in changed["registration"]["aliases"]
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
     assert "max_epochs: 1" in (project / "params.yaml").read_text()
+
+    # the metrics files are committed with git, so DVC diffs them between commits
+    diff = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "diff", "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    changes = json.loads(diff.stdout)
+    assert "artifacts/evaluate/metrics.json" in changes
+    assert "roc_auc" in changes["artifacts/evaluate/metrics.json"]

@@ -38,12 +38,16 @@ def sweep(distances: np.ndarray, same: np.ndarray) -> Sweep:
         raise ValueError("distances and labels must be 1-D arrays of equal length")
     if not np.all(np.isfinite(d)):
         raise ValueError("distances contain NaN or infinite values")
-    order = np.argsort(d)  # ties are grouped below, so sort stability is irrelevant
-    d, y = d[order], y[order]
-    last_of_group = np.r_[np.flatnonzero(np.diff(d)), len(d) - 1] if len(d) else np.array([], int)
-    tp = np.cumsum(y)[last_of_group]
-    fp = np.cumsum(~y)[last_of_group]
-    return Sweep(d[last_of_group], tp, fp, int(y.sum()), int((~y).sum()))
+    # Sorting values (not argsort + gather) is ~2x faster; the positives' cumulative count at
+    # each distinct distance then comes from a binary search in the sorted positives.
+    s = np.sort(d)
+    last_of_group = (
+        np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s) else np.array([], int)
+    )
+    thresholds = s[last_of_group]
+    tp = np.searchsorted(np.sort(d[y]), thresholds, side="right")
+    fp = (last_of_group + 1) - tp
+    return Sweep(thresholds, tp, fp, int(y.sum()), int((~y).sum()))
 
 
 def roc_curve(distances: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
