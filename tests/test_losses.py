@@ -29,7 +29,8 @@ def test_contrastive_loss_matches_the_formula():
     same = (labels[:, None] == labels[None, :]).numpy()
     iu = np.triu_indices(len(labels), 1)
     dd, ss = d[iu], same[iu]
-    expected = 0.5 * np.mean(np.where(ss, dd**2, np.maximum(0, 0.7 - dd) ** 2))
+    # mean over positive pairs + mean over negative pairs (pytorch-metric-learning's reduction)
+    expected = 0.5 * (np.mean(dd[ss] ** 2) + np.mean(np.maximum(0, 0.7 - dd[~ss]) ** 2))
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 

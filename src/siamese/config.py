@@ -16,10 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 LOSSES = ("contrastive", "triplet")
-MINERS = ("batch_all", "batch_hard", "hard_pairs", "all_pairs", "offline_pairs")
+MINERS = ("batch_all", "batch_hard", "semi_hard", "hard_pairs", "all_pairs", "offline_pairs")
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 LOSS_MINERS = {
     "contrastive": ("all_pairs", "hard_pairs", "offline_pairs"),
-    "triplet": ("batch_all", "batch_hard"),
+    "triplet": ("batch_all", "batch_hard", "semi_hard"),
 }
 
 
@@ -78,6 +79,9 @@ class TrainParams(_Strict):
     loss: str = "contrastive"
     miner: str = "hard_pairs"
     margin: float = Field(0.5, description="loss margin on the distance")
+    distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
+    contrastive_form: Literal["squared", "linear"] = "squared"
+    soft_margin: bool = Field(False, description="triplet: softplus instead of hinge")
     identities_per_batch: int = Field(8, ge=2, description="P of the P x K sampler")
     images_per_identity: int = Field(8, description="K of the P x K sampler")
     batches_per_epoch: int | None = Field(None, ge=1, description="default: one pass over train")

@@ -16,7 +16,12 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
     model_dir = Path(model_dir)
     cfg = read_json(model_dir / "model.json")
     enc = SiameseEncoder(
-        cfg["encoder"], cfg["image_size"], cfg["embedding_dim"], cfg["channels"], cfg["normalize"]
+        cfg["encoder"],
+        cfg["image_size"],
+        cfg["embedding_dim"],
+        cfg["channels"],
+        cfg["normalize"],
+        cfg.get("distance", "euclidean"),
     )
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     enc.load_state_dict(state)
@@ -43,7 +48,18 @@ def pair_distances(
     uniq, inv = np.unique(np.r_[pairs["a"], pairs["b"]], return_inverse=True)
     emb = embed(encoder, images[uniq]).astype(np.float64)
     n = len(pairs["a"])
-    return np.linalg.norm(emb[inv[:n]] - emb[inv[n:]], axis=1)
+    return embedding_distances(emb[inv[:n]], emb[inv[n:]], encoder.config["distance"])
+
+
+def embedding_distances(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """Row-wise distances of embedding arrays, in float64 for stable metrics."""
+    from siamese.losses.distances import pair_distance
+
+    ta, tb = (
+        torch.from_numpy(np.asarray(a, np.float64)),
+        torch.from_numpy(np.asarray(b, np.float64)),
+    )
+    return pair_distance(ta, tb, kind).numpy()
 
 
 def split_pair_distances(

@@ -26,10 +26,13 @@ class SiameseModule(pl.LightningModule):
         self.save_hyperparameters("params", logger=False)
         self.p = Params.model_validate(params)
         m = self.p.model
+        t = self.p.train
         self.encoder = SiameseEncoder(
-            m.encoder, self.p.data.image_size, m.embedding_dim, m.channels, m.normalize
+            m.encoder, self.p.data.image_size, m.embedding_dim, m.channels, m.normalize, t.distance
         )
-        self.criterion = MetricLoss(self.p.train.loss, self._online_miner(), self.p.train.margin)
+        self.criterion = MetricLoss(
+            t.loss, self._online_miner(), t.margin, t.distance, t.contrastive_form, t.soft_margin
+        )
         self.val_pairs = val_pairs
         self.val_images = None if val_images is None else np.asarray(val_images)
         self._val_emb: list[torch.Tensor] = []
@@ -45,8 +48,9 @@ class SiameseModule(pl.LightningModule):
         if self.p.train.miner == "offline_pairs":
             a, b, y = batch
             emb = self.encoder(torch.cat([a, b]))
-            d = pair_distance(emb[: len(a)], emb[len(a) :])
-            loss, stats = contrastive_pair_loss(d, y, self.p.train.margin), {}
+            t = self.p.train
+            d = pair_distance(emb[: len(a)], emb[len(a) :], t.distance)
+            loss, stats = contrastive_pair_loss(d, y, t.margin, t.contrastive_form), {}
             n = len(a) * 2
         else:
             x, labels = batch
@@ -78,7 +82,7 @@ class SiameseModule(pl.LightningModule):
         pos = {int(g): i for i, g in enumerate(self.val_images)}
         a = emb[[pos[int(i)] for i in self.val_pairs["a"]]]
         b = emb[[pos[int(i)] for i in self.val_pairs["b"]]]
-        d = pair_distance(a, b).numpy().astype(np.float64)
+        d = pair_distance(a, b, self.p.train.distance).numpy().astype(np.float64)
         y = self.val_pairs["y"]
         if not np.all(np.isfinite(d)):
             auc, acc, eer = 0.5, 0.5, 0.5

@@ -47,7 +47,7 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
         self.image_size = self.encoder.config["image_size"]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from siamese.embedding import embed
+        from siamese.embedding import embed, embedding_distances
         from siamese.probability import apply_probability_map
 
         missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
@@ -65,7 +65,7 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
             d = np.zeros(0)
         else:
             emb = embed(self.encoder, np.stack(imgs)).astype(np.float64)
-            d = np.linalg.norm(emb[:n] - emb[n:], axis=1)
+            d = embedding_distances(emb[:n], emb[n:], self.encoder.config["distance"])
         prob = apply_probability_map(self.probability_map, d)
         return pd.DataFrame(
             {

@@ -1,25 +1,59 @@
-"""Contrastive and triplet losses over mined index tuples."""
+"""Contrastive and triplet losses over mined index tuples.
+
+Reduction follows pytorch-metric-learning: the contrastive loss is the mean over mined positive
+pairs plus the mean over mined negative pairs (so the far more numerous negatives cannot drown
+the positives), and the triplet loss is the mean over mined triplets.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from siamese.losses.distances import pairwise_euclidean
+from siamese.losses.distances import pairwise_distance
 from siamese.losses.miners import PAIR_MINERS, TRIPLET_MINERS
 
 
-def contrastive_pair_loss(dist: torch.Tensor, same: torch.Tensor, margin: float) -> torch.Tensor:
-    """Hadsell et al. 2006: pull positives to 0, push negatives beyond the margin (squared)."""
-    same = same.to(dist.dtype)
-    return (same * dist.pow(2) + (1 - same) * (margin - dist).clamp_min(0).pow(2)).mul(0.5).mean()
+def contrastive_terms(
+    dist: torch.Tensor, same: torch.Tensor, margin: float, form: str = "squared"
+) -> torch.Tensor:
+    """Per-pair contrastive loss: Hadsell et al. 2006, ``(1-y)/2 d^2 + y/2 max(0, m-d)^2`` in
+    the squared form (y = 1 for different identities), ``d`` / ``max(0, m-d)`` in the linear."""
+    same = same.to(torch.bool)
+    hinge = (margin - dist).clamp_min(0)
+    if form == "squared":
+        return torch.where(same, dist.pow(2), hinge.pow(2)) * 0.5
+    return torch.where(same, dist, hinge)
+
+
+def contrastive_pair_loss(
+    dist: torch.Tensor, same: torch.Tensor, margin: float, form: str = "squared"
+) -> torch.Tensor:
+    """Mean positive term + mean negative term over given pairs (offline pairs, validation)."""
+    same = same.to(torch.bool)
+    terms = contrastive_terms(dist, same, margin, form)
+    loss = dist.sum() * 0.0
+    if same.any():
+        loss = loss + terms[same].mean()
+    if (~same).any():
+        loss = loss + terms[~same].mean()
+    return loss
 
 
 class MetricLoss(torch.nn.Module):
-    """A loss over a labelled batch of embeddings: mine tuples, then average their losses."""
+    """A loss over a labelled batch of embeddings: mine tuples, then reduce their losses."""
 
-    def __init__(self, loss: str, miner: str, margin: float):
+    def __init__(
+        self,
+        loss: str,
+        miner: str,
+        margin: float,
+        distance: str = "euclidean",
+        contrastive_form: str = "squared",
+        soft_margin: bool = False,
+    ):
         super().__init__()
         self.loss, self.miner_name, self.margin = loss, miner, margin
+        self.distance, self.form, self.soft = distance, contrastive_form, soft_margin
         if loss == "contrastive":
             self.miner = PAIR_MINERS[miner]
         elif loss == "triplet":
@@ -28,19 +62,20 @@ class MetricLoss(torch.nn.Module):
             raise ValueError(f"unknown loss {loss!r}")
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        dist = pairwise_euclidean(emb)
-        zero = emb.sum() * 0.0  # keeps the graph connected when nothing is mined
+        dist = pairwise_distance(emb, kind=self.distance)
+        loss = emb.sum() * 0.0  # keeps the graph connected when nothing is mined
         if self.loss == "contrastive":
             (pi, pj), (ni, nj) = self.miner(dist, labels, self.margin)
-            parts = []
             if len(pi):
-                parts.append(dist[pi, pj].pow(2))
+                pos = torch.ones(len(pi), dtype=torch.bool, device=emb.device)
+                loss = loss + contrastive_terms(dist[pi, pj], pos, self.margin, self.form).mean()
             if len(ni):
-                parts.append((self.margin - dist[ni, nj]).clamp_min(0).pow(2))
-            loss = 0.5 * torch.cat(parts).mean() if parts else zero
+                neg = torch.zeros(len(ni), dtype=torch.bool, device=emb.device)
+                loss = loss + contrastive_terms(dist[ni, nj], neg, self.margin, self.form).mean()
             return loss, {"mined_pos": len(pi), "mined_neg": len(ni)}
         a, p, n = self.miner(dist, labels, self.margin)
         if len(a) == 0:
-            return zero, {"mined_triplets": 0}
-        loss = (dist[a, p] - dist[a, n] + self.margin).clamp_min(0).mean()
-        return loss, {"mined_triplets": len(a)}
+            return loss, {"mined_triplets": 0}
+        violation = dist[a, p] - dist[a, n] + self.margin
+        per = torch.nn.functional.softplus(violation) if self.soft else violation.clamp_min(0)
+        return loss + per.mean(), {"mined_triplets": len(a)}

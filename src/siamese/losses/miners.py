@@ -60,5 +60,25 @@ def batch_all(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
     return torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)
 
 
+def semi_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
+    """FaceNet's semi-hard triplets: the negative is farther than the positive but still inside
+    the margin (0 < d_an - d_ap <= margin). Built per anchor row: O(B^2) memory."""
+    pos, neg = label_masks(labels)
+    d = dist.detach()
+    out_a, out_p, out_n = [], [], []
+    for a in torch.nonzero(pos.any(1) & neg.any(1), as_tuple=True)[0].tolist():
+        p_idx = torch.nonzero(pos[a], as_tuple=True)[0]
+        n_idx = torch.nonzero(neg[a], as_tuple=True)[0]
+        gap = d[a, n_idx].unsqueeze(0) - d[a, p_idx].unsqueeze(1)
+        pi, ni = torch.nonzero((gap > 0) & (gap <= margin), as_tuple=True)
+        out_a.append(torch.full_like(pi, a))
+        out_p.append(p_idx[pi])
+        out_n.append(n_idx[ni])
+    if not out_a:
+        empty = torch.empty(0, dtype=torch.long, device=labels.device)
+        return empty, empty, empty
+    return torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)
+
+
 PAIR_MINERS = {"all_pairs": all_pairs, "hard_pairs": hard_pairs}
-TRIPLET_MINERS = {"batch_hard": batch_hard, "batch_all": batch_all}
+TRIPLET_MINERS = {"batch_hard": batch_hard, "batch_all": batch_all, "semi_hard": semi_hard}

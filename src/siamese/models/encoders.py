@@ -76,7 +76,13 @@ class SiameseEncoder(nn.Module):
     """The shared encoder with its output normalisation: what both twins run."""
 
     def __init__(
-        self, encoder: str, image_size: int, embedding_dim: int, channels: int, normalize: bool
+        self,
+        encoder: str,
+        image_size: int,
+        embedding_dim: int,
+        channels: int,
+        normalize: bool,
+        distance: str = "euclidean",
     ):
         super().__init__()
         self.config = {
@@ -85,6 +91,7 @@ class SiameseEncoder(nn.Module):
             "embedding_dim": embedding_dim,
             "channels": channels,
             "normalize": normalize,
+            "distance": distance,  # the distance it was trained (and must be served) with
         }
         self.net = build_encoder(encoder, image_size, embedding_dim, channels)
         self.normalize = normalize
