@@ -3,6 +3,7 @@ skipped, dvc.lock records what ran, and the same stage commands serve DVC, Prefe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -67,17 +68,36 @@ def repro_stage(project_dir: str, stage: str) -> str:
     return "skipped" if "didn't change, skipping" in output else "ran"
 
 
+PUSH_MARKER = Path(".dvc") / "tmp" / "siamese-pushed"
+
+
+def _lock_digest(project: Path) -> str:
+    lock = project / "dvc.lock"
+    data = lock.read_bytes() if lock.is_file() else b""
+    tracked = sorted((project / "data").rglob("*.dvc")) if (project / "data").is_dir() else []
+    for f in tracked:
+        data += f.read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
 @task(name="dvc-push", retries=2, retry_delay_seconds=3)
 def push_outputs(project_dir: str) -> str:
-    """Push data and outputs so a registered version's inputs can be pulled back."""
+    """Push data and outputs so a registered version's inputs can be pulled back. A marker holds
+    the digest of what was last pushed, so a no-change rerun does not pay for a remote check."""
     project = Path(project_dir)
-    remotes = _dvc(project, "remote", "list")
-    if not remotes.stdout.strip():
-        get_run_logger().warning("no DVC remote configured; skipping push")
-        return "no remote"
+    digest = _lock_digest(project)
+    marker = project / PUSH_MARKER
+    if marker.is_file() and marker.read_text() == digest:
+        return "already pushed"
     proc = _dvc(project, "push")
+    output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc push failed:\n{_tail(proc.stderr or proc.stdout)}")
+        if "no remote specified" in output.lower():
+            get_run_logger().warning("no DVC remote configured; skipping push")
+            return "no remote"
+        raise RuntimeError(f"dvc push failed:\n{_tail(output)}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(digest)
     return _tail(proc.stdout, 1)
 
 
