@@ -12,6 +12,7 @@ import torch
 from siamese import metrics
 from siamese.config import Params
 from siamese.losses.distances import pair_distance
+from siamese.losses.distributed import gather_batch
 from siamese.losses.losses import MetricLoss, contrastive_pair_loss
 from siamese.models.encoders import SiameseEncoder
 
@@ -54,8 +55,10 @@ class SiameseModule(pl.LightningModule):
             n = len(a) * 2
         else:
             x, labels = batch
-            loss, stats = self.criterion(self.encoder(x), labels)
-            n = len(x)
+            # mine over the global batch: every rank sees all ranks' embeddings
+            emb, labels = gather_batch(self.encoder(x), labels)
+            loss, stats = self.criterion(emb, labels)
+            n = len(emb)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
