@@ -14,7 +14,11 @@ def test_shipped_params_are_valid():
     [
         ({"train": {"los": "contrastive"}}, "train.los", "unknown key"),
         ({"trian": {}}, "trian", "unknown key"),
-        ({"train": {"loss": "arcface"}}, "train.loss", "allowed: contrastive, triplet"),
+        (
+            {"train": {"loss": "arcface"}},
+            "train.loss",
+            "allowed: contrastive, triplet, multi_similarity",
+        ),
         ({"train": {"images_per_identity": 1}}, "train.images_per_identity", "K must be >= 2"),
         ({"train": {"margin": -0.5}}, "train.margin", "> 0"),
         ({"train": {"lr": float("nan")}}, "train.lr", "finite"),

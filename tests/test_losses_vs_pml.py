@@ -81,6 +81,15 @@ def test_batch_hard_triplet_equals_pml(seed):
     _compare(lambda e: ours(e, labels)[0], lambda e: theirs(e, labels, miner(e, labels)), emb)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("alpha, beta, base", [(2.0, 50.0, 0.5), (1.0, 10.0, 0.2)])
+def test_multi_similarity_equals_pml(seed, alpha, beta, base):
+    emb, labels = _batch(seed)
+    ours = MetricLoss("multi_similarity", "all_pairs", 0.1, ms=(alpha, beta, base))
+    theirs = pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base, reducer=MEAN)
+    _compare(lambda e: ours(e, labels)[0], lambda e: theirs(e, labels), emb)
+
+
 def _triplet_set(t):
     return set(zip(*(x.tolist() for x in t), strict=True))
 

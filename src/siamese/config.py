@@ -15,12 +15,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-LOSSES = ("contrastive", "triplet")
+LOSSES = ("contrastive", "triplet", "multi_similarity")
 MINERS = ("batch_all", "batch_hard", "semi_hard", "hard_pairs", "all_pairs", "offline_pairs")
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 LOSS_MINERS = {
     "contrastive": ("all_pairs", "hard_pairs", "offline_pairs"),
     "triplet": ("batch_all", "batch_hard", "semi_hard"),
+    "multi_similarity": ("all_pairs",),
 }
 
 
@@ -82,6 +83,9 @@ class TrainParams(_Strict):
     distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
     contrastive_form: Literal["squared", "linear"] = "squared"
     soft_margin: bool = Field(False, description="triplet: softplus instead of hinge")
+    ms_alpha: float = Field(2.0, gt=0, description="multi-similarity: positive weight")
+    ms_beta: float = Field(50.0, gt=0, description="multi-similarity: negative weight")
+    ms_base: float = Field(0.5, description="multi-similarity: similarity offset")
     identities_per_batch: int = Field(8, ge=2, description="P of the P x K sampler")
     images_per_identity: int = Field(8, description="K of the P x K sampler")
     batches_per_epoch: int | None = Field(None, ge=1, description="default: one pass over train")

@@ -32,7 +32,13 @@ class SiameseModule(pl.LightningModule):
             m.encoder, self.p.data.image_size, m.embedding_dim, m.channels, m.normalize, t.distance
         )
         self.criterion = MetricLoss(
-            t.loss, self._online_miner(), t.margin, t.distance, t.contrastive_form, t.soft_margin
+            t.loss,
+            self._online_miner(),
+            t.margin,
+            t.distance,
+            t.contrastive_form,
+            t.soft_margin,
+            (t.ms_alpha, t.ms_beta, t.ms_base),
         )
         self.val_pairs = val_pairs
         self.val_images = None if val_images is None else np.asarray(val_images)

@@ -39,6 +39,28 @@ def contrastive_pair_loss(
     return loss
 
 
+def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise log(1 + sum over mask of exp(x)), computed stably."""
+    x = x.masked_fill(~mask, float("-inf"))
+    zeros = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
+    return torch.logsumexp(torch.cat([zeros, x], dim=1), dim=1)
+
+
+def multi_similarity_loss(
+    emb: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, base: float
+) -> torch.Tensor:
+    """Wang et al. 2019 on cosine similarity: per anchor, a soft weighting of all positives and
+    negatives relative to ``base``; averaged over anchors."""
+    from siamese.losses.miners import label_masks
+
+    x = torch.nn.functional.normalize(emb, dim=1)
+    sim = x @ x.T
+    pos, neg = label_masks(labels)
+    pos_term = _log1p_sum_exp(-alpha * (sim - base), pos) / alpha
+    neg_term = _log1p_sum_exp(beta * (sim - base), neg) / beta
+    return (pos_term + neg_term).mean()
+
+
 class MetricLoss(torch.nn.Module):
     """A loss over a labelled batch of embeddings: mine tuples, then reduce their losses."""
 
@@ -50,11 +72,15 @@ class MetricLoss(torch.nn.Module):
         distance: str = "euclidean",
         contrastive_form: str = "squared",
         soft_margin: bool = False,
+        ms: tuple[float, float, float] = (2.0, 50.0, 0.5),
     ):
         super().__init__()
         self.loss, self.miner_name, self.margin = loss, miner, margin
         self.distance, self.form, self.soft = distance, contrastive_form, soft_margin
-        if loss == "contrastive":
+        self.ms = ms
+        if loss == "multi_similarity":
+            self.miner = None
+        elif loss == "contrastive":
             self.miner = PAIR_MINERS[miner]
         elif loss == "triplet":
             self.miner = TRIPLET_MINERS[miner]
@@ -62,6 +88,8 @@ class MetricLoss(torch.nn.Module):
             raise ValueError(f"unknown loss {loss!r}")
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if self.loss == "multi_similarity":
+            return multi_similarity_loss(emb, labels, *self.ms), {}
         dist = pairwise_distance(emb, kind=self.distance)
         loss = emb.sum() * 0.0  # keeps the graph connected when nothing is mined
         if self.loss == "contrastive":
