@@ -28,6 +28,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_timing.py
 	$(BIN)/python benchmarks/roc_sweep.py
+	$(BIN)/python benchmarks/loss_speed.py
 
 clean:
 	rm -rf artifacts mlflow.db mlartifacts .dvcstore dvc.lock

@@ -39,45 +39,42 @@ def batch_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple
     return anchors, hardest_pos[anchors], hardest_neg[anchors]
 
 
-def batch_all(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
-    """Every (anchor, positive, negative) triplet that violates the margin.
+_CHUNK_ELEMENTS = 1 << 22  # (anchor, positive) rows x batch columns per step: 16 MiB of float32
 
-    Built per anchor row so peak memory is O(B^2) instead of O(B^3)."""
+
+def _triplets_where(dist: torch.Tensor, labels: torch.Tensor, keep) -> tuple:
+    """Every (a, p, n) whose gap ``d_an - d_ap`` satisfies ``keep``.
+
+    Vectorised over (anchor, positive) pairs in chunks of rows x B, so peak memory stays
+    O(B^2) (never the (B, B, B) tensor) while avoiding a Python loop per anchor."""
     pos, neg = label_masks(labels)
     d = dist.detach()
+    a_all, p_all = torch.nonzero(pos, as_tuple=True)
+    d_ap = d[a_all, p_all]
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, len(labels)))
     out_a, out_p, out_n = [], [], []
-    for a in torch.nonzero(pos.any(1) & neg.any(1), as_tuple=True)[0].tolist():
-        p_idx = torch.nonzero(pos[a], as_tuple=True)[0]
-        n_idx = torch.nonzero(neg[a], as_tuple=True)[0]
-        viol = d[a, p_idx].unsqueeze(1) - d[a, n_idx].unsqueeze(0) + margin > 0
-        pi, ni = torch.nonzero(viol, as_tuple=True)
-        out_a.append(torch.full_like(pi, a))
-        out_p.append(p_idx[pi])
-        out_n.append(n_idx[ni])
+    for s in range(0, len(a_all), chunk):
+        a, p = a_all[s : s + chunk], p_all[s : s + chunk]
+        gap = d[a] - d_ap[s : s + chunk].unsqueeze(1)
+        rows, n = torch.nonzero(neg[a] & keep(gap), as_tuple=True)
+        out_a.append(a[rows])
+        out_p.append(p[rows])
+        out_n.append(n)
     if not out_a:
         empty = torch.empty(0, dtype=torch.long, device=labels.device)
         return empty, empty, empty
     return torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)
+
+
+def batch_all(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
+    """Every (anchor, positive, negative) triplet that violates the margin."""
+    return _triplets_where(dist, labels, lambda gap: gap < margin)
 
 
 def semi_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
     """FaceNet's semi-hard triplets: the negative is farther than the positive but still inside
-    the margin (0 < d_an - d_ap <= margin). Built per anchor row: O(B^2) memory."""
-    pos, neg = label_masks(labels)
-    d = dist.detach()
-    out_a, out_p, out_n = [], [], []
-    for a in torch.nonzero(pos.any(1) & neg.any(1), as_tuple=True)[0].tolist():
-        p_idx = torch.nonzero(pos[a], as_tuple=True)[0]
-        n_idx = torch.nonzero(neg[a], as_tuple=True)[0]
-        gap = d[a, n_idx].unsqueeze(0) - d[a, p_idx].unsqueeze(1)
-        pi, ni = torch.nonzero((gap > 0) & (gap <= margin), as_tuple=True)
-        out_a.append(torch.full_like(pi, a))
-        out_p.append(p_idx[pi])
-        out_n.append(n_idx[ni])
-    if not out_a:
-        empty = torch.empty(0, dtype=torch.long, device=labels.device)
-        return empty, empty, empty
-    return torch.cat(out_a), torch.cat(out_p), torch.cat(out_n)
+    the margin (0 < d_an - d_ap <= margin)."""
+    return _triplets_where(dist, labels, lambda gap: (gap > 0) & (gap <= margin))
 
 
 PAIR_MINERS = {"all_pairs": all_pairs, "hard_pairs": hard_pairs}
