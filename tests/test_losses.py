@@ -92,3 +92,15 @@ def test_losses_decrease_when_optimised():
         loss.backward()
         opt.step()
     assert loss.item() < first * 0.5
+
+
+def test_collapsed_embeddings_stop_training_with_advice():
+    from siamese.module import EmbeddingCollapseError, check_embedding_spread
+
+    # a real collapse: an encoder whose output ignores its input
+    emb = torch.nn.functional.normalize(torch.ones(16, 8), dim=1)
+    spread = float((emb - emb.mean(0)).norm(dim=1).mean())
+    with pytest.raises(EmbeddingCollapseError, match="epoch 3.*batch_hard"):
+        check_embedding_spread(spread, 3)
+    healthy = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    check_embedding_spread(float((healthy - healthy.mean(0)).norm(dim=1).mean()), 3)

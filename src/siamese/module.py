@@ -21,6 +21,24 @@ class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; stopping keeps the last good checkpoint intact."""
 
 
+class EmbeddingCollapseError(RuntimeError):
+    """Every input maps to (nearly) the same embedding: the metric has degenerated."""
+
+
+COLLAPSE_SPREAD = 1e-3  # mean in-batch distance below this = a collapsed embedding
+
+
+def check_embedding_spread(spread: float, epoch: int) -> None:
+    """Fail loudly on a collapsed embedding instead of training on for nothing."""
+    if spread < COLLAPSE_SPREAD:
+        raise EmbeddingCollapseError(
+            f"embeddings collapsed at epoch {epoch} (mean distance to the batch centre "
+            f"{spread:.2e}): every input maps to one point. Known cause: batch_hard triplet "
+            "with a fixed margin; use batch_all or semi_hard, a soft margin "
+            "(train.soft_margin: true), the contrastive loss, or a lower train.lr"
+        )
+
+
 class SiameseModule(pl.LightningModule):
     def __init__(self, params: dict, val_pairs: dict | None = None, val_images=None):
         super().__init__()
@@ -65,6 +83,9 @@ class SiameseModule(pl.LightningModule):
             emb, labels = gather_batch(self.encoder(x), labels)
             loss, stats = self.criterion(emb, labels)
             n = len(emb)
+            with torch.no_grad():  # mean distance of an embedding to the batch centre
+                spread = (emb - emb.mean(0)).norm(dim=1).mean()
+            self.log("train/embedding_spread", spread, on_step=False, on_epoch=True, batch_size=n)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, "
@@ -74,6 +95,11 @@ class SiameseModule(pl.LightningModule):
         for k, v in stats.items():
             self.log(f"train/{k}", float(v), on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        spread = self.trainer.callback_metrics.get("train/embedding_spread")
+        if spread is not None:
+            check_embedding_spread(float(spread), self.current_epoch)
 
     def on_validation_epoch_start(self) -> None:
         self._val_emb = []
