@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_timing.py
 	$(BIN)/python benchmarks/roc_sweep.py
 	$(BIN)/python benchmarks/loss_speed.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
 	rm -rf artifacts mlflow.db mlartifacts .dvcstore dvc.lock
