@@ -189,3 +189,32 @@ def test_target_far_strategy_with_isotonic_probabilities(faces_params, project):
     )
     assert "ci" not in report and "kfold_accuracy" not in report
     assert 0 <= report["brier"] <= 1
+
+
+def test_hard_negative_mining_with_the_champion(faces_params, project):
+    from siamese.datamodule import load_pairs
+    from siamese.embedding import embed, load_encoder
+    from siamese.stages.prepare import PreparedData
+
+    _all_stages(faces_params)  # registers v1 as champion
+    random_neg = load_pairs(paths.PAIRS / "train.npz")
+    params = set_params(
+        project / "params.yaml",
+        ["mine.hard_negatives_from=models:/faces@champion", "mine.hard_negative_fraction=1.0"],
+    )
+    summary = run_mine(params, paths.PREPARED, paths.PAIRS)
+    assert summary["reference_model"] == "models:/faces@champion"
+    assert summary["train_hard_negatives"] == summary["train_pairs"] - summary["train_positive"]
+    hard = load_pairs(paths.PAIRS / "train.npz")
+    data = PreparedData(paths.PREPARED)
+    assert not np.any(
+        data.labels[hard["a"]][hard["y"] == 0] == data.labels[hard["b"]][hard["y"] == 0]
+    )
+    assert set(data.labels[hard["a"]]) <= set(data.labels[data.indices("train")])
+    emb = embed(load_encoder(paths.TRAIN), data.images)
+
+    def mean_neg_distance(p):
+        n = p["y"] == 0
+        return np.linalg.norm(emb[p["a"][n]] - emb[p["b"][n]], axis=1).mean()
+
+    assert mean_neg_distance(hard) < mean_neg_distance(random_neg)

@@ -62,6 +62,12 @@ class MineParams(_Strict):
     train_pairs: int = Field(
         4000, ge=0, description="balanced training pairs for the offline_pairs miner (0: none)"
     )
+    hard_negatives_from: str | None = Field(
+        None,
+        description="a registered model (e.g. models:/siamese-digits@champion) whose embeddings "
+        "choose the hardest negative training pairs; null: random negatives",
+    )
+    hard_negative_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class ModelParams(_Strict):

@@ -6,6 +6,43 @@ from __future__ import annotations
 import numpy as np
 
 
+def hard_negative_pairs(
+    indices: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, n_pairs: int, seed: int
+) -> np.ndarray:
+    """``n_pairs`` distinct different-identity pairs that a reference model finds closest.
+
+    Anchors are drawn uniformly; each takes its nearest not-yet-used negative, so the set covers
+    many anchors instead of piling onto one confusable identity. Memory is O(anchors x N)."""
+    indices = np.asarray(indices)
+    emb = np.asarray(embeddings, dtype=np.float64)  # rows aligned with ``indices``
+    lab = labels[indices]
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, int]] = set()
+    out: list[tuple[int, int]] = []
+    order = rng.permutation(len(indices))
+    rounds = 0
+    while len(out) < n_pairs and rounds < 50:
+        rounds += 1
+        for start in range(0, len(order), 256):
+            rows = order[start : start + 256]
+            d = ((emb[rows, None, :] - emb[None, :, :]) ** 2).sum(-1)
+            d[lab[rows, None] == lab[None, :]] = np.inf
+            for r, row in zip(rows, d, strict=True):
+                for j in np.argsort(row)[: rounds + 1]:
+                    if not np.isfinite(row[j]):
+                        break
+                    key = (int(min(indices[r], indices[j])), int(max(indices[r], indices[j])))
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(key)
+                        break
+                if len(out) == n_pairs:
+                    break
+            if len(out) == n_pairs:
+                break
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
 def balanced_pairs(indices: np.ndarray, labels: np.ndarray, n_pairs: int, seed: int) -> dict:
     """Draw ``n_pairs`` unique pairs from ``indices``: half same identity, half different.
 
