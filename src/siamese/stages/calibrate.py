@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from siamese import metrics
+from siamese.bootstrap import bootstrap_ci
 from siamese.config import Params
 from siamese.embedding import split_pair_distances
 from siamese.io import atomic_dir, write_json
@@ -27,14 +28,8 @@ def threshold_interval(
     """Percentile CI of the chosen threshold over stratified resamples of the validation pairs."""
     if n == 0:
         return None
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(same), np.flatnonzero(~same)
-    values = []
-    for _ in range(n):
-        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-        values.append(choose_threshold(d[idx], same[idx], strategy, target))
-    alpha = (1 - level) / 2
-    return {"low": float(np.quantile(values, alpha)), "high": float(np.quantile(values, 1 - alpha))}
+    choose = {"threshold": lambda dd, yy: choose_threshold(dd, yy, strategy, target)}
+    return bootstrap_ci(d, same, choose, n, level, seed)["threshold"]
 
 
 def run_calibrate(
