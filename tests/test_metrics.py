@@ -4,6 +4,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from siamese import metrics
+from siamese.thresholds import max_accuracy_threshold
 
 
 def _cases():
@@ -35,7 +36,7 @@ def test_eer_and_tar_on_a_hand_built_case():
 def test_max_accuracy_threshold_never_splits_a_tie():
     d = np.array([0.1, 0.2, 0.2, 0.2, 0.9])
     y = np.array([1, 1, 0, 1, 0])
-    thr, acc = metrics.max_accuracy_threshold(d, y)
+    thr, acc = max_accuracy_threshold(d, y)
     assert acc == pytest.approx(0.8)
     assert 0.2 < thr < 0.9
     assert metrics.accuracy_at(d, y, thr) == pytest.approx(acc)
@@ -44,7 +45,7 @@ def test_max_accuracy_threshold_never_splits_a_tie():
 def test_perfect_separation():
     d = np.array([0.1, 0.2, 0.8, 0.9])
     y = np.array([1, 1, 0, 0])
-    thr, acc = metrics.max_accuracy_threshold(d, y)
+    thr, acc = max_accuracy_threshold(d, y)
     assert acc == 1.0 and 0.2 < thr < 0.8
     assert metrics.roc_auc(d, y) == 1.0 and metrics.eer(d, y) == 0.0
 

@@ -58,14 +58,11 @@ def roc_curve(distances: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr, np.r_[-np.inf, s.thresholds]
 
 
-def roc_auc(distances: np.ndarray, same: np.ndarray) -> float:
-    fpr, tpr, _ = roc_curve(distances, same)
+def _auc_of(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def eer(distances: np.ndarray, same: np.ndarray) -> float:
-    """Equal error rate: where the false accept and false reject rates cross (interpolated)."""
-    fpr, tpr, _ = roc_curve(distances, same)
+def _eer_of(fpr: np.ndarray, tpr: np.ndarray) -> float:
     fnr = 1.0 - tpr
     diff = fnr - fpr  # decreasing from 1 to <= 0
     i = int(np.argmax(diff <= 0))
@@ -76,27 +73,25 @@ def eer(distances: np.ndarray, same: np.ndarray) -> float:
     return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
 
 
+def _tar_of(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    return float(tpr[fpr <= far + 1e-12].max())
+
+
+def roc_auc(distances: np.ndarray, same: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(distances, same)
+    return _auc_of(fpr, tpr)
+
+
+def eer(distances: np.ndarray, same: np.ndarray) -> float:
+    """Equal error rate: where the false accept and false reject rates cross (interpolated)."""
+    fpr, tpr, _ = roc_curve(distances, same)
+    return _eer_of(fpr, tpr)
+
+
 def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> float:
     """Highest true accept rate with false accept rate <= far."""
     fpr, tpr, _ = roc_curve(distances, same)
-    ok = fpr <= far + 1e-12
-    return float(tpr[ok].max())
-
-
-def max_accuracy_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Threshold maximising accuracy, placed midway to the next distinct distance so that it
-    never sits on a tie and generalises symmetrically; returns (threshold, accuracy)."""
-    s = sweep(distances, same)
-    n = s.n_pos + s.n_neg
-    correct = np.r_[s.n_neg, s.tp + (s.n_neg - s.fp)]  # index 0: accept nothing
-    best = int(np.argmax(correct))
-    if best == 0:
-        thr = float(s.thresholds[0]) - 1e-6 if len(s.thresholds) else 0.0
-    elif best < len(s.thresholds):
-        thr = float((s.thresholds[best - 1] + s.thresholds[best]) / 2)
-    else:
-        thr = float(s.thresholds[-1])
-    return thr, float(correct[best] / n)
+    return _tar_of(fpr, tpr, far)
 
 
 def accuracy_at(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
@@ -119,9 +114,10 @@ def verification_report(
 ) -> dict[str, float]:
     """Every scalar the evaluate stage reports, under stable keys for MLflow comparisons."""
     y = np.asarray(same).astype(bool)
+    fpr, tpr, _ = roc_curve(distances, y)  # one sweep serves every curve metric
     report = {
-        "roc_auc": roc_auc(distances, y),
-        "eer": eer(distances, y),
+        "roc_auc": _auc_of(fpr, tpr),
+        "eer": _eer_of(fpr, tpr),
         "accuracy": accuracy_at(distances, y, threshold),
         "threshold": float(threshold),
         "n_pairs": int(len(y)),
@@ -132,5 +128,5 @@ def verification_report(
     n_neg = int((~y).sum())
     for far in far_targets:
         if n_neg * far >= 1:  # at least one false accept must be representable
-            report[f"tar_at_far_{far:g}"] = tar_at_far(distances, y, far)
+            report[f"tar_at_far_{far:g}"] = _tar_of(fpr, tpr, far)
     return report

@@ -15,6 +15,7 @@ from siamese.losses.distances import pair_distance
 from siamese.losses.distributed import gather_batch
 from siamese.losses.losses import MetricLoss, contrastive_pair_loss
 from siamese.models.encoders import SiameseEncoder
+from siamese.thresholds import max_accuracy_threshold
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,7 +125,7 @@ class SiameseModule(pl.LightningModule):
         else:
             auc = metrics.roc_auc(d, y)
             eer = metrics.eer(d, y)
-            acc = metrics.max_accuracy_threshold(d, y)[1]
+            acc = max_accuracy_threshold(d, y)[1]
         loss = contrastive_pair_loss(torch.from_numpy(d), torch.from_numpy(y), self.p.train.margin)
         self.log("val/roc_auc", auc, prog_bar=True)
         self.log("val/eer", eer)

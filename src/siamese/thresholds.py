@@ -76,6 +76,15 @@ _PICK: dict[str, Callable[[Sweep, float | None], int]] = {
 }
 
 
+def max_accuracy_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy) of the max_accuracy strategy, both from one sweep."""
+    s = sweep(distances, same)
+    i = _max_accuracy(s, None)
+    tp, fp = _operating_points(s)
+    accuracy = (tp[i] + s.n_neg - fp[i]) / max(s.n_pos + s.n_neg, 1)
+    return _threshold_for(s, i), float(accuracy)
+
+
 def choose_threshold(
     distances: np.ndarray, same: np.ndarray, strategy: str, target: float | None = None
 ) -> float:
