@@ -16,6 +16,11 @@ from siamese.sampler import PKBatchSampler
 from siamese.stages.prepare import PreparedData
 
 
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (S, S) -> float (1, S, S), the encoder's input."""
+    return preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])[0]
+
+
 class ImageDataset(Dataset):
     """(image, label) by global index, augmented on the fly when a transform is given."""
 
@@ -26,8 +31,7 @@ class ImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = apply_augment(self.transform, self.images[i])
-        return preprocess(torch.from_numpy(np.ascontiguousarray(img))[None])[0], int(self.labels[i])
+        return _to_tensor(apply_augment(self.transform, self.images[i])), int(self.labels[i])
 
 
 class PairDataset(Dataset):
@@ -42,8 +46,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int):
         a = apply_augment(self.transform, self.images[self.pairs["a"][i]])
         b = apply_augment(self.transform, self.images[self.pairs["b"][i]])
-        to_t = lambda x: preprocess(torch.from_numpy(np.ascontiguousarray(x))[None])[0]  # noqa: E731
-        return to_t(a), to_t(b), int(self.pairs["y"][i])
+        return _to_tensor(a), _to_tensor(b), int(self.pairs["y"][i])
 
 
 def load_pairs(path: str | Path) -> dict[str, np.ndarray]:

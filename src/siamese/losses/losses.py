@@ -94,12 +94,9 @@ class MetricLoss(torch.nn.Module):
         loss = emb.sum() * 0.0  # keeps the graph connected when nothing is mined
         if self.loss == "contrastive":
             (pi, pj), (ni, nj) = self.miner(dist, labels, self.margin)
-            if len(pi):
-                pos = torch.ones(len(pi), dtype=torch.bool, device=emb.device)
-                loss = loss + contrastive_terms(dist[pi, pj], pos, self.margin, self.form).mean()
-            if len(ni):
-                neg = torch.zeros(len(ni), dtype=torch.bool, device=emb.device)
-                loss = loss + contrastive_terms(dist[ni, nj], neg, self.margin, self.form).mean()
+            d = torch.cat([dist[pi, pj], dist[ni, nj]])
+            same = torch.arange(len(d), device=emb.device) < len(pi)
+            loss = loss + contrastive_pair_loss(d, same, self.margin, self.form)
             return loss, {"mined_pos": len(pi), "mined_neg": len(ni)}
         a, p, n = self.miner(dist, labels, self.margin)
         if len(a) == 0:
