@@ -14,7 +14,7 @@ from siamese import metrics
 from siamese.bootstrap import bootstrap_ci, kfold_accuracy
 from siamese.config import Params
 from siamese.datamodule import load_pairs
-from siamese.embedding import split_pair_distances
+from siamese.embedding import load_encoder, pair_distances
 from siamese.io import atomic_dir, read_json, save_npz, write_json
 from siamese.probability import (
     apply_probability_map,
@@ -70,7 +70,11 @@ def run_evaluate(
     from siamese.stages.prepare import PreparedData
 
     e = params.evaluate
-    d, y = split_pair_distances(prepared_dir, pairs_dir, model_dir, "test")
+    # loaded once: the distances and the hardest-pairs sheet both need images and pairs
+    data = PreparedData(prepared_dir)
+    pairs = load_pairs(Path(pairs_dir) / "test.npz")
+    d = pair_distances(load_encoder(model_dir), data.images, pairs)
+    y = pairs["y"].astype(bool)
     calibration = read_json(Path(calibration_dir) / "calibration.json")
     threshold = calibration["threshold"]
     report = metrics.verification_report(d, y, threshold, e.far_targets)
@@ -107,7 +111,6 @@ def run_evaluate(
         centre = f"{(edges[i] + edges[i + 1]) / 2:.6g}"
         hist_rows.append((centre, int(pos_hist[i]), "positive"))
         hist_rows.append((centre, int(neg_hist[i]), "negative"))
-    pairs = load_pairs(Path(pairs_dir) / "test.npz")
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "metrics.json", report)
         (tmp / "roc.csv").write_text(_csv(["fpr", "tpr", "threshold"], roc_rows))
@@ -136,6 +139,6 @@ def run_evaluate(
             tmp / "figures",
             e.histogram_bins,
             rel,
-            hardest=(PreparedData(prepared_dir).images, pairs, e.hardest_pairs),
+            hardest=(data.images, pairs, e.hardest_pairs),
         )
     return report

@@ -57,7 +57,7 @@ def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_di
     client.log_artifacts(run_id, str(eval_dir / "figures"), artifact_path="evaluation")
 
 
-def _champion_score(client, name: str, test_pairs: dict, images: np.ndarray) -> dict | None:
+def _champion_score(client, name: str, test_pairs: dict, prepared_dir: str | Path) -> dict | None:
     """Score the current champion on *our* test pairs through its served interface."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -69,6 +69,7 @@ def _champion_score(client, name: str, test_pairs: dict, images: np.ndarray) -> 
     except MlflowException:
         return None
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    images = PreparedData(prepared_dir).images  # only needed when there is a champion
     out = model.predict(pairs_frame(images, test_pairs["a"], test_pairs["b"]))
     d = out["distance"].to_numpy(dtype=np.float64)
     return {"version": str(champ.version), "roc_auc": metrics.roc_auc(d, test_pairs["y"])}
@@ -127,12 +128,11 @@ def run_register(
     calibration = read_json(calibration_path)
     test = read_json(eval_dir / "metrics.json")
     test_pairs = load_pairs(Path(pairs_dir) / "test.npz")
-    data = PreparedData(prepared_dir)
 
     _log_run_results(client, run_id, calibration, test, eval_dir)
     with active_tracking_uri(uri):
         model_uri = _log_model(run_id, model_dir, calibration_path)
-        champion = _champion_score(client, name, test_pairs, data.images)
+        champion = _champion_score(client, name, test_pairs, prepared_dir)
     _ensure_registered_model(client, name)
     run = client.get_run(run_id)
     version_tags = {
