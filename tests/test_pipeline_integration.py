@@ -20,6 +20,18 @@ from siamese.tracking import tracking_uri
 pytestmark = pytest.mark.integration
 
 
+def _dvc_json(project, *args: str):
+    """A DVC command's ``--json`` output, run in the project like a user would."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", *args, "--json"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
 def _digit_images():
     from sklearn.datasets import load_digits
 
@@ -70,14 +82,7 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert out["distance"].iloc[0] >= 0 and out["match"].dtype == bool
     assert (out["similarity"] > 0).all() and (out["similarity"] <= 1).all()
     # every DVC-tracked output was pushed: a registered version's inputs can be pulled back
-    cloud = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--cloud", "--json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(cloud.stdout) == {}
+    assert _dvc_json(project, "status", "--cloud") == {}
     assert (project / ".dvcstore").is_dir()
 
     again = training_flow(project_dir=str(project))
@@ -103,13 +108,6 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert "lr: 0.004" in (project / "params.yaml").read_text()
 
     # the metrics files are committed with git, so DVC diffs them between commits
-    diff = subprocess.run(
-        [sys.executable, "-m", "dvc", "metrics", "diff", "--json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    changes = json.loads(diff.stdout)
+    changes = _dvc_json(project, "metrics", "diff")
     assert "artifacts/evaluate/metrics.json" in changes
     assert "roc_auc" in changes["artifacts/evaluate/metrics.json"]
