@@ -57,3 +57,19 @@ def test_set_params_keeps_comments_and_rejects_bad_values(tmp_path):
     with pytest.raises(ParamsError, match="train.margin"):
         set_params(f, ["train.margin=-1"])
     assert "margin" not in f.read_text()  # a rejected override never reaches the file
+
+
+def test_set_params_replaces_collections_repeatedly_without_corrupting_the_file(tmp_path):
+    import shutil
+
+    import yaml
+
+    f = tmp_path / "params.yaml"
+    shutil.copy("params.yaml", f)
+    set_params(f, ["augment=[]", "train.max_epochs=2"])
+    set_params(f, ["augment=[]", "train.loss=triplet", "train.miner=semi_hard"])
+    set_params(f, ["augment=[{name: Affine, params: {rotate: 5}}]"])
+    raw = yaml.safe_load(f.read_text())
+    assert raw["augment"] == [{"name": "Affine", "params": {"rotate": 5}}]
+    assert raw["train"]["loss"] == "triplet" and raw["train"]["max_epochs"] == 2
+    assert "# P" in f.read_text()  # other comments survive

@@ -15,13 +15,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-LOSSES = ("contrastive", "triplet", "multi_similarity")
+LOSSES = ("contrastive", "triplet", "multi_similarity", "bce")
 MINERS = ("batch_all", "batch_hard", "semi_hard", "hard_pairs", "all_pairs", "offline_pairs")
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 LOSS_MINERS = {
     "contrastive": ("all_pairs", "hard_pairs", "offline_pairs"),
     "triplet": ("batch_all", "batch_hard", "semi_hard"),
     "multi_similarity": ("all_pairs",),
+    # Koch et al.'s learned weighted-L1 head, trained with binary cross-entropy on pairs
+    "bce": ("all_pairs", "offline_pairs"),
 }
 
 

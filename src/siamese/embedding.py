@@ -22,6 +22,7 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
         cfg["channels"],
         cfg["normalize"],
         cfg.get("distance", "euclidean"),
+        cfg.get("head"),
     )
     state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
     enc.load_state_dict(state)
@@ -48,18 +49,18 @@ def pair_distances(
     uniq, inv = np.unique(np.r_[pairs["a"], pairs["b"]], return_inverse=True)
     emb = embed(encoder, images[uniq]).astype(np.float64)
     n = len(pairs["a"])
-    return embedding_distances(emb[inv[:n]], emb[inv[n:]], encoder.config["distance"])
+    return embedding_distances(encoder, emb[inv[:n]], emb[inv[n:]])
 
 
-def embedding_distances(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
-    """Row-wise distances of embedding arrays, in float64 for stable metrics."""
-    from siamese.losses.distances import pair_distance
-
+@torch.no_grad()
+def embedding_distances(encoder: SiameseEncoder, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise distances of embedding arrays under the encoder's metric, in float64 for stable
+    metrics."""
     ta, tb = (
         torch.from_numpy(np.asarray(a, np.float64)),
         torch.from_numpy(np.asarray(b, np.float64)),
     )
-    return pair_distance(ta, tb, kind).numpy()
+    return encoder.pair_distance(ta, tb).numpy()
 
 
 def split_pair_distances(

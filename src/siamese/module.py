@@ -11,10 +11,11 @@ import torch
 
 from siamese import metrics
 from siamese.config import Params
-from siamese.losses.distances import pair_distance
 from siamese.losses.distributed import gather_batch
 from siamese.losses.losses import MetricLoss, contrastive_pair_loss
+from siamese.losses.miners import label_masks
 from siamese.models.encoders import SiameseEncoder
+from siamese.models.heads import balanced_bce
 from siamese.thresholds import max_accuracy_threshold
 
 
@@ -47,10 +48,17 @@ class SiameseModule(pl.LightningModule):
         self.p = Params.model_validate(params)
         m = self.p.model
         t = self.p.train
+        self.uses_head = t.loss == "bce"
         self.encoder = SiameseEncoder(
-            m.encoder, self.p.data.image_size, m.embedding_dim, m.channels, m.normalize, t.distance
+            m.encoder,
+            self.p.data.image_size,
+            m.embedding_dim,
+            m.channels,
+            m.normalize,
+            t.distance,
+            head="weighted_l1" if self.uses_head else None,
         )
-        self.criterion = MetricLoss(
+        self.criterion = None if self.uses_head else MetricLoss(
             t.loss,
             self._online_miner(),
             t.margin,
@@ -70,19 +78,33 @@ class SiameseModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
+    def _pair_loss(self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+        """The loss of explicit pairs: offline training pairs and the validation pairs."""
+        if self.uses_head:
+            return balanced_bce(self.encoder.pair_logits(a, b), same)
+        t = self.p.train
+        return contrastive_pair_loss(self.encoder.pair_distance(a, b), same, t.margin, t.contrastive_form)
+
+    def _batch_loss(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The loss of a labelled batch: mined tuples, or every pair for the head (BCE)."""
+        if not self.uses_head:
+            return self.criterion(emb, labels)
+        pos, neg = label_masks(labels)
+        i, j = torch.triu_indices(len(emb), len(emb), 1, device=emb.device)
+        loss = balanced_bce(self.encoder.pair_logits(emb[i], emb[j]), pos[i, j])
+        return loss, {"pairs_pos": int(pos[i, j].sum()), "pairs_neg": int(neg[i, j].sum())}
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if self.p.train.miner == "offline_pairs":
             a, b, y = batch
             emb = self.encoder(torch.cat([a, b]))
-            t = self.p.train
-            d = pair_distance(emb[: len(a)], emb[len(a) :], t.distance)
-            loss, stats = contrastive_pair_loss(d, y, t.margin, t.contrastive_form), {}
+            loss, stats = self._pair_loss(emb[: len(a)], emb[len(a) :], y), {}
             n = len(a) * 2
         else:
             x, labels = batch
             # mine over the global batch: every rank sees all ranks' embeddings
             emb, labels = gather_batch(self.encoder(x), labels)
-            loss, stats = self.criterion(emb, labels)
+            loss, stats = self._batch_loss(emb, labels)
             n = len(emb)
             with torch.no_grad():  # mean distance of an embedding to the batch centre
                 spread = (emb - emb.mean(0)).norm(dim=1).mean()
@@ -118,15 +140,16 @@ class SiameseModule(pl.LightningModule):
         pos = {int(g): i for i, g in enumerate(self.val_images)}
         a = emb[[pos[int(i)] for i in self.val_pairs["a"]]]
         b = emb[[pos[int(i)] for i in self.val_pairs["b"]]]
-        d = pair_distance(a, b, self.p.train.distance).numpy().astype(np.float64)
         y = self.val_pairs["y"]
+        with torch.no_grad():
+            d = self.encoder.pair_distance(a, b).numpy().astype(np.float64)
+            loss = self._pair_loss(a, b, torch.from_numpy(y))
         if not np.all(np.isfinite(d)):
             auc, acc, eer = 0.5, 0.5, 0.5
         else:
             auc = metrics.roc_auc(d, y)
             eer = metrics.eer(d, y)
             acc = max_accuracy_threshold(d, y)[1]
-        loss = contrastive_pair_loss(torch.from_numpy(d), torch.from_numpy(y), self.p.train.margin)
         self.log("val/roc_auc", auc, prog_bar=True)
         self.log("val/eer", eer)
         self.log("val/accuracy", acc)

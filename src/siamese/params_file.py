@@ -20,7 +20,8 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
         raise ParamsError(f"params file {path} not found")
     doc = yaml.load(path.read_text()) or {}
     plain = YAML(typ="safe").load(path.read_text()) or {}
-    params = validate_params(apply_overrides(plain, overrides), origin=f"{path} with overrides")
+    expected = apply_overrides(plain, overrides)
+    params = validate_params(expected, origin=f"{path} with overrides")
     for text in overrides:
         keys, value = parse_override(text)
         node = doc
@@ -28,8 +29,16 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
             if k not in node or not isinstance(node[k], dict):
                 node[k] = {}
             node = node[k]
-        node[keys[-1]] = value
+        key = keys[-1]
+        if isinstance(value, list | dict) or isinstance(node.get(key), list | dict):
+            # ruamel keeps a collection's trailing comment (and the line break it holds) on the
+            # key; swapping in another collection would glue the next key onto this line
+            node.ca.items.pop(key, None)
+        node[key] = value
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    text = buf.getvalue()
+    if (YAML(typ="safe").load(text) or {}) != expected:  # never write a file that reads back wrong
+        raise ParamsError(f"could not apply {overrides} to {path} without corrupting it")
+    atomic_write_bytes(path, text.encode())
     return params

@@ -65,7 +65,7 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
             d = np.zeros(0)
         else:
             emb = embed(self.encoder, np.stack(imgs)).astype(np.float64)
-            d = embedding_distances(emb[:n], emb[n:], self.encoder.config["distance"])
+            d = embedding_distances(self.encoder, emb[:n], emb[n:])
         prob = apply_probability_map(self.probability_map, d)
         return pd.DataFrame(
             {

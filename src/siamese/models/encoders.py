@@ -8,6 +8,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from siamese.losses.distances import pair_distance, pairwise_distance
+from siamese.models.heads import build_head, head_distance
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -72,8 +75,13 @@ def build_encoder(name: str, image_size: int, embedding_dim: int, channels: int 
     return _REGISTRY[name](image_size=image_size, embedding_dim=embedding_dim, channels=channels)
 
 
+LEARNED_DISTANCE = "learned"
+
+
 class SiameseEncoder(nn.Module):
-    """The shared encoder with its output normalisation: what both twins run."""
+    """The shared encoder with its output normalisation and, optionally, a learned similarity
+    head: everything both twins run, and the one place that turns two embeddings into a
+    distance, so training, calibration, evaluation and serving cannot disagree."""
 
     def __init__(
         self,
@@ -83,6 +91,7 @@ class SiameseEncoder(nn.Module):
         channels: int,
         normalize: bool,
         distance: str = "euclidean",
+        head: str | None = None,
     ):
         super().__init__()
         self.config = {
@@ -91,14 +100,41 @@ class SiameseEncoder(nn.Module):
             "embedding_dim": embedding_dim,
             "channels": channels,
             "normalize": normalize,
-            "distance": distance,  # the distance it was trained (and must be served) with
+            # the distance it was trained (and must be served) with
+            "distance": LEARNED_DISTANCE if head else distance,
+            "head": head,
         }
         self.net = build_encoder(encoder, image_size, embedding_dim, channels)
         self.normalize = normalize
+        self.head = build_head(head, embedding_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.net(x)
         return nn.functional.normalize(z, dim=1) if self.normalize else z
+
+    def pair_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The head's logit of p(same) per row; only for models with a head."""
+        if self.head is None:
+            raise ValueError("this encoder has no similarity head (model trained without bce)")
+        return self.head(a, b)
+
+    def pair_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Row-wise distance between embedding batches under this model's metric."""
+        if self.head is not None:
+            return head_distance(self.head(a, b))
+        return pair_distance(a, b, self.config["distance"])
+
+    def distance_matrix(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """(len(x), len(y)) distances under this model's metric (one-shot, retrieval, search).
+        A head needs |x_i - y_j| per pair, so it is evaluated in row chunks to bound memory."""
+        if self.head is None:
+            return pairwise_distance(x, y, self.config["distance"])
+        rows = []
+        for i in range(0, len(x), chunk):
+            xi = x[i : i + chunk]
+            logits = (xi[:, None, :] - y[None, :, :]).abs() @ self.head.weight.to(x.dtype)
+            rows.append(head_distance(logits + self.head.bias.to(x.dtype)))
+        return torch.cat(rows) if rows else x.new_zeros((0, len(y)))
 
 
 def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
