@@ -218,3 +218,36 @@ def test_hard_negative_mining_with_the_champion(faces_params, project):
         return np.linalg.norm(emb[p["a"][n]] - emb[p["b"][n]], axis=1).mean()
 
     assert mean_neg_distance(hard) < mean_neg_distance(random_neg)
+
+
+def test_bce_head_model_is_calibrated_evaluated_and_served_with_its_learned_distance(
+    faces_params, project
+):
+    params = set_params(
+        project / "params.yaml", ["train.loss=bce", "train.miner=all_pairs", "mine.test_pairs=40"]
+    )
+    result = _all_stages(params)
+    from siamese.embedding import load_encoder
+
+    encoder = load_encoder(paths.TRAIN)
+    assert encoder.config["distance"] == "learned" and encoder.head is not None
+    report = json.loads((paths.EVALUATION / "metrics.json").read_text())
+    assert 0 <= report["roc_auc"] <= 1 and np.isfinite(result["threshold"])
+
+    model = mlflow.pyfunc.load_model("models:/faces@champion")
+    faces = sorted(faces_params_root(params).iterdir())
+    a, b = sorted(faces[0].iterdir())[:2]
+    c = sorted(faces[1].iterdir())[0]
+    out = model.predict(
+        pd.DataFrame({"image_a": [a.read_bytes()] * 2, "image_b": [b.read_bytes(), c.read_bytes()]})
+    )
+    # the served distance is the head's 1 - p(same), computed in process the same way
+    from siamese.data.images import read_image
+    from siamese.embedding import embed, embedding_distances
+
+    size = encoder.config["image_size"]
+    emb = embed(encoder, np.stack([read_image(p, size) for p in (a, a, b, c)])).astype(np.float64)
+    expected = embedding_distances(encoder, emb[:2], emb[2:])
+    np.testing.assert_allclose(out["distance"].to_numpy(), expected, rtol=1e-6)
+    assert ((out["distance"] >= 0) & (out["distance"] <= 1)).all()
+    assert list(out["match"]) == list(out["distance"] <= result["threshold"])
