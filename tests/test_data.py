@@ -160,3 +160,9 @@ def test_prepared_data_defaults_for_an_older_data_npz(tmp_path):
     data = PreparedData(tmp_path)
     assert data.groups.tolist() == [-1] * 4 and data.forged.tolist() == [False] * 4
     assert data.indices("test", forged=False).tolist() == [2, 3]
+
+
+def test_images_beside_the_identity_folders_are_ignored(small_faces):
+    (small_faces / "preview.pgm").write_bytes((small_faces / "s1" / "1.pgm").read_bytes())
+    ds = load_folder_dataset(small_faces, 16)
+    assert len(ds.images) == 40 and "preview.pgm" not in ds.sources

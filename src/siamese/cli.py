@@ -187,7 +187,7 @@ def data_download(
         _fail(str(err), code=1)
     verb = "downloaded" if result["downloaded"] else "already present and verified:"
     typer.echo(f"{verb} {result['path']} (sha256 {result['sha256']})")
-    typer.echo(f"to use it, set data.source: {result['path']} in params.yaml")
+    typer.echo(f"to version it: dvc add {result['path']}; to use it: data.source: {result['path']}")
 
 
 @data_app.command("list")

@@ -236,6 +236,10 @@ def load_folder_dataset(
         raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     root = Path(root)
     with _open_tree(root) as tree:
+        loose = [f for f in tree.files if len(f) == 1]
+        if loose:  # images beside the identity folders belong to no identity
+            log.warning("ignoring %d image(s) at the top of %s", len(loose), root)
+            tree.files = [f for f in tree.files if len(f) > 1]
         if not tree.files:
             raise DatasetError(
                 f"dataset path {root} holds no identity folders with images "
