@@ -33,6 +33,7 @@ def add_dataset(source: Path, project: Path, name: str | None = None, use: bool 
     if source.is_dir():
         shutil.copytree(source, tmp, symlinks=False)
     else:  # a zip archive of identity folders
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, tmp)
     tmp.rename(target)
     proc = subprocess.run(["dvc", "add", str(rel)], cwd=project, capture_output=True, text=True)
