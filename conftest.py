@@ -50,6 +50,18 @@ def att_faces() -> Path:
     return _require(SHARED_DATA / "att_faces")
 
 
+@pytest.fixture(scope="session")
+def omniglot_zip() -> Path:
+    """The official Omniglot background archive (images_background/<Alphabet>/<character>/)."""
+    return _require(SHARED_DATA / "omniglot" / "images_background.zip")
+
+
+@pytest.fixture(scope="session")
+def svc2004() -> Path:
+    """SVC2004 signatures: user<N>/genuine/*.png and user<N>/forged/*.png."""
+    return _require(SHARED_DATA / "svc2004")
+
+
 @pytest.fixture
 def small_faces(att_faces, tmp_path) -> Path:
     """A copy of 8 AT&T identities (5 images each): real photos, small enough for fast tests."""

@@ -29,6 +29,18 @@ def test_shipped_params_are_valid():
         ({"augment": [{"name": "NoSuchTransform"}]}, "augment", "not an albumentations"),
         ({"augment": [{"name": "Affine", "params": {"bogus": 1}}]}, "augment", "Affine"),
         ({"evaluate": {"far_targets": [2.0]}}, "evaluate.far_targets", "(0, 1)"),
+        ({"augment": "kosh"}, "augment", "unknown augment preset 'kosh'; allowed: none, koch"),
+        ({"augment": 3}, "augment", "preset name"),
+        ({"augment": [{"nam": "Affine"}]}, "augment.0.nam", "unknown key"),
+        ({"data": {"layout": "nested"}}, "data.layout", "'grouped'"),
+        ({"data": {"layout": "grouped", "identity_depth": 1}}, "data.identity_depth", ">= 2"),
+        ({"data": {"layout": "signatures", "identity_depth": 2}}, "data.identity_depth", "1"),
+        ({"data": {"split_by": "alphabet"}}, "data.split_by", "'group'"),
+        (
+            {"mine": {"skilled_forgery_pairs": -1}},
+            "mine.skilled_forgery_pairs",
+            "greater than or equal to 0",
+        ),
     ],
 )
 def test_bad_params_name_the_key(raw, key, hint):
@@ -73,3 +85,23 @@ def test_set_params_replaces_collections_repeatedly_without_corrupting_the_file(
     assert raw["augment"] == [{"name": "Affine", "params": {"rotate": 5}}]
     assert raw["train"]["loss"] == "triplet" and raw["train"]["max_epochs"] == 2
     assert "# P" in f.read_text()  # other comments survive
+
+
+def test_koch_preset_is_a_named_augmentation():
+    from siamese.augment import PRESETS, build_augment
+
+    p = validate_params({"augment": "koch"})
+    assert p.augment == "koch"  # the preset name is what MLflow records
+    steps = PRESETS["koch"]
+    assert [s.params.get("rotate") for s in steps][0] == (-10.0, 10.0)
+    shear = steps[1].params["shear"]["x"][1]
+    assert 16.6 < shear < 16.8  # tan(16.7 deg) = 0.3, Koch's shear coefficient
+    assert steps[2].params["scale"]["x"] == (0.8, 1.2)
+    assert steps[3].params["translate_px"]["x"] == (-2, 2)
+    transform = build_augment("koch", seed=0)
+    assert len(transform.transforms) == 4
+
+
+def test_default_data_params_keep_the_digits_run():
+    d = validate_params({}).data
+    assert (d.source, d.layout, d.identity_depth, d.split_by) == ("digits", "auto", None, "auto")

@@ -3,7 +3,7 @@ import pytest
 
 from siamese.data.images import BadImageError, decode_image
 from siamese.data.sources import DatasetError, load_digits_dataset, load_folder_dataset
-from siamese.data.split import split_identities
+from siamese.data.split import split_groups, split_identities
 
 
 def test_digits_are_the_real_sklearn_digits():
@@ -68,3 +68,101 @@ def test_split_is_identity_disjoint_and_seeded():
 def test_too_few_identities():
     with pytest.raises(DatasetError, match="too few identities.*found 5"):
         split_identities([f"i{i}" for i in range(5)], 0.2, 0.2, 0)
+
+
+def _zip_dir(folder, zip_path, top=None):
+    import zipfile
+
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(folder).as_posix()
+                zf.write(f, f"{top}/{rel}" if top else rel)
+    return zip_path
+
+
+@pytest.mark.parametrize("top", [None, "faces"])
+def test_zip_of_identity_folders_reads_like_the_folder(small_faces, tmp_path, top):
+    folder = load_folder_dataset(small_faces, 16)
+    zipped = load_folder_dataset(_zip_dir(small_faces, tmp_path / "faces.zip", top), 16)
+    assert zipped.layout == "flat" and zipped.identities == folder.identities
+    assert np.array_equal(zipped.images, folder.images) and zipped.hashes == folder.hashes
+
+
+def _grouped(small_faces, root):
+    """The 8 real identities filed under 4 groups: root/<group>/<identity>/<image>."""
+    import shutil
+
+    for i, ident in enumerate(sorted(p for p in small_faces.iterdir() if p.is_dir())):
+        shutil.copytree(ident, root / f"group{i // 2}" / ident.name)
+    return root
+
+
+def test_grouped_layout_names_identities_by_group(small_faces, tmp_path):
+    ds = load_folder_dataset(_grouped(small_faces, tmp_path / "g"), 16)
+    assert ds.layout == "grouped" and len(set(ds.identities)) == 8
+    assert set(ds.groups) == {"group0", "group1", "group2", "group3"}
+    assert all(i.startswith(g + "/") for i, g in zip(ds.identities, ds.groups, strict=True))
+    # the same tree read as flat identity folders does not fit
+    with pytest.raises(DatasetError, match="does not fit data.layout flat"):
+        load_folder_dataset(tmp_path / "g", 16, layout="flat")
+
+
+def test_mixed_depths_ask_for_the_layout(small_faces):
+    import shutil
+
+    (small_faces / "extra" / "deeper").mkdir(parents=True)
+    shutil.copy(small_faces / "s1" / "1.pgm", small_faces / "extra" / "deeper" / "1.pgm")
+    with pytest.raises(DatasetError, match="different depths.*set data.layout"):
+        load_folder_dataset(small_faces, 16)
+
+
+def test_signature_layout_flags_forgeries(small_faces, tmp_path):
+    import shutil
+
+    root = tmp_path / "sig"
+    writers = sorted(p for p in small_faces.iterdir() if p.is_dir())[:3]
+    for w in writers:
+        imgs = sorted(w.iterdir())
+        for kind, part in (("genuine", imgs[:3]), ("forged", imgs[3:])):
+            (root / w.name / kind).mkdir(parents=True)
+            for img in part:
+                shutil.copy(img, root / w.name / kind / img.name)
+    ds = load_folder_dataset(root, 16)
+    assert ds.layout == "signatures" and len(set(ds.identities)) == 3
+    assert sum(ds.forged) == 6 and len(ds.images) == 15
+    assert all(("/forged/" in s) == f for s, f in zip(ds.sources, ds.forged, strict=True))
+
+
+def test_group_split_holds_out_whole_groups_and_groups_never_cross():
+    group_of = {f"a{g}/c{c}": f"a{g}" for g in range(10) for c in range(3 + g % 4)}
+    a = split_groups(group_of, 0.2, 0.2, seed=1)
+    assert a == split_groups(dict(reversed(group_of.items())), 0.2, 0.2, seed=1)
+    split_of_group: dict[str, set[str]] = {}
+    for ident, s in a.items():
+        split_of_group.setdefault(group_of[ident], set()).add(s)
+    assert all(len(v) == 1 for v in split_of_group.values())  # no group spans two splits
+    held = [g for g, v in split_of_group.items() if v != {"train"}]
+    assert len(held) == 4  # 2 whole groups each for val and test
+    with pytest.raises(DatasetError, match="at least 3 groups"):
+        split_groups({"a/1": "a", "a/2": "a", "b/1": "b"}, 0.2, 0.2, 0)
+
+
+def test_prepared_data_defaults_for_an_older_data_npz(tmp_path):
+    from siamese.stages.prepare import PreparedData
+
+    np.savez(
+        tmp_path / "data.npz",
+        images=np.zeros((4, 8, 8), np.uint8),
+        labels=np.array([0, 0, 1, 1]),
+        split=np.array([0, 0, 2, 2], np.int8),
+    )
+    data = PreparedData(tmp_path)
+    assert data.groups.tolist() == [-1] * 4 and data.forged.tolist() == [False] * 4
+    assert data.indices("test", forged=False).tolist() == [2, 3]
+
+
+def test_images_beside_the_identity_folders_are_ignored(small_faces):
+    (small_faces / "preview.pgm").write_bytes((small_faces / "s1" / "1.pgm").read_bytes())
+    ds = load_folder_dataset(small_faces, 16)
+    assert len(ds.images) == 40 and "preview.pgm" not in ds.sources

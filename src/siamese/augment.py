@@ -1,11 +1,70 @@
-"""Albumentations pipelines declared in params.yaml as a list of {name, params} steps."""
+"""Albumentations pipelines declared in params.yaml as a list of {name, params} steps, or as the
+name of a preset (``augment: koch``)."""
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class Step(NamedTuple):
+    name: str
+    params: dict[str, Any]
+
+
+_BORDER_REPLICATE = 1  # cv2.BORDER_REPLICATE: extend the background, whether black or white
+# Koch, Zemel & Salakhutdinov (2015), "Siamese Neural Networks for One-shot Image Recognition",
+# section 4.2: rotation in [-10, 10] degrees, shear coefficients in [-0.3, 0.3] (the shear angle
+# whose tangent is 0.3: 16.7 degrees, as albumentations takes degrees), scale in [0.8, 1.2] and
+# translation in [-2, 2] pixels, each per axis; each of the four components is applied with
+# probability 0.5.
+_KOCH_SHEAR = math.degrees(math.atan(0.3))
+PRESETS: dict[str, list[Step]] = {
+    "none": [],
+    "koch": [
+        Step("Affine", {"rotate": (-10.0, 10.0), "border_mode": _BORDER_REPLICATE, "p": 0.5}),
+        Step(
+            "Affine",
+            {
+                "shear": {"x": (-_KOCH_SHEAR, _KOCH_SHEAR), "y": (-_KOCH_SHEAR, _KOCH_SHEAR)},
+                "border_mode": _BORDER_REPLICATE,
+                "p": 0.5,
+            },
+        ),
+        Step(
+            "Affine",
+            {
+                "scale": {"x": (0.8, 1.2), "y": (0.8, 1.2)},
+                "keep_ratio": False,
+                "border_mode": _BORDER_REPLICATE,
+                "p": 0.5,
+            },
+        ),
+        Step(
+            "Affine",
+            {
+                "translate_px": {"x": (-2, 2), "y": (-2, 2)},
+                "border_mode": _BORDER_REPLICATE,
+                "p": 0.5,
+            },
+        ),
+    ],
+}
+
+
+def resolve_steps(augment: list | str) -> list:
+    """The steps of ``augment``: a list of steps as given, or a preset's steps by name."""
+    if isinstance(augment, str):
+        if augment not in PRESETS:
+            raise ValueError(
+                f"unknown augment preset {augment!r}; allowed: {', '.join(PRESETS)} "
+                "or a list of {name, params} steps"
+            )
+        return PRESETS[augment]
+    return list(augment)
 
 
 def _transform_class(name: str) -> Any:
@@ -30,7 +89,8 @@ def check_steps(steps: list) -> None:
             raise ValueError(f"augment[{i}] ({step.name}): invalid params: {err}") from None
 
 
-def build_augment(steps: list, seed: int) -> Any | None:
+def build_augment(steps: list | str, seed: int) -> Any | None:
+    steps = resolve_steps(steps)
     if not steps:
         return None
     import albumentations as A

@@ -13,7 +13,9 @@ from siamese import paths
 from siamese.config import ParamsError, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Bring a dataset under DVC.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Bring a dataset under DVC, or download a benchmark."
+)
 app.add_typer(data_app, name="data")
 
 ParamsOpt = typer.Option(paths.PARAMS, "--params", help="params file")
@@ -151,7 +153,7 @@ def run(
 
 @data_app.command("add")
 def data_add(
-    path: Path = typer.Argument(..., help="a directory of identity folders"),
+    path: Path = typer.Argument(..., help="a directory of identity folders, or a zip of one"),
     name: str = typer.Option("", help="name under data/ (default: the folder name)"),
     project: Path = typer.Option(Path("."), help="project directory"),
     use: bool = typer.Option(True, help="point data.source in params.yaml at it"),
@@ -164,6 +166,38 @@ def data_add(
     except (ParamsError, ValueError, RuntimeError) as err:
         _fail(str(err))
     typer.echo(f"added {path} as {target} (tracked by DVC: {target}.dvc)")
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(
+        ..., help="omniglot-background or omniglot-evaluation (see `siamese data list`)"
+    ),
+    dest: Path = typer.Option(Path("data"), help="folder to write the archive into"),
+    url: str = typer.Option("", help="download from this URL (a mirror, file://...) instead"),
+    sha256: str = typer.Option("", help="expected SHA-256 (replaces the pinned checksums)"),
+    force: bool = typer.Option(False, help="download again over an existing file"),
+) -> None:
+    """Download a benchmark archive from its official location and verify its checksum."""
+    from siamese.downloads import DownloadError, download
+
+    try:
+        result = download(name, dest, url or None, sha256 or None, force)
+    except DownloadError as err:
+        _fail(str(err), code=1)
+    verb = "downloaded" if result["downloaded"] else "already present and verified:"
+    typer.echo(f"{verb} {result['path']} (sha256 {result['sha256']})")
+    typer.echo(f"to version it: dvc add {result['path']}; to use it: data.source: {result['path']}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the datasets `siamese data download` knows, with their checksums."""
+    from siamese.downloads import ARCHIVES
+
+    for a in ARCHIVES.values():
+        sums = ", ".join(f"{algo} {digest}" for algo, digest in a.checksums) or "unknown"
+        typer.echo(f"{a.name}: {a.description}\n  {a.url}\n  checksums: {sums}")
 
 
 def main() -> None:  # pragma: no cover

@@ -38,8 +38,25 @@ class _Strict(BaseModel):
 class DataParams(_Strict):
     source: str = Field(
         "digits",
-        description="'digits' (scikit-learn's built-in handwritten digits) or a directory of "
-        "identity folders root/<identity>/<image>",
+        description="'digits' (scikit-learn's built-in handwritten digits), or a directory of "
+        "identity folders or a zip archive of one (see layout)",
+    )
+    layout: Literal["auto", "flat", "grouped", "signatures"] = Field(
+        "auto",
+        description="flat: root/<identity>/<image>; grouped: root/<group>/<identity>/<image> "
+        "(Omniglot alphabets/characters); signatures: root/<writer>/genuine|forged/<image> "
+        "(SVC2004); auto: detected from the folder depth and names",
+    )
+    identity_depth: int | None = Field(
+        None,
+        ge=1,
+        description="folder levels below root that make up one identity (flat: 1, grouped: 2); "
+        "null: the layout's default",
+    )
+    split_by: Literal["auto", "identity", "group"] = Field(
+        "auto",
+        description="identity: identities are split at random; group: whole groups (e.g. "
+        "alphabets) are held out; auto: group when the dataset has groups",
     )
     image_size: int = Field(28, ge=8, le=512)
     min_images_per_identity: int = Field(2, ge=2)
@@ -47,6 +64,27 @@ class DataParams(_Strict):
     on_small_identity: Literal["error", "skip"] = "error"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _depth_fits_layout(self) -> DataParams:
+        depth = self.identity_depth
+        if depth is None:
+            return self
+        if self.layout == "signatures" and depth != 1:
+            raise ValueError(
+                f"data.identity_depth must be 1 (the writer) for layout signatures (got {depth})"
+            )
+        if self.layout == "grouped" and depth < 2:
+            raise ValueError(
+                f"data.identity_depth must be >= 2 for layout grouped (<group>/<identity>; "
+                f"got {depth})"
+            )
+        if self.layout == "flat" and depth != 1:
+            raise ValueError(
+                f"data.identity_depth must be 1 for layout flat (got {depth}); use layout grouped "
+                "for deeper identity folders"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataParams:
@@ -70,6 +108,12 @@ class MineParams(_Strict):
         "choose the hardest negative training pairs; null: random negatives",
     )
     hard_negative_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    skilled_forgery_pairs: int | None = Field(
+        None,
+        ge=0,
+        description="signature data: extra (genuine, forged) negative pairs of one writer in the "
+        "val and test sets; null: as many as the random negatives (at most all there are)",
+    )
 
 
 class ModelParams(_Strict):
@@ -202,7 +246,11 @@ class Params(_Strict):
     data: DataParams = Field(default_factory=DataParams)
     mine: MineParams = Field(default_factory=MineParams)
     model: ModelParams = Field(default_factory=ModelParams)
-    augment: list[AugmentStep] = Field(default_factory=list)
+    augment: list[AugmentStep] | str = Field(
+        default_factory=list,
+        description="albumentations steps, or a named preset (e.g. koch: Koch et al. 2015's "
+        "affine distortions)",
+    )
     train: TrainParams = Field(default_factory=TrainParams)
     trainer: TrainerParams = Field(default_factory=TrainerParams)
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
@@ -215,19 +263,34 @@ class Params(_Strict):
             raise ValueError("train.miner=offline_pairs needs mine.train_pairs > 0")
         return self
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_is_steps_or_preset(cls, v: Any) -> Any:
+        if not isinstance(v, str | list | tuple):
+            raise ValueError(
+                "must be a preset name (e.g. koch) or a list of {name, params} steps "
+                f"(got {type(v).__name__})"
+            )
+        return v
+
     @field_validator("augment")
     @classmethod
-    def _augment_steps_exist(cls, steps: list[AugmentStep]) -> list[AugmentStep]:
-        from siamese.augment import check_steps
+    def _augment_steps_exist(cls, steps: list[AugmentStep] | str) -> list[AugmentStep] | str:
+        from siamese.augment import check_steps, resolve_steps
 
-        check_steps(steps)
+        check_steps(resolve_steps(steps))
         return steps
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:
     lines = [f"invalid parameters in {origin}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # a union (augment: list of steps | preset name) reports each branch: show the key path
+        # without the branch names, and leave out the branch the input obviously was not meant for
+        if e["type"] == "string_type" and e["loc"] and e["loc"][-1] == "str":
+            continue
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and "[" in p)]
+        key = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"

@@ -65,7 +65,8 @@ class SiameseDataModule(pl.LightningDataModule):
         self.val_pairs = load_pairs(self.pairs_dir / "val.npz")
         # validation embeds each image that occurs in a val pair once
         self.val_images = np.unique(np.r_[self.val_pairs["a"], self.val_pairs["b"]])
-        self.train_idx = self.data.indices("train")
+        # skilled forgeries carry their writer's label but are never positives: not trained on
+        self.train_idx = self.data.indices("train", forged=False)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

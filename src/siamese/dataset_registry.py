@@ -1,4 +1,5 @@
-"""``siamese data add``: bring a user's dataset under DVC so its version is part of every run."""
+"""``siamese data add``: bring a user's dataset (a folder, or a zip archive of one) under DVC so
+its version is part of every run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from siamese.params_file import set_params
 DATA_DIR = Path("data")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def add_dataset(source: Path, project: Path, name: str | None = None, use: bool = True) -> Path:
     source, project = Path(source).resolve(), Path(project).resolve()
     # validate before copying anything so a bad dataset leaves the project untouched
@@ -21,12 +29,16 @@ def add_dataset(source: Path, project: Path, name: str | None = None, use: bool 
     if target.exists():
         raise ValueError(f"{rel} already exists in the project; choose another --name")
     tmp = target.with_name(f".{target.name}.adding")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, symlinks=False)
+    _remove(tmp)
+    if source.is_dir():
+        shutil.copytree(source, tmp, symlinks=False)
+    else:  # a zip archive of identity folders
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, tmp)
     tmp.rename(target)
     proc = subprocess.run(["dvc", "add", str(rel)], cwd=project, capture_output=True, text=True)
     if proc.returncode != 0:
-        shutil.rmtree(target, ignore_errors=True)
+        _remove(target)
         raise RuntimeError(f"dvc add {rel} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     if use:
         set_params(project / "params.yaml", [f"data.source={rel.as_posix()}"])

@@ -1,18 +1,40 @@
 """Dataset sources. Each yields identity-labelled grayscale images plus where each came from, so
-the manifest can trace every training example back to its origin."""
+the manifest can trace every training example back to its origin.
+
+A folder source is a directory or a zip archive of one, in one of these layouts (``data.layout``):
+
+- ``flat``: ``root/<identity>/<image>`` (AT&T faces; a user's own data)
+- ``grouped``: ``root/<group>/<identity>/<image>`` (Omniglot: ``<Alphabet>/<character>/``); the
+  identity is named ``"<group>/<identity>"`` so names are unique, and the group is kept so that
+  splits can hold out whole groups
+- ``signatures``: ``root/<writer>/genuine|forged/<image>`` (SVC2004); the writer is the identity,
+  forgeries keep the writer's label but are flagged ``forged``: they are never positives
+- ``auto``: chosen from the depth of the image files and the folder names
+
+A single top-level folder that wraps the whole tree (the official Omniglot archive's
+``images_background/``) is looked through.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from siamese.data.images import IMAGE_EXTENSIONS, BadImageError, read_image, resize_array
+from siamese.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image, resize_array
 
 log = logging.getLogger(__name__)
+
+LAYOUTS = ("auto", "flat", "grouped", "signatures")
+SIGNATURE_KINDS = ("genuine", "forged")
+_IGNORED_DIRS = {"__MACOSX"}
 
 
 class DatasetError(ValueError):
@@ -26,6 +48,20 @@ class LoadedDataset:
     sources: list[str]  # per image: relative path or "digits:<index>"
     hashes: list[str]  # per image: sha256 of the source content
     skipped: dict[str, list[str]] = field(default_factory=lambda: {"images": [], "identities": []})
+    groups: list[str | None] | None = None  # per image: the identity's group, None: no groups
+    forged: list[bool] | None = None  # per image: a skilled forgery of the identity's signature
+    layout: str = "flat"
+
+    def __post_init__(self) -> None:
+        n = len(self.identities)
+        if self.groups is None:
+            self.groups = [None] * n
+        if self.forged is None:
+            self.forged = [False] * n
+
+    @property
+    def has_groups(self) -> bool:
+        return any(g is not None for g in self.groups)
 
 
 def load_digits_dataset(size: int) -> LoadedDataset:
@@ -38,17 +74,152 @@ def load_digits_dataset(size: int) -> LoadedDataset:
     identities = [f"digit_{int(t)}" for t in digits.target]
     sources = [f"digits:{i}" for i in range(len(raw))]
     hashes = [hashlib.sha256(digits.images[i].tobytes()).hexdigest() for i in range(len(raw))]
-    return LoadedDataset(images, identities, sources, hashes)
+    return LoadedDataset(images, identities, sources, hashes, layout="digits")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(p)
-    return files
+# ---------------------------------------------------------------------------------------------
+# the tree: a directory or a zip archive, as relative POSIX paths of image files and folders
+
+
+@dataclass
+class _Tree:
+    files: list[tuple[str, ...]]  # path parts of every candidate image file, sorted
+    folders: list[tuple[str, ...]]  # path parts of every folder (to report empty identities)
+    read: Callable[[tuple[str, ...]], bytes]
+    describe: Callable[[tuple[str, ...]], str]  # a path a user can find
+
+
+def _hidden(part: str) -> bool:
+    return part.startswith(".") or part in _IGNORED_DIRS
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _directory_tree(root: Path) -> _Tree:
+    files, folders = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        rel = Path(dirpath).relative_to(root).parts
+        for d in dirnames:
+            folders.append((*rel, d))
+        for f in filenames:
+            if not _hidden(f) and _is_image(f):
+                files.append((*rel, f))
+
+    def read(parts: tuple[str, ...]) -> bytes:
+        return root.joinpath(*parts).read_bytes()
+
+    return _Tree(sorted(files), sorted(folders), read, lambda p: str(root.joinpath(*p)))
+
+
+@contextmanager
+def _zip_tree(path: Path) -> Iterator[_Tree]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DatasetError(f"dataset archive {path} is not a readable zip file ({err})") from None
+    with zf:
+        files, folders, names = [], set(), {}
+        for info in zf.infolist():
+            parts = tuple(p for p in PurePosixPath(info.filename).parts if p not in ("", "/"))
+            if not parts or any(_hidden(p) or p == ".." for p in parts):
+                continue
+            for i in range(1, len(parts) if not info.is_dir() else len(parts) + 1):
+                folders.add(parts[:i])
+            if not info.is_dir() and _is_image(parts[-1]):
+                files.append(parts)
+                names[parts] = info.filename
+
+        def read(parts: tuple[str, ...]) -> bytes:
+            return zf.read(names[parts])
+
+        yield _Tree(sorted(files), sorted(folders), read, lambda p: f"{path}:{'/'.join(p)}")
+
+
+@contextmanager
+def _open_tree(source: Path) -> Iterator[_Tree]:
+    if not source.exists():
+        raise DatasetError(
+            f"dataset path {source} does not exist; set data.source to 'digits', to a directory "
+            "of identity folders root/<identity>/<image>, or to a zip archive of one"
+        )
+    if source.is_dir():
+        yield _directory_tree(source)
+    elif zipfile.is_zipfile(source):
+        with _zip_tree(source) as tree:
+            yield tree
+    else:
+        raise DatasetError(
+            f"dataset path {source} is neither a directory of identity folders nor a zip archive"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# layout: how deep the identity folders lie and what each level means
+
+
+def _expected_parts(layout: str, identity_depth: int) -> int:
+    """Number of path parts of an image file (folders + the file name)."""
+    return identity_depth + (2 if layout == "signatures" else 1)
+
+
+def _single_top(files: list[tuple[str, ...]]) -> str | None:
+    tops = {f[0] for f in files}
+    return next(iter(tops)) if len(tops) == 1 and all(len(f) > 1 for f in files) else None
+
+
+def _resolve_layout(
+    files: list[tuple[str, ...]], layout: str, identity_depth: int | None, where: str
+) -> tuple[str, int, int]:
+    """(layout, identity_depth, number of wrapping top-level folders to look through)."""
+    strip = 0
+    if layout == "auto":
+        # look through wrapping folders, e.g. the official images_background/ of Omniglot
+        while (
+            (rest := [f[strip:] for f in files]) and _single_top(rest) and min(map(len, rest)) > 2
+        ):
+            strip += 1
+        rest = [f[strip:] for f in files]
+        depths = {len(f) for f in rest}
+        if identity_depth is not None:
+            layout = "flat" if identity_depth == 1 else "grouped"
+        elif depths == {2}:
+            layout = "flat"
+        elif depths == {3}:
+            kinds = {f[1].lower() for f in rest}
+            layout = "signatures" if kinds <= set(SIGNATURE_KINDS) else "grouped"
+        else:
+            examples = ", ".join(
+                "/".join(next(f for f in rest if len(f) == d)) for d in sorted(depths)[:3]
+            )
+            raise DatasetError(
+                f"cannot detect the layout of {where}: images lie at different depths "
+                f"(e.g. {examples}); set data.layout to flat, grouped or signatures"
+            )
+    depth = identity_depth or (2 if layout == "grouped" else 1)
+    want = _expected_parts(layout, depth)
+    rest = [f[strip:] for f in files]
+    while rest and all(len(f) > want for f in rest) and _single_top(rest):
+        strip += 1
+        rest = [f[strip:] for f in files]
+    bad = next((f for f in rest if len(f) != want), None)
+    if bad is not None:
+        shape = {
+            "flat": "<identity>/<image>",
+            "grouped": "<group>/" + "<folder>/" * (depth - 2) + "<identity>/<image>",
+            "signatures": "<writer>/genuine|forged/<image>",
+        }[layout]
+        raise DatasetError(
+            f"{where}: image {'/'.join(bad)} does not fit data.layout {layout} "
+            f"(identity_depth {depth}: expected {shape}); check data.layout / "
+            "data.identity_depth"
+        )
+    return layout, depth, strip
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def load_folder_dataset(
@@ -57,34 +228,84 @@ def load_folder_dataset(
     min_images: int = 2,
     on_bad_image: str = "error",
     on_small_identity: str = "error",
+    layout: str = "auto",
+    identity_depth: int | None = None,
 ) -> LoadedDataset:
-    """Read ``root/<identity>/<image>``; every sub-folder of root is one identity."""
+    """Read identity folders from a directory or a zip archive of one (layouts: module doc)."""
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     root = Path(root)
-    if not root.exists():
-        raise DatasetError(
-            f"dataset path {root} does not exist; set data.source to 'digits' or to a directory "
-            "of identity folders root/<identity>/<image>"
+    with _open_tree(root) as tree:
+        loose = [f for f in tree.files if len(f) == 1]
+        if loose:  # images beside the identity folders belong to no identity
+            log.warning("ignoring %d image(s) at the top of %s", len(loose), root)
+            tree.files = [f for f in tree.files if len(f) > 1]
+        if not tree.files:
+            raise DatasetError(
+                f"dataset path {root} holds no identity folders with images "
+                "(root/<identity>/<image>)"
+            )
+        layout, depth, strip = _resolve_layout(tree.files, layout, identity_depth, str(root))
+        return _read_images(
+            tree, root, size, min_images, on_bad_image, on_small_identity, layout, depth, strip
         )
-    if not root.is_dir():
-        raise DatasetError(f"dataset path {root} is not a directory of identity folders")
-    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    if not folders:
-        raise DatasetError(
-            f"dataset path {root} holds no identity folders (root/<identity>/<image>)"
-        )
+
+
+def _read_images(
+    tree: _Tree,
+    root: Path,
+    size: int,
+    min_images: int,
+    on_bad_image: str,
+    on_small_identity: str,
+    layout: str,
+    depth: int,
+    strip: int,
+) -> LoadedDataset:
+    # identity -> list of (parts, group, forged); every identity folder is listed, even empty
+    by_identity: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
+    group_of: dict[str, str | None] = {}
+
+    def ident_of(rel: tuple[str, ...]) -> tuple[str, str | None]:
+        name = "/".join(rel[:depth])
+        return name, (rel[0] if layout == "grouped" else None)
+
+    for folder in tree.folders:
+        rel = folder[strip:]
+        if len(rel) == depth and folder[:strip] == tree.files[0][:strip]:
+            name, group = ident_of(rel)
+            by_identity.setdefault(name, [])
+            group_of[name] = group
+    for parts in tree.files:
+        rel = parts[strip:]
+        name, group = ident_of(rel)
+        forged = False
+        if layout == "signatures":
+            kind = rel[1].lower()
+            if kind not in SIGNATURE_KINDS:
+                raise DatasetError(
+                    f"{tree.describe(parts)}: signature images must lie in "
+                    f"<writer>/genuine/ or <writer>/forged/, not {rel[1]}/"
+                )
+            forged = kind == "forged"
+        by_identity.setdefault(name, []).append((parts, forged))
+        group_of[name] = group
+
     images: list[np.ndarray] = []
     identities: list[str] = []
     sources: list[str] = []
     hashes: list[str] = []
+    groups: list[str | None] = []
+    forged_flags: list[bool] = []
     skipped: dict[str, list[str]] = {"images": [], "identities": []}
-    for folder in folders:
-        ident_images, ident_sources, ident_hashes = [], [], []
-        for path in _image_files(folder):
-            rel = str(path.relative_to(root))
+    for name in sorted(by_identity):
+        rows = []
+        for parts, forged in by_identity[name]:
+            rel = "/".join(parts)
             try:
-                data = path.read_bytes()
-                arr = read_image(path, size)
-            except (BadImageError, OSError) as err:
+                data = tree.read(parts)
+                arr = decode_image(data, size, name=tree.describe(parts))
+            except (BadImageError, OSError, KeyError, zipfile.BadZipFile) as err:
                 if on_bad_image == "skip":
                     skipped["images"].append(rel)
                     log.warning("skipping unreadable image: %s", err)
@@ -92,31 +313,33 @@ def load_folder_dataset(
                 raise DatasetError(
                     f"{err} (set data.on_bad_image: skip to skip such files)"
                 ) from None
-            ident_images.append(arr)
-            ident_sources.append(rel)
-            ident_hashes.append(hashlib.sha256(data).hexdigest())
-        if len(ident_images) < min_images:
+            rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged))
+        n_genuine = sum(not r[3] for r in rows)
+        if n_genuine < min_images:
+            what = "genuine image(s)" if layout == "signatures" else "image(s)"
             if on_small_identity == "skip":
-                skipped["identities"].append(folder.name)
+                skipped["identities"].append(name)
                 log.warning(
-                    "skipping identity %r: %d image(s), need %d",
-                    folder.name,
-                    len(ident_images),
-                    min_images,
+                    "skipping identity %r: %d %s, need %d", name, n_genuine, what, min_images
                 )
                 continue
             raise DatasetError(
-                f"identity {folder.name!r} ({folder}) has {len(ident_images)} image(s); every "
-                f"identity needs at least {min_images} to form positive pairs (set "
-                "data.on_small_identity: skip to leave such identities out)"
+                f"identity {name!r} ({root}) has {n_genuine} {what}; every identity needs at "
+                f"least {min_images} to form positive pairs (set data.on_small_identity: skip "
+                "to leave such identities out)"
             )
-        images.extend(ident_images)
-        identities.extend([folder.name] * len(ident_images))
-        sources.extend(ident_sources)
-        hashes.extend(ident_hashes)
+        for arr, rel, digest, forged in rows:
+            images.append(arr)
+            identities.append(name)
+            sources.append(rel)
+            hashes.append(digest)
+            groups.append(group_of[name])
+            forged_flags.append(forged)
     if not images:
         raise DatasetError(f"dataset path {root} contains no usable images")
-    return LoadedDataset(np.stack(images), identities, sources, hashes, skipped)
+    return LoadedDataset(
+        np.stack(images), identities, sources, hashes, skipped, groups, forged_flags, layout
+    )
 
 
 def load_source(
@@ -125,7 +348,11 @@ def load_source(
     min_images: int = 2,
     on_bad_image: str = "error",
     on_small_identity: str = "error",
+    layout: str = "auto",
+    identity_depth: int | None = None,
 ) -> LoadedDataset:
     if source == "digits":
         return load_digits_dataset(size)
-    return load_folder_dataset(source, size, min_images, on_bad_image, on_small_identity)
+    return load_folder_dataset(
+        source, size, min_images, on_bad_image, on_small_identity, layout, identity_depth
+    )

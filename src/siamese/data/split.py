@@ -36,3 +36,39 @@ def split_identities(
     for i, ident in enumerate(order):
         assignment[ident] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return assignment
+
+
+def split_groups(
+    group_of: dict[str, str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
+    """Map each identity to its split by holding out whole groups (e.g. Omniglot alphabets), so
+    validation and test measure generalisation to unseen groups. Fractions count groups."""
+    groups = sorted(set(group_of.values()))
+    n = len(groups)
+    if n < 3:
+        raise DatasetError(
+            f"splitting by group needs at least 3 groups (train, val and test), found {n}; "
+            "set data.split_by: identity"
+        )
+    rng = np.random.default_rng(seed)
+    order = [groups[i] for i in rng.permutation(n)]
+    n_test = max(1, round(n * test_fraction))
+    n_val = max(1, round(n * val_fraction))
+    if n - n_test - n_val < 1:
+        raise DatasetError(
+            f"{n} groups leave none for training after {n_val} for validation and {n_test} for "
+            "test; lower data.val_fraction / data.test_fraction or set data.split_by: identity"
+        )
+    split_of_group = {
+        g: "test" if i < n_test else "val" if i < n_test + n_val else "train"
+        for i, g in enumerate(order)
+    }
+    assignment = {ident: split_of_group[g] for ident, g in group_of.items()}
+    for s in SPLITS:
+        count = sum(v == s for v in assignment.values())
+        if count < MIN_IDENTITIES[s]:
+            raise DatasetError(
+                f"the {s} split's groups hold {count} identit(ies); every split needs at least "
+                f"{MIN_IDENTITIES[s]} (set data.split_by: identity or add groups)"
+            )
+    return assignment

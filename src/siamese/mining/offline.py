@@ -100,3 +100,36 @@ def balanced_pairs(indices: np.ndarray, labels: np.ndarray, n_pairs: int, seed: 
     y = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(neg), np.int8)])
     order = rng.permutation(len(y))
     return {"a": pairs[order, 0], "b": pairs[order, 1], "y": y[order]}
+
+
+# pair kinds saved with every pair set (``kind`` array)
+GENUINE, RANDOM_NEGATIVE, SKILLED_FORGERY = 0, 1, 2
+
+
+def skilled_forgery_pairs(
+    indices: np.ndarray,
+    labels: np.ndarray,
+    forged: np.ndarray,
+    n_pairs: int,
+    seed: int,
+) -> np.ndarray:
+    """Unique (genuine, forged) pairs of one writer drawn from ``indices``: the skilled-forgery
+    negatives of signature verification. Column 0 is the genuine reference, column 1 the forgery."""
+    indices = np.asarray(indices)
+    lab, fg = labels[indices], forged[indices]
+    blocks = []
+    for c in np.unique(lab[fg]):
+        genuine = indices[(lab == c) & ~fg]
+        fakes = indices[(lab == c) & fg]
+        if len(genuine) and len(fakes):
+            g, f = np.meshgrid(genuine, fakes, indexing="ij")
+            blocks.append(np.stack([g.ravel(), f.ravel()], axis=1))
+    every = np.concatenate(blocks) if blocks else np.zeros((0, 2), np.int64)
+    if n_pairs > len(every):
+        raise ValueError(
+            f"cannot draw {n_pairs} skilled-forgery pairs: only {len(every)} (genuine, forged) "
+            "pairs of one writer exist; lower mine.skilled_forgery_pairs"
+        )
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(every), size=n_pairs, replace=False))
+    return every[pick].astype(np.int64)

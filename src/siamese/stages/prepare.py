@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from siamese.config import Params
-from siamese.data.sources import load_source
-from siamese.data.split import SPLITS, split_identities
+from siamese.data.sources import DatasetError, load_source
+from siamese.data.split import SPLITS, split_groups, split_identities
 from siamese.io import atomic_dir, save_npz, write_json
 
 log = logging.getLogger(__name__)
@@ -32,31 +32,62 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
             d.source,
         )
     ds = load_source(
-        d.source, d.image_size, d.min_images_per_identity, d.on_bad_image, d.on_small_identity
+        d.source,
+        d.image_size,
+        d.min_images_per_identity,
+        d.on_bad_image,
+        d.on_small_identity,
+        d.layout,
+        d.identity_depth,
     )
-    assignment = split_identities(ds.identities, d.val_fraction, d.test_fraction, params.seed)
+    split_by = d.split_by
+    if split_by == "auto":
+        split_by = "group" if ds.has_groups else "identity"
+    if split_by == "group":
+        if not ds.has_groups:
+            raise DatasetError(
+                f"data.split_by: group needs a dataset with groups (layout grouped, e.g. "
+                f"<Alphabet>/<character>/); {d.source} was read as layout {ds.layout}"
+            )
+        group_of = dict(zip(ds.identities, ds.groups, strict=True))
+        assignment = split_groups(group_of, d.val_fraction, d.test_fraction, params.seed)
+    else:
+        assignment = split_identities(ds.identities, d.val_fraction, d.test_fraction, params.seed)
     names = sorted(set(ds.identities))
     label_of = {name: i for i, name in enumerate(names)}
     labels = np.array([label_of[i] for i in ds.identities], dtype=np.int64)
     split = np.array([SPLITS.index(assignment[i]) for i in ds.identities], dtype=np.int8)
+    group_names = sorted({g for g in ds.groups if g is not None})
+    group_of_name = {g: i for i, g in enumerate(group_names)}
+    groups = np.array([-1 if g is None else group_of_name[g] for g in ds.groups], dtype=np.int64)
+    forged = np.array(ds.forged, dtype=bool)
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["index", "source", "identity", "label", "split", "sha256"])
-    for i, (src, ident, h) in enumerate(zip(ds.sources, ds.identities, ds.hashes, strict=True)):
-        writer.writerow([i, src, ident, label_of[ident], assignment[ident], h])
+    writer.writerow(["index", "source", "identity", "label", "split", "group", "forged", "sha256"])
+    rows = zip(ds.sources, ds.identities, ds.groups, ds.forged, ds.hashes, strict=True)
+    for i, (src, ident, group, is_forged, h) in enumerate(rows):
+        writer.writerow(
+            [i, src, ident, label_of[ident], assignment[ident], group or "", int(is_forged), h]
+        )
 
     summary = {
         "source": d.source,
         "image_size": d.image_size,
         "images": int(len(labels)),
         "identities": len(names),
+        "layout": ds.layout,
+        "split_by": split_by,
+        "groups": len(group_names),
+        "forged_images": int(forged.sum()),
         "skipped_images": len(ds.skipped["images"]),
         "skipped_identities": len(ds.skipped["identities"]),
     }
     for s_idx, s in enumerate(SPLITS):
         summary[f"{s}_images"] = int((split == s_idx).sum())
         summary[f"{s}_identities"] = sum(1 for v in assignment.values() if v == s)
+        if group_names:
+            summary[f"{s}_groups"] = len(set(groups[split == s_idx].tolist()))
     if ds.skipped["images"] or ds.skipped["identities"]:
         log.warning(
             "skipped %d unreadable image(s) and %d identity(ies) with too few images",
@@ -64,16 +95,28 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
             summary["skipped_identities"],
         )
     with atomic_dir(out_dir) as tmp:
-        save_npz(tmp / "data.npz", images=ds.images, labels=labels, split=split)
+        save_npz(
+            tmp / "data.npz",
+            images=ds.images,
+            labels=labels,
+            split=split,
+            groups=groups,
+            forged=forged,
+        )
         (tmp / "manifest.csv").write_text(buf.getvalue())
-        write_json(tmp / "identities.json", {"names": names, "split": assignment})
+        write_json(
+            tmp / "identities.json", {"names": names, "split": assignment, "groups": group_names}
+        )
         write_json(tmp / "skipped.json", ds.skipped)
         write_json(tmp / "summary.json", summary)
     return summary
 
 
 class PreparedData:
-    """The prepare stage's output, loaded once for the later stages."""
+    """The prepare stage's output, loaded once for the later stages.
+
+    ``groups`` is each image's group index (-1: the dataset has no groups) and ``forged`` flags
+    skilled signature forgeries; both default to that when an older data.npz lacks them."""
 
     def __init__(self, prepared_dir: str | Path):
         prepared_dir = Path(prepared_dir)
@@ -81,6 +124,14 @@ class PreparedData:
             self.images = z["images"]
             self.labels = z["labels"]
             self.split = z["split"]
+            n = len(self.labels)
+            self.groups = z["groups"] if "groups" in z.files else np.full(n, -1, np.int64)
+            self.forged = z["forged"] if "forged" in z.files else np.zeros(n, bool)
 
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == SPLITS.index(split))
+    def indices(self, split: str, forged: bool = True) -> np.ndarray:
+        """Indices of the images in ``split``; ``forged=False`` leaves out skilled forgeries
+        (what training and positive pairs use: a forgery is never a positive)."""
+        mask = self.split == SPLITS.index(split)
+        if not forged:
+            mask &= ~self.forged
+        return np.flatnonzero(mask)
