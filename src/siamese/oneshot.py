@@ -122,15 +122,31 @@ def sample_episodes(
     return out
 
 
-def episode_accuracies(encoder, embeddings: np.ndarray, episodes: list[Episode]) -> np.ndarray:
-    """Per-episode share of queries whose nearest class (mean support distance) is their own."""
+def episode_accuracies(
+    encoder, embeddings: np.ndarray, episodes: list[Episode], batch: int = 50
+) -> np.ndarray:
+    """Per-episode share of queries whose nearest class (mean support distance) is their own.
+
+    The distances of ``batch`` episodes come from one :func:`support_distances` call over their
+    distinct query and support images."""
     acc = np.empty(len(episodes))
-    for i, ep in enumerate(episodes):
-        n, k = ep.support.shape
-        d = support_distances(encoder, embeddings[ep.query.ravel()], embeddings[ep.support.ravel()])
-        per_class = d.reshape(len(d), n, k).mean(axis=2)
-        truth = np.repeat(np.arange(n), ep.query.shape[1])
-        acc[i] = float((per_class.argmin(axis=1) == truth).mean())
+    for start in range(0, len(episodes), batch):
+        chunk = episodes[start : start + batch]
+        uq, q_inv = np.unique(
+            np.concatenate([ep.query.ravel() for ep in chunk]), return_inverse=True
+        )
+        us, s_inv = np.unique(
+            np.concatenate([ep.support.ravel() for ep in chunk]), return_inverse=True
+        )
+        dist = support_distances(encoder, embeddings[uq], embeddings[us])
+        qo = so = 0
+        for i, ep in enumerate(chunk, start):
+            (n, k), nq = ep.support.shape, ep.query.size
+            rows, cols = q_inv[qo : qo + nq], s_inv[so : so + n * k]
+            qo, so = qo + nq, so + n * k
+            per_class = dist[np.ix_(rows, cols)].reshape(nq, n, k).mean(axis=2)
+            truth = np.repeat(np.arange(n), ep.query.shape[1])
+            acc[i] = float((per_class.argmin(axis=1) == truth).mean())
     return acc
 
 
