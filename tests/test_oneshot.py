@@ -210,3 +210,145 @@ def test_retrieval_of_perfect_embeddings_and_lone_labels():
     perfect = retrieval_metrics("euclidean", np.eye(5)[labels], labels)
     assert perfect == {"precision_at_1": 1.0, "r_precision": 1.0, "map_at_r": 1.0, "queries": 20}
     assert retrieval_metrics("euclidean", np.eye(3), np.arange(3))["queries"] == 0
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture
+def omniglot_project(project, omniglot, tmp_path, monkeypatch):
+    """The project set up on 16 Latin characters (8 drawings each) of the background set."""
+    from siamese.params_file import set_params
+
+    monkeypatch.delenv("SIAMESE_MLFLOW_RUN_ID", raising=False)
+    root = tmp_path / "omniglot_latin"
+    with zipfile.ZipFile(omniglot) as z:
+        for n in sorted(z.namelist()):
+            parts = n.split("/")
+            if len(parts) == 4 and parts[1] == "Latin" and parts[3].endswith(".png"):
+                char = root / parts[2]
+                if parts[2] <= "character16" and len(list(char.glob("*.png"))) < 8:
+                    char.mkdir(parents=True, exist_ok=True)
+                    (char / parts[3]).write_bytes(z.read(n))
+    return set_params(
+        project / "params.yaml",
+        [
+            f"data.source={root}",
+            "data.image_size=28",
+            "mine.val_pairs=40",
+            "mine.test_pairs=60",
+            "mine.train_pairs=40",
+            "calibrate.bootstrap_resamples=0",
+            "evaluate.bootstrap_resamples=0",
+            "evaluate.kfold=0",
+            "evaluate.oneshot_episodes=200",
+            "register.model_name=omniglot",
+            "model.channels=16",
+            "train.max_epochs=4",
+            "train.batches_per_epoch=6",
+        ],
+    )
+
+
+def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, project):
+    from typer.testing import CliRunner
+
+    from siamese import paths
+    from siamese.cli import app
+    from siamese.datamodule import load_pairs
+    from siamese.io import save_npz
+    from siamese.stages.calibrate import run_calibrate
+    from siamese.stages.evaluate import run_evaluate
+    from siamese.stages.mine import run_mine
+    from siamese.stages.prepare import PreparedData, run_prepare
+    from siamese.stages.register import run_register
+    from siamese.stages.train import run_train
+
+    params = omniglot_project
+    run_prepare(params, paths.PREPARED)
+    run_mine(params, paths.PREPARED, paths.PAIRS)
+    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
+    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+    stage_args = (paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION)
+    report = run_evaluate(params, *stage_args)
+    run_register(params, *stage_args, paths.REGISTRATION)
+
+    # the evaluate stage's identity benchmarks, N clamped to the test identities
+    n_test = len(
+        np.unique(PreparedData(paths.PREPARED).labels[PreparedData(paths.PREPARED).split == 2])
+    )
+    saved = json.loads((paths.EVALUATION / "metrics.json").read_text())
+    assert saved["retrieval"] == report["retrieval"] and 0 <= saved["retrieval"]["map_at_r"] <= 1
+    assert saved["retrieval"]["queries"] == 8 * n_test
+    for name in ("20way_1shot", "5way_1shot"):
+        one = saved["oneshot"][name]
+        assert one["ways"] == min(int(name.split("way")[0]), n_test) and one["episodes"] == 200
+        assert 0 <= one["low"] <= one["accuracy"] <= one["high"] <= 1 + 1e-9
+    assert not any(k.endswith("_within_group") for k in saved["oneshot"])
+    assert "eer_skilled_forgery" not in saved
+
+    # one-shot runs from two alphabets the model never saw, scored through the registry
+    runner = CliRunner()
+    built = runner.invoke(
+        app,
+        [
+            "oneshot-runs",
+            "--source",
+            str(omniglot),
+            "--alphabets",
+            "Greek,Cyrillic",
+            "--dest",
+            "runs",
+            "--runs",
+            "4",
+            "--ways",
+            "20",
+            "--seed",
+            "1",
+        ],
+    )
+    assert built.exit_code == 0, built.output
+    result = runner.invoke(
+        app,
+        ["oneshot", "--runs", "runs", "--model", "models:/omniglot@champion", "--out", "o.json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "one-shot accuracy" in result.output
+    out = json.loads(Path("o.json").read_text())
+    assert out["model"] == "models:/omniglot@champion"
+    assert out["items"] == 80 and out["runs"] == 4 and out["ways"] == 20
+    assert sorted(out["per_run"]) == ["run01", "run02", "run03", "run04"]
+    assert 0.05 < out["accuracy"] <= 1  # above 20-way chance even for a tiny model
+    assert out["error_rate"] == pytest.approx(1 - out["accuracy"])
+    # a local model folder gives the same answer; an unknown alias is named
+    local = runner.invoke(app, ["oneshot", "--runs", "runs", "--model", str(paths.TRAIN)])
+    assert f"{out['accuracy']:.4f}" in local.output
+    bad = runner.invoke(app, ["oneshot", "--runs", "runs", "--model", "models:/omniglot@nope"])
+    assert bad.exit_code == 2 and "models:/omniglot@nope" in bad.output
+
+    # the prepared-data contract's groups / forged, and the pairs' kind, when present
+    with np.load(paths.PREPARED / "data.npz") as z:
+        arrays = dict(z)
+    test_idx = np.flatnonzero(arrays["split"] == 2)
+    arrays["groups"] = (arrays["labels"] % 2).astype(np.int64)
+    arrays["forged"] = np.zeros(len(arrays["labels"]), bool)
+    arrays["forged"][test_idx[0]] = True
+    save_npz(paths.PREPARED / "data.npz", **arrays)
+    pairs = load_pairs(paths.PAIRS / "test.npz")
+    kind = np.where(pairs["y"] == 1, 0, 1 + np.arange(len(pairs["y"])) % 2).astype(np.int8)
+    save_npz(paths.PAIRS / "test.npz", **pairs, kind=kind)
+    again = run_evaluate(params, *stage_args)
+    assert again["retrieval"]["queries"] == 8 * n_test - 1
+    assert 0 <= again["eer_skilled_forgery"] <= 1 and 0 <= again["eer_random_forgery"] <= 1
+    within = again["oneshot"]["5way_1shot_within_group"]
+    assert within["ways"] == max(np.bincount(np.unique(arrays["labels"][test_idx]) % 2))
+
+
+def test_evaluate_params_validate_the_benchmark_settings():
+    from siamese.config import ParamsError, validate_params
+
+    assert validate_params({}).evaluate.oneshot_ways == [20, 5]
+    with pytest.raises(ParamsError, match="evaluate.oneshot_ways"):
+        validate_params({"evaluate": {"oneshot_ways": [20, 1]}})
+    with pytest.raises(ParamsError, match="evaluate.oneshot_shots"):
+        validate_params({"evaluate": {"oneshot_shots": 0}})
