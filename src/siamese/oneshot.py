@@ -294,9 +294,10 @@ def build_runs(
 
     Each run takes one alphabet (cycling through ``alphabets`` in a seeded order; default all),
     ``ways`` of its characters and two drawers: one drawer's drawing of each character becomes
-    ``training/classKK.png``, the other's ``test/itemMM.png``, both in shuffled order. Source is
-    the official zip (``images_background/<Alphabet>/<characterNN>/<id>_<nn>.png``) or its
-    extracted folder. The image bytes are copied unchanged. Returns the run names."""
+    ``training/classKK.png``, the other's ``test/itemMM.png``, both in shuffled order (alphabets
+    with fewer than ``ways`` characters are left out). Source is the official zip
+    (``images_background/<Alphabet>/<characterNN>/<id>_<nn>.png``) or its extracted folder. The
+    image bytes are copied unchanged. Returns the run names."""
     from siamese.io import atomic_dir
 
     index = _background_index(source)
