@@ -118,6 +118,59 @@ def register(
 
 
 @app.command()
+def oneshot(
+    runs: Path = typer.Option(..., "--runs", help="folder of runNN/ one-shot runs (Lake et al.)"),
+    model: str = typer.Option(
+        ..., "--model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model or a dir"
+    ),
+    out: Path | None = typer.Option(None, "--out", help="write the result as JSON here"),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI/project)"
+    ),
+) -> None:
+    """Score a model on one-shot runs: share of test items matched to their own class."""
+    from siamese.embedding import load_registered_encoder
+    from siamese.io import write_json
+    from siamese.oneshot import read_runs, score_runs
+
+    try:
+        parsed = read_runs(runs)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    try:
+        encoder = load_registered_encoder(model, tracking_uri)
+    except Exception as err:  # unknown model, alias or unreachable registry
+        _fail(f"cannot load model {model}: {err}")
+    result = {"model": model, "runs_dir": str(runs), **score_runs(encoder, parsed)}
+    if out is not None:
+        write_json(out, result)
+    typer.echo(
+        f"one-shot accuracy {result['accuracy']:.4f} ({result['correct']}/{result['items']}, "
+        f"{result['runs']} runs of {result['ways']}-way)"
+    )
+
+
+@app.command("oneshot-runs")
+def oneshot_runs(
+    source: Path = typer.Option(..., "--source", help="Omniglot images_background.zip or folder"),
+    dest: Path = typer.Option(..., "--dest", help="folder to write runNN/ into (replaced)"),
+    alphabets: str = typer.Option("", help="comma-separated alphabets (default: all)"),
+    n_runs: int = typer.Option(20, "--runs", min=1, help="number of runs"),
+    ways: int = typer.Option(20, min=2, help="classes per run"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Build one-shot runs in the official format (class_labels.txt) from background images."""
+    from siamese.oneshot import build_runs
+
+    chosen = [a.strip() for a in alphabets.split(",") if a.strip()] or None
+    try:
+        names = build_runs(source, dest, chosen, n_runs, ways, seed)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"wrote {len(names)} runs of {ways}-way to {dest}")
+
+
+@app.command()
 def check(params: Path = ParamsOpt) -> None:
     """Validate params.yaml and exit (non-zero with the bad keys named)."""
     try:

@@ -222,6 +222,27 @@ class EvaluateParams(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     kfold: int = Field(10, ge=0, description="LFW-style k-fold accuracy (0 or 1: off)")
     hardest_pairs: int = Field(8, ge=0, description="false accepts/rejects shown in the sheet")
+    retrieval: bool = Field(
+        True, description="leave-one-out precision@1, R-precision and MAP@R on the test images"
+    )
+    oneshot_ways: list[int] = Field(
+        default_factory=lambda: [20, 5],
+        description="N of the N-way one-shot episodes on the test identities (clamped to the "
+        "identities available)",
+    )
+    oneshot_shots: int = Field(1, ge=1, le=100, description="K support images per class")
+    oneshot_queries: int = Field(1, ge=1, le=100, description="query images per class")
+    oneshot_episodes: int = Field(1000, ge=0, description="episodes per setting (0: off)")
+
+    @field_validator("oneshot_ways")
+    @classmethod
+    def _ways_at_least_two(cls, v: list[int]) -> list[int]:
+        for n in v:
+            if n < 2:
+                raise ValueError(f"every one-shot N must be >= 2 (got {n})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"one-shot ways must be distinct (got {v})")
+        return v
 
     @field_validator("far_targets")
     @classmethod

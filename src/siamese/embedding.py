@@ -30,6 +30,30 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
     return enc
 
 
+def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:
+    """The encoder of a logged or registered model: ``models:/NAME@alias``, ``models:/NAME/3``,
+    ``runs:/RUN/model``, or a local folder (a training output with model.json, or a downloaded
+    pyfunc model holding ``artifacts/encoder``). Remote URIs resolve against ``tracking_uri``
+    (default: the project's, see :func:`siamese.tracking.tracking_uri`)."""
+    import tempfile
+
+    local = Path(str(uri))
+    if "://" not in str(uri) and not str(uri).startswith(("models:", "runs:")):
+        for candidate in (local, local / "artifacts" / "encoder"):
+            if (candidate / "model.json").is_file():
+                return load_encoder(candidate)
+        raise FileNotFoundError(f"{uri}: neither a model URI nor a folder holding model.json")
+    import mlflow
+
+    from siamese.tracking import tracking_uri as default_tracking_uri
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=str(uri), dst_path=tmp, tracking_uri=tracking_uri or default_tracking_uri()
+        )
+        return load_encoder(Path(path) / "artifacts" / "encoder")
+
+
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """uint8 (N, S, S) images -> float32 (N, D) embeddings."""

@@ -1,6 +1,8 @@
 """evaluate: score the fixed test pairs at the calibrated threshold and write the report a
 verification team signs off: metrics with bootstrap CIs, k-fold accuracy, probability quality,
-ROC / DET / histogram / reliability data and figures, and the hardest errors."""
+ROC / DET / histogram / reliability data and figures, and the hardest errors; plus the identity
+benchmarks on the test images: leave-one-out retrieval (precision@1, R-precision, MAP@R) and
+N-way K-shot episode accuracies with 95% CIs (siamese.retrieval, siamese.oneshot)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,71 @@ def det_rows(d: np.ndarray, y: np.ndarray) -> list[tuple]:
     return rows
 
 
+def _prepared_extra(data, prepared_dir: Path, key: str) -> np.ndarray | None:
+    """An optional per-image array of the prepared data (``groups``, ``forged``): the attribute
+    when PreparedData has it, else the npz key when present, else None."""
+    value = getattr(data, key, None)
+    if value is None:
+        with np.load(prepared_dir / "data.npz") as z:
+            value = z[key] if key in z.files else None
+    return None if value is None else np.asarray(value)
+
+
+def forgery_eers(d: np.ndarray, y: np.ndarray, pairs_path: Path) -> dict[str, float]:
+    """EER of genuine pairs against skilled-forgery negatives (kind 2) and against random
+    negatives (kind 1), when the test pairs record a ``kind`` and hold skilled forgeries."""
+    with np.load(pairs_path) as z:
+        kind = z["kind"] if "kind" in z.files else None
+    if kind is None or not np.any(kind == 2):
+        return {}
+    out = {}
+    genuine = y & (kind == 0)
+    for name, k in (("eer_skilled_forgery", 2), ("eer_random_forgery", 1)):
+        neg = ~y & (kind == k)
+        if genuine.any() and neg.any():
+            keep = genuine | neg
+            out[name] = metrics.eer(d[keep], y[keep])
+    return out
+
+
+def identity_benchmarks(params: Params, encoder, data, prepared_dir: Path) -> dict:
+    """Retrieval and N-way K-shot episode accuracies on the test-split images (forgeries
+    excluded); N is clamped to the identities available, or a setting records why it was
+    skipped."""
+    from siamese.embedding import embed
+    from siamese.oneshot import evaluate_episodes
+    from siamese.retrieval import retrieval_metrics
+
+    e = params.evaluate
+    out: dict = {}
+    if not e.retrieval and not (e.oneshot_episodes and e.oneshot_ways):
+        return out
+    idx = data.indices("test")
+    forged = _prepared_extra(data, prepared_dir, "forged")
+    if forged is not None:
+        idx = idx[~forged[idx].astype(bool)]
+    labels = data.labels[idx]
+    emb = embed(encoder, data.images[idx]).astype(np.float64)
+    if e.retrieval:
+        out["retrieval"] = retrieval_metrics(encoder, emb, labels)
+    if e.oneshot_episodes and e.oneshot_ways:
+        groups = _prepared_extra(data, prepared_dir, "groups")
+        groups = groups[idx] if groups is not None and np.any(groups[idx] >= 0) else None
+        shots, episodes, q = e.oneshot_shots, e.oneshot_episodes, e.oneshot_queries
+        oneshot = {}
+        for ways in e.oneshot_ways:
+            name = f"{ways}way_{shots}shot"
+            oneshot[name] = evaluate_episodes(
+                encoder, emb, labels, ways, shots, episodes, params.seed, queries=q
+            )
+            if groups is not None:
+                oneshot[f"{name}_within_group"] = evaluate_episodes(
+                    encoder, emb, labels, ways, shots, episodes, params.seed, groups, q
+                )
+        out["oneshot"] = oneshot
+    return out
+
+
 def run_evaluate(
     params: Params,
     prepared_dir: str | Path,
@@ -73,11 +140,14 @@ def run_evaluate(
     # loaded once: the distances and the hardest-pairs sheet both need images and pairs
     data = PreparedData(prepared_dir)
     pairs = load_pairs(Path(pairs_dir) / "test.npz")
-    d = pair_distances(load_encoder(model_dir), data.images, pairs)
+    encoder = load_encoder(model_dir)
+    d = pair_distances(encoder, data.images, pairs)
     y = pairs["y"].astype(bool)
     calibration = read_json(Path(calibration_dir) / "calibration.json")
     threshold = calibration["threshold"]
     report = metrics.verification_report(d, y, threshold, e.far_targets)
+    report.update(forgery_eers(d, y, Path(pairs_dir) / "test.npz"))
+    report.update(identity_benchmarks(params, encoder, data, Path(prepared_dir)))
     far_keys = [k for k in report if k.startswith("tar_at_far_")]
     fars = [f for f in e.far_targets if f"tar_at_far_{f:g}" in far_keys]
     if e.bootstrap_resamples:

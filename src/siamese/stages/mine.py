@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +26,10 @@ _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 
 def _reference_embeddings(uri: str, data: PreparedData) -> dict | None:
     """Embeddings of the training images under a registered model (e.g. the champion)."""
-    import mlflow
-
-    from siamese.embedding import embed, load_encoder
-    from siamese.tracking import tracking_uri
+    from siamese.embedding import embed, load_registered_encoder
 
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri()
-            )
-            encoder = load_encoder(Path(local) / "artifacts" / "encoder")
+        encoder = load_registered_encoder(uri)
     except Exception as err:  # no champion yet (first run) or an unreachable registry
         log.warning("no reference model at %s (%s); using random negatives", uri, err)
         return None
