@@ -37,16 +37,18 @@ CI_Z = 1.96  # 95% normal interval, as reported in few-shot papers
 def support_distances(encoder, queries: np.ndarray, supports: np.ndarray) -> np.ndarray:
     """(len(queries), len(supports)) float64 distances between embeddings under the model.
 
-    ``encoder`` is the trained model (its ``config["distance"]`` names the distance) or, for
-    tests on raw embeddings, a distance name such as ``"euclidean"``."""
+    ``encoder`` is the trained model (its own metric, learned head included) or, for tests on
+    raw embeddings, a distance name such as ``"euclidean"``."""
     from siamese.losses.distances import pairwise_distance
 
-    kind = encoder if isinstance(encoder, str) else encoder.config.get("distance", "euclidean")
     q = torch.from_numpy(np.asarray(queries, np.float64))
     s = torch.from_numpy(np.asarray(supports, np.float64))
     if len(q) == 0 or len(s) == 0:
         return np.zeros((len(q), len(s)))
-    return pairwise_distance(q, s, kind).numpy()
+    with torch.no_grad():
+        if isinstance(encoder, str):
+            return pairwise_distance(q, s, encoder).numpy()
+        return encoder.distance_matrix(q, s).numpy()
 
 
 def mean_ci(values: np.ndarray) -> dict[str, float]:
