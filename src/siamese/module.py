@@ -58,14 +58,18 @@ class SiameseModule(pl.LightningModule):
             t.distance,
             head="weighted_l1" if self.uses_head else None,
         )
-        self.criterion = None if self.uses_head else MetricLoss(
-            t.loss,
-            self._online_miner(),
-            t.margin,
-            t.distance,
-            t.contrastive_form,
-            t.soft_margin,
-            (t.ms_alpha, t.ms_beta, t.ms_base),
+        self.criterion = (
+            None
+            if self.uses_head
+            else MetricLoss(
+                t.loss,
+                self._online_miner(),
+                t.margin,
+                t.distance,
+                t.contrastive_form,
+                t.soft_margin,
+                (t.ms_alpha, t.ms_beta, t.ms_base),
+            )
         )
         self.val_pairs = val_pairs
         self.val_images = None if val_images is None else np.asarray(val_images)
@@ -83,7 +87,9 @@ class SiameseModule(pl.LightningModule):
         if self.uses_head:
             return balanced_bce(self.encoder.pair_logits(a, b), same)
         t = self.p.train
-        return contrastive_pair_loss(self.encoder.pair_distance(a, b), same, t.margin, t.contrastive_form)
+        return contrastive_pair_loss(
+            self.encoder.pair_distance(a, b), same, t.margin, t.contrastive_form
+        )
 
     def _batch_loss(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The loss of a labelled batch: mined tuples, or every pair for the head (BCE)."""
