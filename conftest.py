@@ -18,6 +18,7 @@ PROJECT_FILES = (
     ".dvcignore",
     ".gitignore",
     "data",
+    "params",
     "src",
     ".dvc/config",
 )

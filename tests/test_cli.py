@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -32,6 +34,34 @@ def test_run_rejects_a_bad_override_without_touching_params(project):
     result = runner.invoke(app, ["run", "--set", "train.images_per_identity=1"])
     assert result.exit_code == 2 and "train.images_per_identity" in result.output
     assert (project / "params.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("preset", ["omniglot", "att_faces", "svc2004"])
+def test_shipped_presets_are_valid_params(preset):
+    from siamese.config import apply_overrides, read_params_file, validate_params
+    from siamese.params_file import preset_overrides
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = preset_overrides(preset, root)
+    params = validate_params(apply_overrides(read_params_file(root / "params.yaml"), overrides))
+    assert params.register.model_name.endswith(preset.replace("_", "-"))
+
+
+def test_run_with_an_unknown_preset_names_the_available_ones(project):
+    before = (project / "params.yaml").read_text()
+    result = runner.invoke(app, ["run", "--preset", "imagenet"])
+    assert result.exit_code == 2
+    assert "unknown preset 'imagenet'" in result.output and "omniglot" in result.output
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_preset_values_land_in_params_yaml_and_set_wins(project):
+    from siamese.params_file import preset_overrides, set_params
+
+    set_params("params.yaml", preset_overrides("att_faces") + ["train.max_epochs=2"])
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    assert raw["data"]["image_size"] == 56 and raw["train"]["max_epochs"] == 2
+    assert raw["augment"][0]["name"] == "Affine"
 
 
 def test_missing_dataset_is_named(project):

@@ -183,14 +183,20 @@ def check(params: Path = ParamsOpt) -> None:
 @app.command()
 def run(
     set_: list[str] = typer.Option([], "--set", "-S", help="override, e.g. train.loss=triplet"),
+    preset: str | None = typer.Option(
+        None, "--preset", help="apply params/NAME.yaml (e.g. omniglot) before --set overrides"
+    ),
     project: Path = typer.Option(Path("."), help="project directory"),
     push: bool = typer.Option(True, help="push data and outputs to the DVC remote afterwards"),
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
     from pipelines.flow import format_summary, training_flow
     from siamese.config import apply_overrides, read_params_file, validate_params
+    from siamese.params_file import preset_overrides
 
     try:  # fail fast, before an orchestrator is even started
+        if preset:
+            set_ = preset_overrides(preset, project) + list(set_)
         params_path = project / paths.PARAMS
         validate_params(apply_overrides(read_params_file(params_path), set_), str(params_path))
     except ParamsError as err:

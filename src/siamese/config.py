@@ -142,6 +142,9 @@ class TrainParams(_Strict):
     images_per_identity: int = Field(8, description="K of the P x K sampler")
     batches_per_epoch: int | None = Field(None, ge=1, description="default: one pass over train")
     max_epochs: int = Field(8, ge=1)
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget for fitting; Lightning stops at the next step"
+    )
     lr: float = Field(1e-3)
     weight_decay: float = Field(1e-4, ge=0.0)
     early_stopping_patience: int = Field(3, ge=1)

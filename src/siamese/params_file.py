@@ -42,3 +42,35 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
         raise ParamsError(f"could not apply {overrides} to {path} without corrupting it")
     atomic_write_bytes(path, text.encode())
     return params
+
+
+PRESETS_DIR = "params"
+
+
+def preset_path(name: str, project: str | Path = ".") -> Path:
+    """A preset is ``params/<name>.yaml`` in the project (or a path to any such file)."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    path = Path(project) / PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (Path(project) / PRESETS_DIR).glob("*.yaml"))
+        raise ParamsError(
+            f"unknown preset {name!r}: {path} not found; available: {', '.join(available) or '-'}"
+        )
+    return path
+
+
+def preset_overrides(name: str, project: str | Path = ".") -> list[str]:
+    """The preset's values as ``key.path=value`` overrides, applied before any ``--set`` so a
+    preset is just a named, versioned bundle of overrides that still lands in params.yaml (where
+    DVC and MLflow see every value)."""
+    import json
+
+    from siamese.config import flatten
+
+    path = preset_path(name, project)
+    raw = YAML(typ="safe").load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"preset {path} must be a mapping of params keys to values")
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(raw).items()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,7 @@ def _fit(
         precision=tr.precision,
         deterministic=tr.deterministic,
         max_epochs=t.max_epochs,
+        max_time=None if t.max_minutes is None else {"minutes": t.max_minutes},
         logger=logger,
         callbacks=[ckpt, last_ckpt, stop],
         use_distributed_sampler=False,
@@ -148,6 +150,7 @@ def _fit(
         enable_progress_bar=False,
         default_root_dir=str(scratch),
     )
+    started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm)
     except BaseException:
@@ -170,6 +173,7 @@ def _fit(
         "epochs_trained": int(last["epoch"]) + 1,
         "global_steps": int(last["global_step"]),
         "world_size": int(trainer.world_size),
+        "fit_seconds": round(time.perf_counter() - started, 1),
     }
     with atomic_dir(out_dir) as tmp:
         shutil.move(str(scratch / "checkpoints"), tmp / "checkpoints")
