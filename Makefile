@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test test-slow lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ run: $(STAMP)  ## train, calibrate, evaluate and register on the built-in digits
 
 test: $(STAMP)  ## the default (fast) test suite
 	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)  ## the long tests (real-data training proofs), also run by CI
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
