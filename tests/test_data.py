@@ -166,3 +166,35 @@ def test_images_beside_the_identity_folders_are_ignored(small_faces):
     (small_faces / "preview.pgm").write_bytes((small_faces / "s1" / "1.pgm").read_bytes())
     ds = load_folder_dataset(small_faces, 16)
     assert len(ds.images) == 40 and "preview.pgm" not in ds.sources
+
+
+def test_rotation_classes_add_rotated_training_identities_only(project, small_faces):
+    from siamese import paths
+    from siamese.params_file import set_params
+    from siamese.stages.prepare import PreparedData, run_prepare
+
+    params = set_params(
+        "params.yaml", [f"data.source={small_faces}", "data.rotation_classes=[90, 270]"]
+    )
+    summary = run_prepare(params, paths.PREPARED)
+    data = PreparedData(paths.PREPARED)
+    import json
+
+    ids = json.loads((paths.PREPARED / "identities.json").read_text())
+    train = [n for n, s in ids["split"].items() if s == "train" and "@rot" not in n]
+    rotated = [n for n in ids["names"] if "@rot" in n]
+    assert sorted(rotated) == sorted(f"{n}@rot{d}" for n in train for d in (90, 270))
+    assert all(ids["split"][n] == "train" for n in rotated)  # val/test never rotated
+    assert summary["rotated_images"] == 2 * 5 * len(train)
+    # a rotated identity's images are its source identity's images turned by 90 degrees
+    names = ids["names"]
+    src = data.images[data.labels == names.index(train[0])]
+    rot = data.images[data.labels == names.index(f"{train[0]}@rot90")]
+    np.testing.assert_array_equal(rot, np.rot90(src, 1, axes=(1, 2)))
+
+
+def test_rotation_classes_are_validated():
+    from siamese.config import ParamsError, validate_params
+
+    with pytest.raises(ParamsError, match="data.rotation_classes"):
+        validate_params({"data": {"rotation_classes": [45]}})

@@ -58,6 +58,10 @@ class DataParams(_Strict):
         description="identity: identities are split at random; group: whole groups (e.g. "
         "alphabets) are held out; auto: group when the dataset has groups",
     )
+    rotation_classes: list[Literal[90, 180, 270]] = Field(
+        default_factory=list,
+        description="add each training identity rotated by these degrees as a new identity",
+    )
     image_size: int = Field(28, ge=8, le=512)
     min_images_per_identity: int = Field(2, ge=2)
     on_bad_image: Literal["error", "skip"] = "error"
