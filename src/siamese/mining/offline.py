@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from siamese.data.sources import DatasetError
+
 
 def hard_negative_pairs(
     indices: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, n_pairs: int, seed: int
@@ -55,17 +57,17 @@ def balanced_pairs(indices: np.ndarray, labels: np.ndarray, n_pairs: int, seed: 
     by_label: dict[int, np.ndarray] = {int(c): indices[lab == c] for c in np.unique(lab)}
     with_pos = np.concatenate([v for v in by_label.values() if len(v) >= 2])
     if len(with_pos) == 0 or len(by_label) < 2:
-        raise ValueError("pair mining needs >= 2 identities, one of them with >= 2 images")
+        raise DatasetError("pair mining needs >= 2 identities, one of them with >= 2 images")
     n_pos = n_pairs // 2
     n_neg = n_pairs - n_pos
     max_pos = sum(len(v) * (len(v) - 1) // 2 for v in by_label.values())
     n_total = len(indices)
     max_neg = (n_total * n_total - sum(len(v) ** 2 for v in by_label.values())) // 2
     if n_pos > max_pos or n_neg > max_neg:
-        raise ValueError(
+        raise DatasetError(
             f"cannot draw {n_pos} unique positive and {n_neg} negative pairs from "
             f"{n_total} images (at most {max_pos} positive and {max_neg} negative exist); "
-            "lower the mine.*_pairs setting"
+            "lower the setting"
         )
 
     def draw(n: int, positive: bool) -> list[tuple[int, int]]:
@@ -126,7 +128,7 @@ def skilled_forgery_pairs(
             blocks.append(np.stack([g.ravel(), f.ravel()], axis=1))
     every = np.concatenate(blocks) if blocks else np.zeros((0, 2), np.int64)
     if n_pairs > len(every):
-        raise ValueError(
+        raise DatasetError(
             f"cannot draw {n_pairs} skilled-forgery pairs: only {len(every)} (genuine, forged) "
             "pairs of one writer exist; lower mine.skilled_forgery_pairs"
         )

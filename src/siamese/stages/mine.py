@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from siamese.config import Params
+from siamese.data.sources import DatasetError
 from siamese.io import atomic_dir, save_npz, write_json
 from siamese.mining.offline import (
     RANDOM_NEGATIVE,
@@ -98,7 +99,10 @@ def run_mine(params: Params, prepared_dir: str | Path, out_dir: str | Path) -> d
     with atomic_dir(out_dir) as tmp:
         for split, n in counts.items():
             seed = params.seed * 1000 + _SEED_OFFSETS[split]
-            pairs = balanced_pairs(data.indices(split, forged=False), data.labels, n, seed)
+            try:
+                pairs = balanced_pairs(data.indices(split, forged=False), data.labels, n, seed)
+            except DatasetError as err:
+                raise DatasetError(f"mine.{split}_pairs={n} on the {split} split: {err}") from None
             if split == "train" and reference is not None:
                 pairs = _with_hard_negatives(pairs, data, reference, params, seed)
                 summary["train_hard_negatives"] = int(reference["count"])
