@@ -27,7 +27,7 @@ def _tail(path: Path, n: int = 30) -> str:
         return ""
 
 
-def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+def stop(proc: subprocess.Popen, grace: float = 5) -> None:
     """SIGTERM the process group we started, SIGKILL it if it does not exit in time."""
     if proc.poll() is not None:
         return

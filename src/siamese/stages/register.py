@@ -130,7 +130,11 @@ def run_register(
         **{k: v for k, v in run.data.tags.items() if k.startswith(("data.", "dvc."))},
     }
     # the version is created last; anything failing after it removes it again
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=version_tags)
+    # a tracking server checks that a models:/<model id> source names its logged model
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=version_tags, model_id=model_id
+    )
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
         log.info(
