@@ -188,6 +188,9 @@ class TrainParams(_Strict):
 class TrainerParams(_Strict):
     accelerator: str = "cpu"
     devices: int | str = 1
+    num_nodes: int = Field(
+        1, ge=1, description="machines for multi-node DDP (MASTER_ADDR, NODE_RANK, ... set)"
+    )
     strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
