@@ -1,5 +1,14 @@
-"""The training flow: Prefect runs each stage as a task through DVC, so unchanged stages are
-skipped, dvc.lock records what ran, and the same stage commands serve DVC, Prefect and users."""
+"""The flows: Prefect runs each stage as a task through DVC, so unchanged stages are skipped,
+dvc.lock records what ran, and the same stage commands serve DVC, Prefect and users.
+
+* ``training_flow``: prepare -> mine -> train -> calibrate -> evaluate -> register (DVC stages),
+  push, then (by default) ``promotion_flow``.
+* ``promotion_flow``: ``siamese promote``: the challenger against the champion on the benchmark
+  pairs. Not a DVC stage: its outcome depends on the registry (the current champion, a rollback),
+  which DVC cannot see, so it runs every time and is a no-op when nothing changed.
+* ``retrain_and_promote``: the scheduled parent flow, training then promotion as two subflows;
+  ``retraining_deployment`` / ``serve_retraining`` give it a cron schedule (``siamese deploy``).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +28,8 @@ from siamese.params_file import set_params
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
 STAGE_RETRIES = {"register": 2}
-KEPT = "this version did not beat it on the same test pairs"
+KEPT = "this version did not beat it on the same benchmark pairs"
+PROMOTE_RETRIES = 2
 
 
 def _env() -> dict[str, str]:
@@ -101,11 +111,56 @@ def push_outputs(project_dir: str) -> str:
     return _tail(proc.stdout, 1)
 
 
+class PromotionRefused(RuntimeError):
+    """Not retried: a challenger without a (successful) evaluation stays unpromoted."""
+
+
+@task(name="promote", retries=PROMOTE_RETRIES, retry_delay_seconds=5)
+def promote_task(project_dir: str, version: str | None = None) -> dict:
+    """``siamese promote`` in the project (its own process, like the DVC stages)."""
+    logger = get_run_logger()
+    project = Path(project_dir)
+    cmd = [sys.executable, "-m", "siamese", "promote"]
+    if version:
+        cmd += ["--version", str(version)]
+    proc = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True)
+    output = (proc.stdout or "") + (proc.stderr or "")
+    for line in output.strip().splitlines()[-20:]:
+        logger.info("promote | %s", line)
+    if proc.returncode == 3:  # refused: the challenger's evaluation is missing or failed
+        raise PromotionRefused(_tail(output, 3))
+    if proc.returncode != 0:
+        raise RuntimeError(f"promote failed (exit {proc.returncode}):\n{_tail(output)}")
+    return json.loads((project / paths.PROMOTION / "promotion.json").read_text())
+
+
+@flow(name="siamese-promotion", log_prints=True)
+def promotion_flow(project_dir: str = ".", version: str | None = None) -> dict:
+    """Promote the challenger (or ``version``) to champion if it beats the champion."""
+    project = str(Path(project_dir).resolve())
+    run = promote_task.with_options(retry_condition_fn=_retry_unless_refused)
+    return run(project, version)
+
+
+def _retry_unless_refused(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except PromotionRefused:
+        return False
+    except Exception:
+        return True
+    return False
+
+
 @flow(name="siamese-training", log_prints=True)
 def training_flow(
-    project_dir: str = ".", overrides: list[str] | None = None, push: bool = True
+    project_dir: str = ".",
+    overrides: list[str] | None = None,
+    push: bool = True,
+    promote: bool = True,
 ) -> dict:
-    """prepare -> mine -> train -> calibrate -> evaluate -> register, then push to the remote."""
+    """prepare -> mine -> train -> calibrate -> evaluate -> register, push to the remote, then
+    the promotion flow (``promote=False``: leave that to the caller)."""
     from prefect.runtime import flow_run
 
     project = Path(project_dir).resolve()
@@ -132,22 +187,79 @@ def training_flow(
     return {
         "stages": statuses,
         "registration": registration,
+        "promotion": promotion_flow(str(project)) if promote else None,
         "push": pushed,
         "flow_run_id": str(flow_run.id),
         "project_dir": str(project),
     }
 
 
+@flow(name="siamese-retrain-and-promote", log_prints=True)
+def retrain_and_promote(
+    project_dir: str = ".", overrides: list[str] | None = None, push: bool = True
+) -> dict:
+    """The scheduled flow: the training flow, then the promotion flow. With
+    ``mine.hard_negatives_from: models:/NAME@champion`` the mine stage takes its negatives from
+    the current champion, so each retraining works on what the champion confuses."""
+    summary = training_flow(project_dir=project_dir, overrides=overrides, push=push, promote=False)
+    summary["promotion"] = promotion_flow(summary["project_dir"])
+    return summary
+
+
+def retraining_deployment(
+    project_dir: str | Path,
+    cron: str | None = None,
+    timezone: str | None = None,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+):
+    """A RunnerDeployment of ``retrain_and_promote`` on a cron schedule (defaults: ``schedule.*``
+    in the project's params.yaml). The entrypoint is the module path, so a runner or worker can
+    import it from any working directory where the package is installed."""
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    project = Path(project_dir).resolve()
+    sched = load_params(project / paths.PARAMS).schedule
+    parameters: dict = {"project_dir": str(project)}
+    if overrides:
+        parameters["overrides"] = list(overrides)
+    return retrain_and_promote.to_deployment(
+        name=name or sched.deployment,
+        schedule=Cron(cron or sched.cron, timezone=timezone or sched.timezone),
+        parameters=parameters,
+        description=f"retrain and promote {project} on a schedule",
+        tags=["siamese", "retraining"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve_retraining(deployment, limit: int = 1) -> None:
+    """Register the deployment with the Prefect API and run a runner that executes its runs
+    (blocks until interrupted; the schedule is paused when it stops)."""
+    from prefect import serve
+
+    serve(deployment, limit=limit)
+
+
 def format_summary(summary: dict) -> str:
     reg = summary["registration"]
     test = reg["test"]
+    promo = summary.get("promotion") or {}
+    aliases = list(reg["aliases"])
+    note = ""
+    if promo.get("promoted") or promo.get("decision") == "unchanged":
+        aliases.append("champion")
+    elif promo.get("decision") == "kept":
+        note = f" (champion v{promo['champion_version']} kept: {KEPT})"
+    elif promo:
+        note = f" (not promoted: {promo.get('reason', promo.get('decision'))})"
     lines = [
         "",
         "== siamese run summary ==",
         "stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()),
         f"registered model: {reg['model_name']} version {reg['version']} "
-        f"aliases: {', '.join(reg['aliases'])}"
-        + ("" if reg["promoted"] else f" (champion kept: {KEPT})"),
+        f"aliases: {', '.join(aliases)}" + note,
         f"test pairs: {test['n_pairs']}  ROC AUC {test['roc_auc']:.4f}  EER {test['eer']:.4f}  "
         f"accuracy {test['accuracy']:.4f} at threshold {reg['threshold']:.4f}",
     ]

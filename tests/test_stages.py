@@ -18,6 +18,7 @@ from siamese.stages.calibrate import run_calibrate
 from siamese.stages.evaluate import run_evaluate
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
+from siamese.stages.promote import run_promote
 from siamese.stages.register import run_register
 from siamese.stages.train import run_train
 from siamese.tracking import tracking_uri
@@ -34,7 +35,8 @@ def _stages_until_evaluate(params):
 
 
 def _register(params):
-    return run_register(
+    """register, then promote (as the training flow does); the registration with the decision."""
+    reg = run_register(
         params,
         paths.PREPARED,
         paths.PAIRS,
@@ -43,6 +45,14 @@ def _register(params):
         paths.EVALUATION,
         paths.REGISTRATION,
     )
+    assert reg["aliases"] == ["challenger"]
+    promo = run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)
+    return {
+        **reg,
+        "aliases": reg["aliases"] + (["champion"] if promo["promoted"] else []),
+        "promoted": promo["promoted"],
+        "promotion": promo,
+    }
 
 
 def _all_stages(params):
@@ -146,12 +156,14 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
     champ = client.get_model_version_by_alias("faces", "champion")
     challenger = client.get_model_version_by_alias("faces", "challenger")
     assert str(challenger.version) == "2"
+    promo = second["promotion"]
+    assert promo["champion_version"] == "1" and promo["metric"] == "roc_auc"
     if second["promoted"]:
-        assert second["test"]["roc_auc"] > second["previous_champion"]["roc_auc"]
+        assert promo["challenger_value"] > promo["champion_value"]
         assert str(champ.version) == "2"
     else:
         assert str(champ.version) == "1" and second["aliases"] == ["challenger"]
-    assert second["previous_champion"]["version"] == "1"
+        assert promo["decision"] == "kept"
 
 
 def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):

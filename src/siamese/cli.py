@@ -111,7 +111,7 @@ def register(
     evaluation: Path = paths.EVALUATION,
     out: Path = paths.REGISTRATION,
 ) -> None:
-    """Log the pyfunc model, register it as challenger, promote it if it wins."""
+    """Log the pyfunc model and register it as challenger (`siamese promote` decides)."""
     from siamese.stages.register import run_register
 
     _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out)
@@ -208,6 +208,79 @@ def run(
     except RuntimeError as err:
         _fail(str(err), code=1)
     typer.echo(format_summary(summary))
+
+
+@app.command()
+def promote(
+    params: Path = ParamsOpt,
+    prepared: Path = paths.PREPARED,
+    pairs: Path = paths.PAIRS,
+    out: Path = paths.PROMOTION,
+    version: str | None = typer.Option(
+        None, "--version", help="compare this version instead of the challenger alias"
+    ),
+) -> None:
+    """Move `champion` to the challenger if it beats the champion on the benchmark pairs.
+
+    Exit 3 when refused (the challenger's evaluation failed or is missing)."""
+    from siamese.stages.promote import PromotionError, run_promote
+
+    try:
+        _run_stage(run_promote, params, prepared, pairs, out, version)
+    except PromotionError as err:
+        _fail(str(err), code=3)
+
+
+@app.command()
+def rollback(params: Path = ParamsOpt, out: Path = paths.PROMOTION) -> None:
+    """Move `champion` back to the version it replaced (fails when there is none)."""
+    from siamese.stages.promote import PromotionError, run_rollback
+
+    try:
+        _run_stage(run_rollback, params, out)
+    except PromotionError as err:
+        _fail(str(err), code=1)
+
+
+@app.command()
+def deploy(
+    cron: str | None = typer.Option(None, help="cron schedule (default: schedule.cron)"),
+    timezone: str | None = typer.Option(None, help="IANA zone (default: schedule.timezone)"),
+    name: str | None = typer.Option(None, help="deployment name (default: schedule.deployment)"),
+    set_: list[str] = typer.Option([], "--set", "-S", help="override passed to each run"),
+    project: Path = typer.Option(Path("."), help="project directory"),
+    limit: int = typer.Option(1, min=1, help="concurrent runs this runner executes"),
+) -> None:
+    """Serve the retrain-and-promote flow on a cron schedule (needs PREFECT_API_URL).
+
+    Creates or updates the deployment on the Prefect server and runs its runner until stopped:
+    each scheduled (or manually triggered) run trains, then promotes if the gate allows."""
+    import os
+
+    from siamese.config import apply_overrides, read_params_file, validate_params
+
+    try:
+        params_path = project / paths.PARAMS
+        raw = apply_overrides(read_params_file(params_path), set_)
+        sched = validate_params(raw, str(params_path)).schedule
+        cron, timezone = cron or sched.cron, timezone or sched.timezone
+        # the command-line schedule is validated like params.yaml's
+        validate_params({"schedule": {"cron": cron, "timezone": timezone}}, "--cron/--timezone")
+    except ParamsError as err:
+        _fail(str(err))
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            "PREFECT_API_URL is not set: a schedule needs a running Prefect server "
+            "(prefect server start; export PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+    from pipelines.flow import retraining_deployment, serve_retraining
+
+    deployment = retraining_deployment(project, cron, timezone, name, set_ or None)
+    typer.echo(
+        f"serving deployment {deployment.flow_name}/{deployment.name} (cron {cron!r} "
+        f"{timezone}) for {project.resolve()}; Ctrl-C stops the runner and pauses the schedule"
+    )
+    serve_retraining(deployment, limit=limit)
 
 
 @data_app.command("add")

@@ -8,6 +8,7 @@ surfacing as a confusing error minutes into training.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -191,6 +192,9 @@ class TrainParams(_Strict):
 class TrainerParams(_Strict):
     accelerator: str = "cpu"
     devices: int | str = 1
+    num_nodes: int = Field(
+        1, ge=1, description="machines for multi-node DDP (MASTER_ADDR, NODE_RANK, ... set)"
+    )
     strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = True
@@ -260,10 +264,74 @@ class EvaluateParams(_Strict):
         return v
 
 
+PROMOTE_METRICS = ("roc_auc", "eer", "tar_at_far")
+# higher is better for every promotion metric except the equal error rate
+LOWER_IS_BETTER = frozenset({"eer"})
+
+
 class RegisterParams(_Strict):
     model_name: str = Field("siamese-digits", min_length=1)
     experiment: str = Field("siamese", min_length=1)
-    promote_metric: Literal["roc_auc"] = "roc_auc"
+    promote_metric: Literal["roc_auc", "eer", "tar_at_far"] = Field(
+        "roc_auc",
+        description="what `siamese promote` compares on the benchmark pairs: roc_auc and "
+        "tar_at_far (higher is better) or eer (lower is better)",
+    )
+    promote_far: float = Field(
+        0.01, gt=0.0, lt=1.0, description="the FAR of promote_metric tar_at_far"
+    )
+    min_improvement: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="the challenger must beat the champion by more than this (in the metric's "
+        "own units, in its better direction) to take the champion alias",
+    )
+
+    @field_validator("min_improvement")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"register.min_improvement must be finite (got {v})")
+        return v
+
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-#LW]+$")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly")
+
+
+class ScheduleParams(_Strict):
+    cron: str = Field(
+        "0 3 * * 1", description="when the retrain-and-promote deployment runs (5-field cron)"
+    )
+    timezone: str = Field("UTC", description="IANA time zone of the cron schedule")
+    deployment: str = Field("scheduled-retrain", min_length=1, description="deployment name")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_shape(cls, v: str) -> str:
+        fields = v.split()
+        if v.strip() in _CRON_MACROS:
+            return v.strip()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(
+                f"schedule.cron must be 5 cron fields (minute hour day month weekday), "
+                f"e.g. '0 3 * * 1' (got {v!r})"
+            )
+        return " ".join(fields)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r} (an IANA name, e.g. Europe/Berlin)"
+            ) from None
+        return v
 
 
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -284,6 +352,7 @@ class Params(_Strict):
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
 
     @model_validator(mode="after")
     def _offline_pairs_need_mined_pairs(self) -> Params:

@@ -11,4 +11,6 @@ TRAIN_METRICS = ARTIFACTS / "train_metrics.json"
 CALIBRATION = ARTIFACTS / "calibrate"
 EVALUATION = ARTIFACTS / "evaluate"
 REGISTRATION = ARTIFACTS / "register"
+# not a DVC output: promotion depends on the registry's state, not only on files
+PROMOTION = ARTIFACTS / "promote"
 PARAMS = Path("params.yaml")

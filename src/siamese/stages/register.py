@@ -1,8 +1,9 @@
-"""register: log the pyfunc model into the training run, register a version as ``challenger``,
-and promote it to ``champion`` when it beats the current champion on the same test pairs.
+"""register: log the pyfunc model into the training run and register a version as
+``challenger``. Whether it becomes ``champion`` is the promote stage's decision
+(siamese.stages.promote), taken on the benchmark pairs against the current champion.
 
-A failure after the version exists deletes that version again, so the registry never holds half
-a registration."""
+A failure after the version exists deletes that version again (and gives the challenger alias
+back to the previous challenger), so the registry never holds half a registration."""
 
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese import metrics
 from siamese.config import Params
-from siamese.datamodule import load_pairs
 from siamese.io import atomic_dir, read_json, write_json
-from siamese.stages.prepare import PreparedData
 from siamese.tracking import active_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
-CHALLENGER, CHAMPION = "challenger", "champion"
+CHALLENGER = "challenger"
 
 
 def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
@@ -57,24 +55,6 @@ def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_di
     client.log_artifacts(run_id, str(eval_dir / "figures"), artifact_path="evaluation")
 
 
-def _champion_score(client, name: str, test_pairs: dict, prepared_dir: str | Path) -> dict | None:
-    """Score the current champion on *our* test pairs through its served interface."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from siamese.serving import pairs_frame
-
-    try:
-        champ = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
-    images = PreparedData(prepared_dir).images  # only needed when there is a champion
-    out = model.predict(pairs_frame(images, test_pairs["a"], test_pairs["b"]))
-    d = out["distance"].to_numpy(dtype=np.float64)
-    return {"version": str(champ.version), "roc_auc": metrics.roc_auc(d, test_pairs["y"])}
-
-
 def _log_model(run_id: str, model_dir: Path, calibration_path: Path) -> str:
     """Log the pyfunc (encoder weights + calibration + code) into the run; returns its URI."""
     import mlflow
@@ -95,6 +75,15 @@ def _log_model(run_id: str, model_dir: Path, calibration_path: Path) -> str:
                 signature=signature(),
             )
     return info.model_uri
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
 
 
 def _ensure_registered_model(client, name: str) -> None:
@@ -127,13 +116,12 @@ def run_register(
     calibration_path = Path(calibration_dir) / "calibration.json"
     calibration = read_json(calibration_path)
     test = read_json(eval_dir / "metrics.json")
-    test_pairs = load_pairs(Path(pairs_dir) / "test.npz")
 
     _log_run_results(client, run_id, calibration, test, eval_dir)
     with active_tracking_uri(uri):
         model_uri = _log_model(run_id, model_dir, calibration_path)
-        champion = _champion_score(client, name, test_pairs, prepared_dir)
     _ensure_registered_model(client, name)
+    previous_challenger = _alias_version(client, name, CHALLENGER)
     run = client.get_run(run_id)
     version_tags = {
         "git_commit": run.data.tags.get("git_commit", "unknown"),
@@ -142,21 +130,28 @@ def run_register(
         **{k: v for k, v in run.data.tags.items() if k.startswith(("data.", "dvc."))},
     }
     # the version is created last; anything failing after it removes it again
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=version_tags)
+    # a tracking server checks that a models:/<model id> source names its logged model
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = client.create_model_version(
+        name, model_uri, run_id=run_id, tags=version_tags, model_id=model_id
+    )
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
-        promoted = champion is None or test["roc_auc"] > champion["roc_auc"]
-        if promoted:
-            client.set_registered_model_alias(name, CHAMPION, mv.version)
+        log.info(
+            "alias %s of %s: %s -> v%s (registered)",
+            CHALLENGER,
+            name,
+            f"v{previous_challenger}" if previous_challenger else "none",
+            mv.version,
+        )
         result = {
             "model_name": name,
             "version": str(mv.version),
-            "aliases": [CHALLENGER] + ([CHAMPION] if promoted else []),
+            "aliases": [CHALLENGER],
             "run_id": run_id,
             "experiment_id": run.info.experiment_id,
             "model_uri": f"models:/{name}/{mv.version}",
-            "promoted": promoted,
-            "previous_champion": champion,
+            "previous_challenger": previous_challenger,
             "test": test,
             "threshold": calibration["threshold"],
             "tracking_uri": uri,
@@ -166,7 +161,7 @@ def run_register(
     except BaseException:
         log.error("registration failed after creating %s v%s; deleting it", name, mv.version)
         client.delete_model_version(name, mv.version)
-        if champion is not None:
-            client.set_registered_model_alias(name, CHAMPION, champion["version"])
+        if previous_challenger is not None:
+            client.set_registered_model_alias(name, CHALLENGER, previous_challenger)
         raise
     return result

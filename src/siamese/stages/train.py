@@ -136,6 +136,7 @@ def _fit(
     trainer = pl.Trainer(
         accelerator=tr.accelerator,
         devices=tr.devices,
+        num_nodes=tr.num_nodes,
         strategy=tr.strategy,
         precision=tr.precision,
         deterministic=tr.deterministic,

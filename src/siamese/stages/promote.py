@@ -1,0 +1,297 @@
+"""promote / rollback: move the registry's ``champion`` alias, and record why.
+
+``run_promote`` compares the ``challenger`` version with the current ``champion`` on the same
+benchmark pairs: the DVC-tracked test pairs (``artifacts/pairs/test.npz`` over the prepared
+images in ``artifacts/prepared``), both scored through their served pyfunc interface, so the two
+numbers are comparable whatever each version's own evaluation ran on. The metric and the minimum
+improvement come from ``register.promote_metric`` / ``register.min_improvement``.
+
+A challenger whose evaluation failed or is missing (its run is not FINISHED, or carries no
+``test.*`` metric for the promotion metric) is never promoted: the refusal is tagged on the
+version and raised as ``PromotionError``. The first version (no champion yet) is promoted.
+
+Every alias move is logged and recorded: on the version (``promotion.*`` tags, and
+``previous_champion`` on a new champion) and in the registered model's ``champion_history`` tag
+(the latest moves as JSON), which ``run_rollback`` uses to go back one champion."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from siamese import metrics
+from siamese.config import LOWER_IS_BETTER, Params
+from siamese.io import atomic_dir, write_json
+from siamese.tracking import active_tracking_uri, file_md5, tracking_uri
+
+log = logging.getLogger(__name__)
+CHALLENGER, CHAMPION = "challenger", "champion"
+HISTORY_TAG = "champion_history"
+HISTORY_KEEP = 25  # MLflow tag values are limited in length; keep the latest moves
+
+
+class PromotionError(RuntimeError):
+    """The promotion or rollback cannot (or must not) happen; the message says why."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def metric_key(params: Params) -> str:
+    """The key of the promotion metric in evaluate's metrics.json (and ``test.<key>`` on runs)."""
+    r = params.register
+    return f"tar_at_far_{r.promote_far:g}" if r.promote_metric == "tar_at_far" else r.promote_metric
+
+
+def score(params: Params, distances: np.ndarray, same: np.ndarray) -> float:
+    r = params.register
+    if r.promote_metric == "roc_auc":
+        return metrics.roc_auc(distances, same)
+    if r.promote_metric == "eer":
+        return metrics.eer(distances, same)
+    return metrics.tar_at_far(distances, same, r.promote_far)
+
+
+def improvement(params: Params, challenger: float, champion: float) -> float:
+    """How much better the challenger is, in the metric's better direction (> 0: better)."""
+    diff = challenger - champion
+    return -diff if params.register.promote_metric in LOWER_IS_BETTER else diff
+
+
+def _history(client, name: str) -> list[dict]:
+    raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
+    try:
+        return json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        return []
+
+
+def _move_champion(client, name: str, version: str, entry: dict) -> None:
+    """Set the champion alias and append the move to the registered model's history."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    history = (_history(client, name) + [entry])[-HISTORY_KEEP:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history, separators=(",", ":")))
+    log.info(
+        "alias %s of %s: %s -> v%s (%s)",
+        CHAMPION,
+        name,
+        f"v{entry['from']}" if entry.get("from") else "none",
+        version,
+        entry["action"],
+    )
+
+
+def _current(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def evaluation_problem(client, mv, key: str) -> str | None:
+    """Why the version's evaluation cannot be trusted, or None when it is complete."""
+    from mlflow.exceptions import MlflowException
+
+    if not mv.run_id:
+        return f"version {mv.version} has no MLflow run, so no evaluation"
+    try:
+        run = client.get_run(mv.run_id)
+    except MlflowException:
+        return f"the run {mv.run_id} of version {mv.version} no longer exists"
+    if run.info.status != "FINISHED":
+        return f"the run {mv.run_id} of version {mv.version} is {run.info.status}, not FINISHED"
+    if f"test.{key}" not in run.data.metrics:
+        return (
+            f"the run {mv.run_id} of version {mv.version} has no evaluation metric test.{key} "
+            "(its evaluation failed or never ran)"
+        )
+    return None
+
+
+def _benchmark(prepared_dir: Path, pairs_dir: Path) -> tuple[np.ndarray, dict, str]:
+    from siamese.datamodule import load_pairs
+    from siamese.stages.prepare import PreparedData
+
+    path = pairs_dir / "test.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark pairs {path} not found; run `siamese mine` first")
+    return PreparedData(prepared_dir).images, load_pairs(path), file_md5(path)
+
+
+def _benchmark_score(params: Params, name: str, version: str, images, pairs) -> float:
+    import mlflow
+
+    from siamese.serving import pairs_frame
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    out = model.predict(pairs_frame(images, pairs["a"], pairs["b"]))
+    return score(params, out["distance"].to_numpy(dtype=np.float64), pairs["y"])
+
+
+def run_promote(
+    params: Params,
+    prepared_dir: str | Path,
+    pairs_dir: str | Path,
+    out_dir: str | Path,
+    version: str | None = None,
+) -> dict:
+    """Promote the challenger (or ``version``) to champion if it wins on the benchmark pairs."""
+    import mlflow
+
+    uri = tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    name = params.register.model_name
+    r = params.register
+    key = metric_key(params)
+    explicit = version is not None
+    if version is None:
+        chal = _current(client, name, CHALLENGER)
+        if chal is None:
+            raise PromotionError(f"model {name} has no {CHALLENGER} version; run register first")
+    else:
+        chal = client.get_model_version(name, str(version))
+    version = str(chal.version)
+    champ = _current(client, name, CHAMPION)
+    result = {
+        "model_name": name,
+        "version": version,
+        "metric": key,
+        "min_improvement": r.min_improvement,
+        "champion_version": str(champ.version) if champ else None,
+        "at": _now(),
+        "tracking_uri": uri,
+    }
+
+    def record(decision: str, reason: str, **values) -> dict:
+        result.update(values, decision=decision, reason=reason, promoted=decision == "promoted")
+        tags = {
+            "promotion.decision": decision,
+            "promotion.reason": reason[:4000],
+            "promotion.metric": key,
+            "promotion.min_improvement": f"{r.min_improvement:g}",
+            "promotion.champion_version": result["champion_version"] or "none",
+            "promotion.at": result["at"],
+        }
+        for k in ("challenger_value", "champion_value", "benchmark_md5"):
+            if result.get(k) is not None:
+                tags[f"promotion.{k}"] = (
+                    f"{result[k]:.6f}" if isinstance(result[k], float) else str(result[k])
+                )
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        log.info("promotion of %s v%s: %s (%s)", name, version, decision, reason)
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / "promotion.json", result)
+        return result
+
+    problem = evaluation_problem(client, chal, key)
+    if problem is not None:
+        record("refused", problem)
+        raise PromotionError(f"not promoting {name} v{version}: {problem}")
+    if champ is not None and str(champ.version) == version:
+        return record("unchanged", f"v{version} already is the {CHAMPION}")
+    if chal.tags.get("rolled_back_at") and not explicit:
+        # a demoted version keeps the challenger alias until the next registration; re-promoting
+        # it on the next scheduled run would undo the rollback
+        return record(
+            "skipped",
+            f"v{version} was rolled back at {chal.tags['rolled_back_at']}; promote it "
+            f"explicitly with `siamese promote --version {version}`",
+        )
+
+    images, pairs, md5 = _benchmark(Path(prepared_dir), Path(pairs_dir))
+    result["benchmark_md5"] = md5
+    with active_tracking_uri(uri):
+        chal_value = _benchmark_score(params, name, version, images, pairs)
+        champ_value = (
+            _benchmark_score(params, name, str(champ.version), images, pairs) if champ else None
+        )
+    values = {"challenger_value": chal_value, "champion_value": champ_value}
+    if champ is None:
+        decision, reason = "promoted", f"first {CHAMPION} ({key} {chal_value:.4f})"
+    else:
+        gain = improvement(params, chal_value, champ_value)
+        values["improvement"] = gain
+        better = gain > 0 and gain > r.min_improvement
+        verdict = "beats" if better else "does not beat"
+        reason = (
+            f"{key} {chal_value:.4f} vs {CHAMPION} v{champ.version} {champ_value:.4f} on the "
+            f"same {len(pairs['y'])} benchmark pairs: {verdict} it by more than "
+            f"{r.min_improvement:g} (improvement {gain:+.4f})"
+        )
+        decision = "promoted" if better else "kept"
+    if decision == "promoted":
+        _move_champion(
+            client,
+            name,
+            version,
+            {
+                "action": "promote",
+                "to": version,
+                "from": str(champ.version) if champ else None,
+                "at": result["at"],
+                "metric": key,
+                "value": round(chal_value, 6),
+            },
+        )
+        if champ is not None:
+            client.set_model_version_tag(name, version, "previous_champion", str(champ.version))
+        if chal.tags.get("rolled_back_at"):
+            client.delete_model_version_tag(name, version, "rolled_back_at")
+    return record(decision, reason, **values)
+
+
+def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
+    """Move ``champion`` back to the version it replaced (the ``previous_champion`` tag)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri())
+    name = params.register.model_name
+    champ = _current(client, name, CHAMPION)
+    if champ is None:
+        raise PromotionError(f"model {name} has no {CHAMPION}; nothing to roll back")
+    previous = champ.tags.get("previous_champion")
+    if not previous:
+        raise PromotionError(
+            f"{name} v{champ.version} has no previous {CHAMPION} to roll back to "
+            "(it was the first one)"
+        )
+    try:
+        client.get_model_version(name, previous)
+    except MlflowException:
+        raise PromotionError(
+            f"the previous {CHAMPION} of {name} v{champ.version}, v{previous}, no longer exists"
+        ) from None
+    at = _now()
+    _move_champion(
+        client,
+        name,
+        previous,
+        {"action": "rollback", "to": previous, "from": str(champ.version), "at": at},
+    )
+    client.set_model_version_tag(name, str(champ.version), "rolled_back_at", at)
+    client.set_model_version_tag(name, str(champ.version), "rolled_back_to", previous)
+    result = {
+        "model_name": name,
+        "champion": previous,
+        "rolled_back": str(champ.version),
+        "at": at,
+    }
+    if out_dir is not None:
+        with atomic_dir(out_dir) as tmp:
+            write_json(tmp / "rollback.json", result)
+    return result
+
+
+def champion_history(params: Params) -> list[dict]:
+    import mlflow
+
+    return _history(mlflow.MlflowClient(tracking_uri()), params.register.model_name)

@@ -1,0 +1,115 @@
+"""Team setup: the stages against a real `mlflow server` (PostgreSQL backend store, artefacts
+served by the server from their own root) over HTTP instead of the project's SQLite file."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from siamese import paths
+from siamese.params_file import set_params
+from siamese.stages.calibrate import run_calibrate
+from siamese.stages.evaluate import run_evaluate
+from siamese.stages.mine import run_mine
+from siamese.stages.prepare import run_prepare
+from siamese.stages.promote import run_promote
+from siamese.stages.register import run_register
+from siamese.stages.train import run_train
+from siamese.tracking import active_tracking_uri
+from tests.servers import background, free_port, wait_http
+
+pytestmark = pytest.mark.integration
+
+PG = os.environ.get("SIAMESE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+QUICK = [
+    "train.max_epochs=1",
+    "calibrate.bootstrap_resamples=0",
+    "evaluate.bootstrap_resamples=0",
+    "evaluate.kfold=0",
+    "evaluate.oneshot_episodes=0",
+    "evaluate.retrieval=false",
+]
+
+
+@pytest.fixture
+def postgres_db():
+    """A fresh database for this test on the PostgreSQL server, dropped afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed")
+    try:
+        admin = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as err:
+        pytest.skip(f"PostgreSQL unreachable at {PG} ({err}); set SIAMESE_TEST_POSTGRES")
+    admin.autocommit = True
+    name = f"siamese_mlflow_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def mlflow_server(postgres_db, tmp_path):
+    port = free_port()
+    store = tmp_path / "server-artifacts"
+    log = tmp_path / "mlflow-server.log"
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    cmd = [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", postgres_db, "--serve-artifacts"]
+    cmd += ["--artifacts-destination", store.as_uri(), "--workers", "1"]
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with background(cmd, log, env, cwd=tmp_path) as proc:
+        url = f"http://127.0.0.1:{port}"
+        problem = wait_http(f"{url}/health", proc, log, timeout=120)
+        if problem:
+            pytest.fail(f"mlflow server did not start: {problem}")
+        yield url, store
+
+
+def test_stages_record_to_a_tracking_server_on_postgres(project, mlflow_server, monkeypatch):
+    url, store = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    params = set_params(project / "params.yaml", QUICK)
+    run_prepare(params, paths.PREPARED)
+    run_mine(params, paths.PREPARED, paths.PAIRS)
+    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
+    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+    run_evaluate(
+        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
+    )
+    reg = run_register(
+        params,
+        paths.PREPARED,
+        paths.PAIRS,
+        paths.TRAIN,
+        paths.CALIBRATION,
+        paths.EVALUATION,
+        paths.REGISTRATION,
+    )
+    promo = run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)
+    assert reg["tracking_uri"] == url and promo["decision"] == "promoted"
+
+    # nothing went to the local SQLite store; everything is on the server
+    assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+    client = mlflow.MlflowClient(url)
+    run = client.get_run(reg["run_id"])
+    assert run.info.status == "FINISHED" and "test.roc_auc" in run.data.metrics
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    name = params.register.model_name
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == reg["version"] == "1"
+    assert champion.tags["promotion.decision"] == "promoted"
+    # the artefacts live under the server's --artifacts-destination, and load back over HTTP
+    assert any(store.rglob("MLmodel"))
+    with active_tracking_uri(url):
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.metadata.run_id == reg["run_id"]
