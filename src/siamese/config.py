@@ -262,6 +262,16 @@ class RegisterParams(_Strict):
     promote_metric: Literal["roc_auc"] = "roc_auc"
 
 
+class ServeParams(_Strict):
+    max_pixels: int = Field(
+        25_000_000,
+        ge=4,
+        le=1_000_000_000,
+        description="the served model refuses images declaring more pixels (width x height) "
+        "before decoding them (HTTP 400); stored in the model package",
+    )
+
+
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
@@ -280,6 +290,7 @@ class Params(_Strict):
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
 
     @model_validator(mode="after")
     def _offline_pairs_need_mined_pairs(self) -> Params:

@@ -11,11 +11,12 @@ import torch
 from siamese.io import read_json
 from siamese.models.encoders import SiameseEncoder, preprocess
 
+WEIGHTS_SAFETENSORS, WEIGHTS_TORCH = "model.safetensors", "model.pt"
 
-def load_encoder(model_dir: str | Path) -> SiameseEncoder:
-    model_dir = Path(model_dir)
-    cfg = read_json(model_dir / "model.json")
-    enc = SiameseEncoder(
+
+def encoder_from_config(cfg: dict) -> SiameseEncoder:
+    """An untrained encoder built from its ``model.json`` config."""
+    return SiameseEncoder(
         cfg["encoder"],
         cfg["image_size"],
         cfg["embedding_dim"],
@@ -24,8 +25,29 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
         cfg.get("distance", "euclidean"),
         cfg.get("head"),
     )
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    enc.load_state_dict(state)
+
+
+def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The encoder's tensors, never arbitrary objects: ``model.safetensors`` (no pickle at all)
+    when present, else ``model.pt`` through ``torch.load(weights_only=True)``."""
+    model_dir = Path(model_dir)
+    if (model_dir / WEIGHTS_SAFETENSORS).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(model_dir / WEIGHTS_SAFETENSORS, device="cpu")
+    return torch.load(model_dir / WEIGHTS_TORCH, map_location="cpu", weights_only=True)
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
+def load_encoder(model_dir: str | Path) -> SiameseEncoder:
+    model_dir = Path(model_dir)
+    enc = encoder_from_config(read_json(model_dir / "model.json"))
+    enc.load_state_dict(load_state_dict(model_dir))
     enc.eval()
     return enc
 
