@@ -63,6 +63,27 @@ def _decode(value: Any, size: int, name: str, max_pixels: int | None) -> np.ndar
     return decode_image(value, size, name=name, max_pixels=max_pixels)
 
 
+THREADS_ENV = "SIAMESE_SERVE_THREADS"
+
+
+def _set_serving_threads() -> None:
+    """Inside ``mlflow models serve`` inference runs single-threaded unless SIAMESE_SERVE_THREADS
+    says otherwise: one pair is too small to gain from intra-op threads, and on a shared CPU
+    oversubscribed threads cost far more (scale out with ``--workers`` instead). In any other
+    process torch's setting is left alone unless the variable is set."""
+    import os
+
+    from mlflow.pyfunc.scoring_server import _SERVER_MODEL_PATH
+
+    threads = os.environ.get(THREADS_ENV)
+    if threads is None and _SERVER_MODEL_PATH in os.environ:
+        threads = "1"
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+
+
 class SiameseModel(mlflow.pyfunc.PythonModel):
     """The served model. ``load_context`` reads the package's artifacts (weights-only)."""
 
@@ -78,6 +99,7 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
             encoder = load_encoder(arts["encoder"])
             preprocessing = read_json(arts["preprocessing"])
         self.setup(encoder, preprocessing, read_json(arts["calibration"]))
+        _set_serving_threads()
 
     def setup(self, encoder, preprocessing: dict, calibration: dict) -> SiameseModel:
         if preprocessing.get("normalization") != NORMALIZATION:
