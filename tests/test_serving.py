@@ -331,9 +331,9 @@ def test_http_serving_matches_pyfunc_and_answers_bad_input_with_400(served, pyfu
     r = requests.post(url, data=dataframe_split_json(pairs), headers=headers, timeout=60)
     assert r.status_code == 200, r.text
     got = pd.DataFrame(r.json()["predictions"])
-    want = pyfunc.predict(pairs)
-    np.testing.assert_allclose(got["distance"], want["distance"], rtol=1e-12)
-    np.testing.assert_allclose(got["probability"], want["probability"], rtol=1e-12)
+    want = pyfunc.predict(pairs)  # (the server computes single-threaded: float32 rounding)
+    np.testing.assert_allclose(got["distance"], want["distance"], rtol=1e-6)
+    np.testing.assert_allclose(got["probability"], want["probability"], rtol=1e-6)
     assert list(got["match"]) == list(want["match"])
 
     embed = pd.DataFrame({"image": list(pairs["image_a"][:2])})
@@ -343,7 +343,10 @@ def test_http_serving_matches_pyfunc_and_answers_bad_input_with_400(served, pyfu
     assert r.status_code == 200, r.text
     want_emb = pyfunc.predict(embed, params={"mode": "embed"})
     np.testing.assert_allclose(
-        [p["embedding"] for p in r.json()["predictions"]], want_emb["embedding"].tolist()
+        [p["embedding"] for p in r.json()["predictions"]],
+        want_emb["embedding"].tolist(),
+        rtol=1e-6,
+        atol=1e-7,
     )
 
     face = b64(pairs["image_a"][0])
@@ -390,13 +393,16 @@ def test_verify_prints_distance_probability_and_decision(served, pyfunc):
     # default model: models:/<register.model_name>@champion from params.yaml
     res = _cli("verify", str(a), str(b), "--params", str(served["project"] / "params.yaml"))
     assert res.exit_code == 0, res.output
-    assert f"distance:    {want['distance'][0]:.6f}" in res.output
-    assert f"probability: {want['probability'][0]:.6f}" in res.output
-    decision = "match" if want["match"][0] else "no match"
-    assert f"decision:    {decision} (distance" in res.output
+    # one pair per call here, two in `want`: float32 convolutions may round differently by
+    # batch size (~1e-8), so compare the printed values, not their strings
+    lines = dict(line.split(":", 1) for line in res.output.strip().splitlines())
+    assert float(lines["distance"]) == pytest.approx(want["distance"][0], abs=2e-6)
+    assert float(lines["probability"]) == pytest.approx(want["probability"][0], abs=2e-6)
+    decision = "match (distance <=" if want["match"][0] else "no match (distance >"
+    assert lines["decision"].strip().startswith(decision)
     res = _cli("verify", str(a), str(c), "--model", served["model_uri"], "--json")
     out = json.loads(res.output)
-    assert out["distance"] == pytest.approx(want["distance"][1])
+    assert out["distance"] == pytest.approx(want["distance"][1], rel=1e-5)
     assert out["match"] == bool(want["match"][1])
     assert out["threshold"] == served["registration"]["threshold"]
 

@@ -49,7 +49,9 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
     enc = encoder_from_config(read_json(model_dir / "model.json"))
     enc.load_state_dict(load_state_dict(model_dir))
     enc.eval()
-    return enc
+    # NHWC convolutions (oneDNN) run ~1.8x faster on CPU; every consumer (calibrate, evaluate,
+    # register, serving) loads through here and embeds through embed(), so all see one numerics
+    return enc.to(memory_format=torch.channels_last)
 
 
 def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:
@@ -82,6 +84,7 @@ def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        x = x.contiguous(memory_format=torch.channels_last)
         out.append(encoder(x).float().numpy())
     if not out:
         return np.zeros((0, 1), np.float32)
