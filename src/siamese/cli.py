@@ -150,6 +150,134 @@ def oneshot(
     )
 
 
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    help="models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model or a model folder "
+    "(default: models:/<register.model_name>@champion from --params)",
+)
+TrackingOpt = typer.Option(
+    None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI/project)"
+)
+
+
+def _default_model(model: str | None, params_path: Path) -> str:
+    if model:
+        return model
+    try:
+        return f"models:/{load_params(params_path).register.model_name}@champion"
+    except ParamsError as err:
+        _fail(f"{err} (or pass --model)")
+
+
+@app.command()
+def verify(
+    image_a: Path = typer.Argument(..., help="first image file"),
+    image_b: Path = typer.Argument(..., help="second image file"),
+    model: str | None = ModelOpt,
+    params: Path = ParamsOpt,
+    tracking_uri: str | None = TrackingOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Do two images show the same identity? Distance, probability and the decision."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from siamese.gallery import load_served_model
+
+    uri = _default_model(model, params)
+    try:
+        data = [p.read_bytes() for p in (image_a, image_b)]
+    except OSError as err:
+        _fail(f"cannot read image: {err}")
+    try:
+        served = load_served_model(uri, tracking_uri)
+    except Exception as err:  # unknown model, alias or unreachable registry
+        _fail(f"cannot load model {uri}: {err}")
+    frame = pd.DataFrame({"image_a": [data[0]], "image_b": [data[1]]})
+    try:
+        row = served.predict(None, frame).iloc[0]
+    except MlflowException as err:
+        msg = err.message.replace("row 0 image_a", str(image_a))
+        _fail(msg.replace("row 0 image_b", str(image_b)))
+    prob = None if pd.isna(row["probability"]) else float(row["probability"])
+    result = {
+        "model": uri,
+        "image_a": str(image_a),
+        "image_b": str(image_b),
+        "distance": float(row["distance"]),
+        "probability": prob,
+        "threshold": served.threshold,
+        "match": bool(row["match"]),
+        "decision": "match" if row["match"] else "no match",
+    }
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    rel = "<=" if result["match"] else ">"
+    typer.echo(f"distance:    {result['distance']:.6f}")
+    typer.echo(f"probability: {'n/a' if prob is None else f'{prob:.6f}'}")
+    typer.echo(
+        f"decision:    {result['decision']} (distance {rel} threshold {served.threshold:.6f})"
+    )
+
+
+@app.command()
+def index(
+    root: Path = typer.Argument(..., help="identity folders (<identity>/<image>) or a zip"),
+    model: str | None = ModelOpt,
+    out: Path = typer.Option(Path("gallery"), "--out", help="gallery folder (replaced atomically)"),
+    ivf_above: int = typer.Option(
+        10_000, "--ivf-above", min=0, help="exact flat index up to this many images, IVF above"
+    ),
+    nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF cells (default ~4 sqrt n)"),
+    nprobe: int | None = typer.Option(
+        None, "--nprobe", min=1, help="IVF cells searched per query (default nlist/8)"
+    ),
+    params: Path = ParamsOpt,
+    tracking_uri: str | None = TrackingOpt,
+) -> None:
+    """Embed a dataset into a searchable gallery (FAISS under the model's metric)."""
+    from siamese.data.images import BadImageError
+    from siamese.data.sources import DatasetError
+    from siamese.gallery import GalleryError, build_gallery
+
+    uri = _default_model(model, params)
+    try:
+        summary = build_gallery(root, uri, out, tracking_uri, ivf_above, nlist, nprobe)
+    except (DatasetError, BadImageError, GalleryError, FileNotFoundError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@app.command()
+def search(
+    image: Path = typer.Argument(..., help="query image file"),
+    index_dir: Path = typer.Option(Path("gallery"), "--index", help="gallery folder"),
+    k: int = typer.Option(5, "-k", "--k", min=1, help="identities to return"),
+    model: str | None = typer.Option(
+        None, "--model", help="the model to embed the query (default: the gallery's own)"
+    ),
+    tracking_uri: str | None = TrackingOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the hits as JSON"),
+) -> None:
+    """The k nearest identities in a gallery to an image, with their distances."""
+    from mlflow.exceptions import MlflowException
+
+    from siamese.data.images import BadImageError
+    from siamese.gallery import GalleryError, search_image
+
+    try:
+        hits = search_image(index_dir, image, k, model, tracking_uri)
+    except (BadImageError, GalleryError, MlflowException) as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(hits, indent=2))
+        return
+    for h in hits:
+        typer.echo(f"{h['rank']:>3}  {h['distance']:.6f}  {h['identity']}  ({h['path']})")
+
+
 @app.command("oneshot-runs")
 def oneshot_runs(
     source: Path = typer.Option(..., "--source", help="Omniglot images_background.zip or folder"),

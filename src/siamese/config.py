@@ -334,6 +334,16 @@ class ScheduleParams(_Strict):
         return v
 
 
+class ServeParams(_Strict):
+    max_pixels: int = Field(
+        25_000_000,
+        ge=4,
+        le=1_000_000_000,
+        description="the served model refuses images declaring more pixels (width x height) "
+        "before decoding them (HTTP 400); stored in the model package",
+    )
+
+
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
@@ -353,6 +363,7 @@ class Params(_Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
 
     @model_validator(mode="after")
     def _offline_pairs_need_mined_pairs(self) -> Params:

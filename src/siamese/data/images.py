@@ -16,8 +16,20 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
+# refuse anything larger before decoding (serving lowers it with serve.max_pixels)
+DEFAULT_MAX_PIXELS = 25_000_000
+
+
 class BadImageError(ValueError):
     """An input could not be decoded as an image; the message names the input."""
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImageError(
+            f"{name}: image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} pixels"
+        )
 
 
 def _to_gray_array(img: Image.Image, size: int) -> np.ndarray:
@@ -35,14 +47,19 @@ def _to_gray_array(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to a (size, size) uint8 grayscale array."""
+def decode_image(
+    data: bytes, size: int, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode encoded image bytes to a (size, size) uint8 grayscale array. The pixel count
+    declared in the header is checked against ``max_pixels`` (and PIL's decompression-bomb
+    limit) before any pixel data is decoded."""
     if not data:
         raise BadImageError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                _check_pixels(img.size[0], img.size[1], max_pixels, name)
                 img.load()
                 if min(img.size) < 2:
                     raise BadImageError(
@@ -53,7 +70,9 @@ def decode_image(data: bytes, size: int, name: str = "image") -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{name}: refused as a decompression bomb ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        raise BadImageError(f"{name}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(f"{name}: not a readable image ({err})") from None
 
 
@@ -72,3 +91,29 @@ def resize_array(arr: np.ndarray, size: int) -> np.ndarray:
         arr = np.clip(np.asarray(arr, dtype=np.float64) * 255.0, 0, 255).astype(np.uint8)
     img = Image.fromarray(arr)
     return _to_gray_array(img, size)
+
+
+def array_image(
+    arr: np.ndarray, size: int, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """An in-memory image, (H, W) gray or (H, W, 1|3|4) gray/RGB/RGBA, uint8 or float in [0, 1],
+    to the same (size, size) uint8 grayscale array its PNG would decode to."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
+        raise BadImageError(
+            f"{name}: array of shape {arr.shape} is not an image; expected (H, W), (H, W, 3) "
+            "or (H, W, 4)"
+        )
+    if arr.dtype.kind not in "uif" or arr.dtype.kind == "b":
+        raise BadImageError(f"{name}: array of dtype {arr.dtype} is not an image")
+    if min(arr.shape[:2]) < 2:
+        raise BadImageError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]} pixels, too small")
+    _check_pixels(arr.shape[1], arr.shape[0], max_pixels, name)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadImageError(f"{name}: array holds NaN or infinite values")
+        scale = 255.0 if arr.dtype.kind == "f" else 1.0
+        arr = np.clip(np.asarray(arr, dtype=np.float64) * scale, 0, 255).astype(np.uint8)
+    return _to_gray_array(Image.fromarray(np.ascontiguousarray(arr)), size)

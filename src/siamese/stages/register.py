@@ -55,25 +55,19 @@ def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_di
     client.log_artifacts(run_id, str(eval_dir / "figures"), artifact_path="evaluation")
 
 
-def _log_model(run_id: str, model_dir: Path, calibration_path: Path) -> str:
-    """Log the pyfunc (encoder weights + calibration + code) into the run; returns its URI."""
+def _log_model(run_id: str, model_dir: Path, calibration_path: Path, max_pixels: int) -> str:
+    """Log the pyfunc into the run as a model from code: safetensors weights, preprocessing and
+    calibration JSON, the siamese package as code; returns its URI."""
     import mlflow
 
-    from siamese.serving import SiamesePyfunc, signature
+    from siamese.serving import build_package, pyfunc_kwargs
 
+    calibration = read_json(calibration_path)
+    image_size = read_json(model_dir / "model.json")["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
-        served = Path(tmp) / "encoder"
-        served.mkdir()
-        for f in ("model.pt", "model.json"):
-            (served / f).write_bytes((model_dir / f).read_bytes())
+        artifacts = build_package(model_dir, calibration, max_pixels, tmp)
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=SiamesePyfunc(),
-                artifacts={"model_dir": str(served), "calibration": str(calibration_path)},
-                code_paths=[str(Path(__file__).resolve().parents[1])],
-                signature=signature(),
-            )
+            info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(artifacts, image_size))
     return info.model_uri
 
 
@@ -119,7 +113,7 @@ def run_register(
 
     _log_run_results(client, run_id, calibration, test, eval_dir)
     with active_tracking_uri(uri):
-        model_uri = _log_model(run_id, model_dir, calibration_path)
+        model_uri = _log_model(run_id, model_dir, calibration_path, params.serve.max_pixels)
     _ensure_registered_model(client, name)
     previous_challenger = _alias_version(client, name, CHALLENGER)
     run = client.get_run(run_id)

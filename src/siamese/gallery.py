@@ -1,0 +1,232 @@
+"""A searchable gallery of embeddings (``siamese index`` / ``siamese search``).
+
+Images of an identity-folder dataset are embedded by a logged model (through its served pyfunc,
+so with the package's own preprocessing) and indexed under the model's own metric:
+
+* euclidean / squared_euclidean: FAISS L2 (squared L2 scores; euclidean takes the root);
+* cosine: FAISS inner product on unit vectors (distance ``1 - ip``);
+* a learned head (Koch et al.'s weighted L1): no FAISS metric fits, so search is brute force
+  through ``encoder.distance_matrix``.
+
+An exact flat index serves small galleries; above ``ivf_above`` vectors an IVF index (inverted
+lists over k-means cells, ``nprobe`` cells visited per query) trades exactness for speed. The
+gallery folder (index, embeddings, labels, paths, model URI) is written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from siamese.io import atomic_dir, read_json, write_json
+
+GALLERY_FILE, INDEX_FILE, EMBEDDINGS_FILE = "gallery.json", "index.faiss", "embeddings.npy"
+DEFAULT_IVF_ABOVE = 10_000
+FORMAT_VERSION = 1
+
+
+class GalleryError(ValueError):
+    """A gallery cannot be built, read or searched; the message says why."""
+
+
+def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@alias`` -> ``models:/NAME/VERSION``, so a gallery stays tied to the exact
+    version that embedded it even after the alias moves."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    import mlflow
+
+    from siamese.tracking import tracking_uri as default_tracking_uri
+
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
+
+
+def load_served_model(uri: str, tracking_uri: str | None = None):
+    """The served model object (siamese.serving.SiameseModel) of a model URI or folder."""
+    import mlflow
+
+    from siamese.tracking import active_tracking_uri
+    from siamese.tracking import tracking_uri as default_tracking_uri
+
+    with active_tracking_uri(tracking_uri or default_tracking_uri()):
+        return mlflow.pyfunc.load_model(str(uri)).unwrap_python_model()
+
+
+def index_kind(distance: str, n: int, ivf_above: int) -> str:
+    if distance == "learned":
+        return "brute"
+    return "ivf" if n > ivf_above else "flat"
+
+
+def _faiss_vectors(emb: np.ndarray, distance: str) -> np.ndarray:
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    if distance == "cosine":
+        import faiss
+
+        faiss.normalize_L2(x)
+    return x
+
+
+def _build_faiss(x: np.ndarray, distance: str, kind: str, nlist: int) -> object:
+    import faiss
+
+    d = x.shape[1]
+    metric = faiss.METRIC_INNER_PRODUCT if distance == "cosine" else faiss.METRIC_L2
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d) if distance == "cosine" else faiss.IndexFlatL2(d)
+    else:
+        quantizer = faiss.IndexFlatIP(d) if distance == "cosine" else faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+        index.train(x)
+    index.add(x)
+    return index
+
+
+def _scores_to_distances(scores: np.ndarray, distance: str) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if distance == "cosine":
+        return np.clip(1.0 - s, 0.0, None)
+    if distance == "euclidean":
+        return np.sqrt(np.clip(s, 0.0, None))
+    return np.clip(s, 0.0, None)
+
+
+def build_gallery(
+    root: str | Path,
+    model_uri: str,
+    out: str | Path,
+    tracking_uri: str | None = None,
+    ivf_above: int = DEFAULT_IVF_ABOVE,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+) -> dict:
+    """Embed every image under ``root`` (``<identity>/<image>``, or any layout prepare reads) and
+    write the gallery folder ``out`` atomically; returns its summary."""
+    from siamese.data.sources import load_folder_dataset
+
+    resolved = resolve_model_uri(model_uri, tracking_uri)
+    model = load_served_model(resolved, tracking_uri)
+    data = load_folder_dataset(root, model.image_size, min_images=1)
+    emb = model.embeddings(data.images)
+    distance = model.encoder.config["distance"]
+    n = len(emb)
+    kind = index_kind(distance, n, ivf_above)
+    meta = {
+        "format": FORMAT_VERSION,
+        "model": resolved,
+        "model_config": model.encoder.config,
+        "distance": distance,
+        "index": kind,
+        "count": n,
+        "dim": int(emb.shape[1]),
+        "identities": data.identities,
+        "paths": data.sources,
+        "root": str(Path(root).resolve()),
+    }
+    index = None
+    if kind != "brute":
+        x = _faiss_vectors(emb, distance)
+        if kind == "ivf":
+            nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+            nlist = min(nlist, n)
+            nprobe = min(nprobe or max(1, nlist // 8), nlist)
+            meta.update(nlist=int(nlist), nprobe=int(nprobe))
+        index = _build_faiss(x, distance, kind, nlist or 1)
+    with atomic_dir(out) as tmp:
+        np.save(tmp / EMBEDDINGS_FILE, emb.astype(np.float32))
+        if index is not None:
+            import faiss
+
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+        write_json(tmp / GALLERY_FILE, meta)
+    return {k: meta[k] for k in ("model", "distance", "index", "count", "dim") if k in meta} | {
+        "identities": len(set(data.identities)),
+        "out": str(out),
+    }
+
+
+def read_gallery(path: str | Path) -> dict:
+    path = Path(path)
+    if not (path / GALLERY_FILE).is_file():
+        raise GalleryError(f"{path} is not a gallery (no {GALLERY_FILE}); build one: siamese index")
+    meta = read_json(path / GALLERY_FILE)
+    if meta.get("format") != FORMAT_VERSION:
+        raise GalleryError(f"{path}: unsupported gallery format {meta.get('format')}")
+    return meta
+
+
+def search_embeddings(
+    path: str | Path, meta: dict, query: np.ndarray, k: int, encoder=None
+) -> list[list[dict]]:
+    """For each query embedding, the ``k`` nearest identities (each at its nearest image)."""
+    path = Path(path)
+    n = meta["count"]
+    ids, paths = meta["identities"], meta["paths"]
+    if meta["index"] == "brute":
+        import torch
+
+        if encoder is None:
+            raise GalleryError("a learned-distance gallery needs the model's encoder to search")
+        gallery = np.load(path / EMBEDDINGS_FILE).astype(np.float64)
+        with torch.no_grad():
+            dist = encoder.distance_matrix(
+                torch.from_numpy(np.asarray(query, np.float64)), torch.from_numpy(gallery)
+            ).numpy()
+        order = np.argsort(dist, axis=1, kind="stable")
+        rows = [(order[i], dist[i, order[i]]) for i in range(len(query))]
+    else:
+        import faiss
+
+        index = faiss.read_index(str(path / INDEX_FILE))
+        if meta["index"] == "ivf":
+            index.nprobe = int(meta["nprobe"])
+        n_ids = len(set(ids))
+        kk = min(n, max(20 * k, 100))
+        while True:
+            scores, idx = index.search(_faiss_vectors(query, meta["distance"]), kk)
+            enough = all(len({ids[j] for j in row if j >= 0}) >= min(k, n_ids) for row in idx)
+            if enough or kk >= n:
+                break
+            kk = min(n, kk * 4)
+        dist = _scores_to_distances(scores, meta["distance"])
+        rows = [(idx[i][idx[i] >= 0], dist[i][idx[i] >= 0]) for i in range(len(query))]
+    out = []
+    for order, dists in rows:
+        seen: dict[str, dict] = {}
+        for j, d in zip(order, dists, strict=True):
+            name = ids[int(j)]
+            if name not in seen:
+                seen[name] = {"identity": name, "distance": float(d), "path": paths[int(j)]}
+                if len(seen) == k:
+                    break
+        out.append([{"rank": r + 1, **hit} for r, hit in enumerate(seen.values())])
+    return out
+
+
+def search_image(
+    path: str | Path,
+    image: str | Path,
+    k: int = 5,
+    model_uri: str | None = None,
+    tracking_uri: str | None = None,
+) -> list[dict]:
+    """The ``k`` nearest identities to one image file, under the gallery's model."""
+    from siamese.data.images import BadImageError, decode_image
+
+    meta = read_gallery(path)
+    model = load_served_model(model_uri or meta["model"], tracking_uri)
+    if model.encoder.config != meta["model_config"]:
+        raise GalleryError(
+            f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
+            "its config differs"
+        )
+    try:
+        data = Path(image).read_bytes()
+    except OSError as err:
+        raise BadImageError(f"{image}: cannot be read ({err})") from None
+    arr = decode_image(data, model.image_size, name=str(image), max_pixels=model.max_pixels)
+    query = model.embeddings(arr[None])
+    return search_embeddings(path, meta, query, k, model.encoder)[0]

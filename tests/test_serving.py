@@ -1,0 +1,501 @@
+"""The served model on real AT&T faces: the weights-only package, the pyfunc's inputs and modes,
+`mlflow models serve` over HTTP (answers equal to the in-process pyfunc, bad input -> 400),
+and the verify / index / search commands. One tiny model is trained and registered per module."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import FAST_PARAMS, SHARED_DATA, make_project
+from siamese import paths
+from siamese.cli import app
+from siamese.config import ParamsError, validate_params
+from siamese.data.images import BadImageError, decode_image
+from siamese.params_file import set_params
+from siamese.serving import b64, dataframe_split_json, encode_png
+from siamese.tracking import tracking_uri
+
+NAME = "faces-serve"
+MAX_PIXELS = 50_000  # AT&T faces are 92 x 112 = 10 304 pixels
+IDENTITIES, PER_IDENTITY, GALLERY_PER_IDENTITY = 8, 5, 4
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width x height`` pixels (its data is ~20 bytes)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A model trained on 8 real face identities, registered as NAME@champion in a fresh
+    project (sqlite tracking), plus a gallery split: 4 images per person indexed, 1 held out."""
+    from siamese.stages.calibrate import run_calibrate
+    from siamese.stages.evaluate import run_evaluate
+    from siamese.stages.mine import run_mine
+    from siamese.stages.prepare import run_prepare
+    from siamese.stages.register import run_register
+    from siamese.stages.train import run_train
+
+    att = SHARED_DATA / "att_faces"
+    if not att.exists():
+        pytest.skip(f"real dataset not found at {att} (set SIAMESE_SHARED_DATA)")
+    root = tmp_path_factory.mktemp("serving")
+    faces, gallery, held_out = root / "faces", root / "gallery_faces", root / "held_out"
+    for ident in sorted(p for p in att.iterdir() if p.is_dir())[:IDENTITIES]:
+        imgs = sorted(ident.iterdir())[:PER_IDENTITY]
+        for dest, chosen in ((faces, imgs), (gallery, imgs[:GALLERY_PER_IDENTITY])):
+            (dest / ident.name).mkdir(parents=True)
+            for img in chosen:
+                shutil.copy(img, dest / ident.name / img.name)
+        held_out.mkdir(exist_ok=True)
+        shutil.copy(imgs[-1], held_out / f"{ident.name}.pgm")
+    overrides = [
+        f"data.source={faces}",
+        "data.image_size=24",
+        "mine.val_pairs=20",
+        "mine.test_pairs=20",
+        "mine.train_pairs=20",
+        "train.images_per_identity=3",
+        "train.identities_per_batch=3",
+        "train.max_epochs=3",
+        "calibrate.bootstrap_resamples=0",
+        "evaluate.bootstrap_resamples=0",
+        "evaluate.kfold=0",
+        "evaluate.retrieval=false",
+        "evaluate.oneshot_episodes=0",
+        f"register.model_name={NAME}",
+        f"serve.max_pixels={MAX_PIXELS}",
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("SIAMESE_MLFLOW_RUN_ID", raising=False)
+        project = make_project(root / "project", FAST_PARAMS)
+        mp.chdir(project)
+        params = set_params(project / "params.yaml", overrides)
+        run_prepare(params, paths.PREPARED)
+        run_mine(params, paths.PREPARED, paths.PAIRS)
+        run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
+        run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+        run_evaluate(
+            params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
+        )
+        reg = run_register(
+            params,
+            paths.PREPARED,
+            paths.PAIRS,
+            paths.TRAIN,
+            paths.CALIBRATION,
+            paths.EVALUATION,
+            paths.REGISTRATION,
+        )
+        uri = tracking_uri()
+        mp.setenv("MLFLOW_TRACKING_URI", uri)  # for every test of this module
+        yield {
+            "project": project,
+            "faces": faces,
+            "gallery": gallery,
+            "held_out": held_out,
+            "registration": reg,
+            "tracking_uri": uri,
+            "model_uri": f"models:/{NAME}@champion",
+        }
+
+
+@pytest.fixture(scope="module")
+def pyfunc(served):
+    return mlflow.pyfunc.load_model(served["model_uri"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free port."""
+    import requests
+
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": served["tracking_uri"],
+        # the CLI starts `uvicorn` from PATH: the one beside this interpreter
+        "PATH": str(mlflow_bin.parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    log = open(served["project"] / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "models", "serve", "-m", served["model_uri"], "--env-manager", "local"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: uvicorn is a child of the CLI
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                tail = (served["project"] / "serve.log").read_text()[-3000:]
+                pytest.fail(f"model server did not come up:\n{tail}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's process group (the CLI and the uvicorn it started)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _face(served, ident: int, img: int) -> Path:
+    folder = sorted(p for p in served["faces"].iterdir())[ident]
+    return sorted(folder.iterdir())[img]
+
+
+def _real_pairs(served) -> pd.DataFrame:
+    pairs = [((0, 0), (0, 1)), ((0, 0), (1, 0)), ((2, 3), (2, 4)), ((3, 1), (5, 2))]
+    return pd.DataFrame(
+        {
+            "image_a": [_face(served, *a).read_bytes() for a, _ in pairs],
+            "image_b": [_face(served, *b).read_bytes() for _, b in pairs],
+        }
+    )
+
+
+# --- the package -------------------------------------------------------------------------------
+
+
+def test_package_is_weights_only_model_from_code(served, tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    local = Path(mlflow.artifacts.download_artifacts(served["model_uri"], dst_path=str(tmp_path)))
+    files = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    assert {
+        "artifacts/encoder/model.safetensors",
+        "artifacts/encoder/model.json",
+        "artifacts/preprocessing.json",
+        "artifacts/calibration.json",
+        "serving_model.py",
+        "input_example.json",
+        "serving_input_example.json",
+    } <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pt", ".pth", ".ckpt"))]
+    pyfunc_conf = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc_conf["model_code_path"].endswith("serving_model.py")
+    assert "python_model" not in pyfunc_conf  # no pickled PythonModel object
+    pre = json.loads((local / "artifacts/preprocessing.json").read_text())
+    assert pre["image_size"] == 24 and pre["max_pixels"] == MAX_PIXELS
+    assert pre["normalization"] == {"divide": 127.5, "subtract": 1.0}
+    cal = json.loads((local / "artifacts/calibration.json").read_text())
+    assert cal["threshold"] == served["registration"]["threshold"]
+    assert cal["strategy"] == "max_accuracy" and cal["probability"]["method"] == "platt"
+
+    # loading never unpickles: both pickle and torch.load are off limits
+    def refuse(*a, **k):
+        raise AssertionError("the package must load without unpickling anything")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    model = mlflow.pyfunc.load_model(str(local))
+    assert model.metadata.get_params_schema().params[0].name == "mode"
+    example = json.loads((local / "serving_input_example.json").read_text())["dataframe_split"]
+    frame = pd.DataFrame(example["data"], columns=example["columns"]).map(base64.b64decode)
+    out = model.predict(frame)
+    assert list(out.columns) == ["distance", "similarity", "probability", "match"]
+
+
+def test_pyfunc_takes_bytes_base64_and_arrays_and_embeds(served, pyfunc):
+    from PIL import Image
+
+    pairs = _real_pairs(served)
+    by_bytes = pyfunc.predict(pairs)
+    assert by_bytes["match"].dtype == bool and (by_bytes["distance"] >= 0).all()
+    assert ((by_bytes["probability"] >= 0) & (by_bytes["probability"] <= 1)).all()
+    threshold = served["registration"]["threshold"]
+    assert list(by_bytes["match"]) == list(by_bytes["distance"] <= threshold)
+    by_b64 = pyfunc.predict(pairs.map(b64))
+    arrays = pairs.map(lambda v: np.asarray(Image.open(io.BytesIO(v))))
+    by_array = pyfunc.predict(arrays)
+    pd.testing.assert_frame_equal(by_bytes, by_b64)
+    pd.testing.assert_frame_equal(by_bytes, by_array)
+
+    # embed mode: the vectors whose model distance is the pair distance
+    emb = pyfunc.predict(
+        pd.DataFrame({"image": list(pairs["image_a"]) + list(pairs["image_b"])}),
+        params={"mode": "embed"},
+    )
+    vec = np.array(emb["embedding"].tolist())
+    n = len(pairs)
+    enc = pyfunc.unwrap_python_model().encoder
+    import torch
+
+    d = enc.pair_distance(torch.from_numpy(vec[:n]), torch.from_numpy(vec[n:])).numpy()
+    np.testing.assert_allclose(d, by_bytes["distance"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "frame, params, message",
+    [
+        (pd.DataFrame({"image_a": [b"not an image"], "image_b": [b"x"]}), None, "row 0 image_a"),
+        (pd.DataFrame({"a": [b"x"], "b": [b"y"]}), None, "missing column"),
+        (pd.DataFrame({"image_a": [b"x"]}), {"mode": "embed"}, "missing column"),
+        (pd.DataFrame({"image": [b"x"]}), {"mode": "bogus"}, "unknown mode"),
+        (pd.DataFrame({"image_a": [np.zeros(5)], "image_b": [np.zeros(5)]}), None, "shape"),
+    ],
+)
+def test_pyfunc_bad_input_is_invalid_parameter(pyfunc, frame, params, message):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=message) as err:
+        pyfunc.predict(frame, params=params)
+    assert err.value.get_http_status_code() == 400
+
+
+def test_decode_refuses_big_images_before_decoding():
+    # the header declares 50 000 x 50 000 pixels; the data is ~40 bytes: a decompression bomb
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        decode_image(_png_header_only(50_000, 50_000), 24, "bomb.png")
+    # under PIL's bomb limit but over ours: refused from the header, before the broken data
+    # would even be read
+    with pytest.raises(BadImageError, match="1000x1000 = 1000000 pixels, over the limit of"):
+        decode_image(_png_header_only(1000, 1000), 24, "big.png", max_pixels=MAX_PIXELS)
+    ok = decode_image(encode_png(np.full((200, 250), 7, np.uint8)), 24, "ok.png", max_pixels=None)
+    assert ok.shape == (24, 24) and (ok == 7).all()
+    with pytest.raises(ParamsError, match="serve.max_pixels"):
+        validate_params({"serve": {"max_pixels": 0}})
+
+
+# --- over HTTP -----------------------------------------------------------------------------------
+
+
+def test_http_serving_matches_pyfunc_and_answers_bad_input_with_400(served, pyfunc, server):
+    import requests
+
+    url = f"{server}/invocations"
+    headers = {"Content-Type": "application/json"}
+    pairs = _real_pairs(served)
+    r = requests.post(url, data=dataframe_split_json(pairs), headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    got = pd.DataFrame(r.json()["predictions"])
+    want = pyfunc.predict(pairs)  # (the server computes single-threaded: float32 rounding)
+    np.testing.assert_allclose(got["distance"], want["distance"], rtol=1e-6)
+    np.testing.assert_allclose(got["probability"], want["probability"], rtol=1e-6)
+    assert list(got["match"]) == list(want["match"])
+
+    embed = pd.DataFrame({"image": list(pairs["image_a"][:2])})
+    r = requests.post(
+        url, data=dataframe_split_json(embed, {"mode": "embed"}), headers=headers, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    want_emb = pyfunc.predict(embed, params={"mode": "embed"})
+    np.testing.assert_allclose(
+        [p["embedding"] for p in r.json()["predictions"]],
+        want_emb["embedding"].tolist(),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+    face = b64(pairs["image_a"][0])
+    too_big = b64(encode_png(np.zeros((300, 300), np.uint8)))  # 90 000 > 50 000 pixels
+    bad = {
+        "row 0 image_a: not a readable image": (
+            ["image_a", "image_b"],
+            [[b64(b"GIF89a but not really"), face]],
+        ),
+        "row 0 image_b: refused as a decompression bomb": (
+            ["image_a", "image_b"],
+            [[face, b64(_png_header_only(50_000, 50_000))]],
+        ),
+        "over the limit of 50000 pixels": (["image_a", "image_b"], [[too_big, face]]),
+        "missing column": (["left", "right"], [[face, face]]),
+        "2 columns passed": (["image_a", "image_b"], [[face]]),
+    }
+    for message, (columns, rows) in bad.items():
+        body = json.dumps({"dataframe_split": {"columns": columns, "data": rows}})
+        r = requests.post(url, data=body, headers=headers, timeout=60)
+        assert r.status_code == 400, (message, r.status_code, r.text[:500])
+        assert message in r.json()["message"], (message, r.text[:500])
+    r = requests.post(url, data="{not json", headers=headers, timeout=60)
+    assert r.status_code == 400
+
+    # still up, still right
+    r = requests.post(url, data=dataframe_split_json(pairs[:1]), headers=headers, timeout=60)
+    assert r.status_code == 200
+    assert r.json()["predictions"][0]["distance"] == pytest.approx(want["distance"][0])
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_verify_prints_distance_probability_and_decision(served, pyfunc):
+    a, b, c = _face(served, 0, 0), _face(served, 0, 1), _face(served, 4, 0)
+    want = pyfunc.predict(
+        pd.DataFrame({"image_a": [a.read_bytes()] * 2, "image_b": [b.read_bytes(), c.read_bytes()]})
+    )
+    # default model: models:/<register.model_name>@champion from params.yaml
+    res = _cli("verify", str(a), str(b), "--params", str(served["project"] / "params.yaml"))
+    assert res.exit_code == 0, res.output
+    # one pair per call here, two in `want`: float32 convolutions may round differently by
+    # batch size (~1e-8), so compare the printed values, not their strings
+    lines = dict(line.split(":", 1) for line in res.output.strip().splitlines())
+    assert float(lines["distance"]) == pytest.approx(want["distance"][0], abs=2e-6)
+    assert float(lines["probability"]) == pytest.approx(want["probability"][0], abs=2e-6)
+    decision = "match (distance <=" if want["match"][0] else "no match (distance >"
+    assert lines["decision"].strip().startswith(decision)
+    res = _cli("verify", str(a), str(c), "--model", served["model_uri"], "--json")
+    out = json.loads(res.output)
+    assert out["distance"] == pytest.approx(want["distance"][1], rel=1e-5)
+    assert out["match"] == bool(want["match"][1])
+    assert out["threshold"] == served["registration"]["threshold"]
+
+    bad = served["project"] / "bad.png"
+    bad.write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["verify", str(a), str(bad), "--model", served["model_uri"]])
+    assert res.exit_code == 2 and "bad.png: not a readable image" in res.output
+
+
+def test_index_and_search_find_the_person(served, tmp_path):
+    exact, ivf = tmp_path / "exact", tmp_path / "ivf"
+    res = _cli("index", str(served["gallery"]), "--model", served["model_uri"], "--out", str(exact))
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["index"] == "flat" and summary["count"] == IDENTITIES * GALLERY_PER_IDENTITY
+    assert summary["identities"] == IDENTITIES and summary["distance"] == "euclidean"
+    assert summary["model"] == f"models:/{NAME}/{served['registration']['version']}"
+    meta = json.loads((exact / "gallery.json").read_text())
+    assert len(meta["identities"]) == len(meta["paths"]) == summary["count"]
+    # IVF (forced: 4 cells; all searched, so it must agree with the exact index)
+    res = _cli(
+        "index", str(served["gallery"]), "--model", served["model_uri"], "--out", str(ivf),
+        "--ivf-above", "0", "--nlist", "4", "--nprobe", "4",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["index"] == "ivf"
+
+    from siamese.gallery import load_served_model
+
+    model = load_served_model(served["model_uri"])
+    enc = model.encoder
+    import torch
+
+    g_emb = np.load(exact / "embeddings.npy").astype(np.float64)
+    correct = 0
+    people = sorted(served["held_out"].iterdir())
+    for query in people:
+        res = _cli("search", str(query), "--index", str(exact), "-k", "3", "--json")
+        assert res.exit_code == 0, res.output
+        hits = json.loads(res.output)
+        assert [h["rank"] for h in hits] == [1, 2, 3]
+        assert len({h["identity"] for h in hits}) == 3
+        assert all(a["distance"] <= b["distance"] for a, b in zip(hits, hits[1:], strict=False))
+        ivf_hits = json.loads(
+            _cli("search", str(query), "--index", str(ivf), "-k", "3", "--json").output
+        )
+        assert [h["identity"] for h in ivf_hits] == [h["identity"] for h in hits]
+        np.testing.assert_allclose(
+            [h["distance"] for h in ivf_hits], [h["distance"] for h in hits], rtol=1e-5
+        )
+        # the exact index equals brute force through the model's own metric
+        q = model.embeddings(decode_image(query.read_bytes(), model.image_size)[None])
+        d = enc.distance_matrix(torch.from_numpy(q), torch.from_numpy(g_emb)).numpy()[0]
+        assert hits[0]["distance"] == pytest.approx(d.min(), rel=1e-4, abs=1e-6)
+        correct += hits[0]["identity"] == query.stem
+    # a held-out photo of a person finds that person first (8 people: chance is 1/8)
+    assert correct >= 3, correct  # measured 5 of 8 with this seed
+
+    res = _cli("search", str(people[0]), "--index", str(exact), "-k", "2")
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "1"
+
+
+def test_learned_head_gallery_falls_back_to_brute_force(tmp_path, served):
+    """A weighted-L1 head has no FAISS metric: search runs through encoder.distance_matrix."""
+    import torch
+
+    from siamese.gallery import build_gallery, search_image
+    from siamese.models.encoders import SiameseEncoder
+    from siamese.serving import save_package
+
+    torch.manual_seed(0)
+    enc = SiameseEncoder("mlp", 24, 8, 4, True, head="weighted_l1")
+    model_dir = tmp_path / "train"
+    model_dir.mkdir()
+    torch.save(enc.state_dict(), model_dir / "model.pt")
+    (model_dir / "model.json").write_text(json.dumps(enc.config))
+    calib = {"strategy": "eer", "threshold": 0.5, "probability": {"method": "none"}}
+    pkg = save_package(tmp_path / "pkg", model_dir, calib, MAX_PIXELS)
+    summary = build_gallery(served["gallery"], str(pkg), tmp_path / "g")
+    assert summary["index"] == "brute" and summary["distance"] == "learned"
+    assert not (tmp_path / "g" / "index.faiss").exists()
+    query = sorted(served["held_out"].iterdir())[0]
+    hits = search_image(tmp_path / "g", query, k=IDENTITIES)
+    assert len(hits) == IDENTITIES
+    model = mlflow.pyfunc.load_model(str(pkg)).unwrap_python_model()
+    q = model.embeddings(decode_image(query.read_bytes(), 24)[None])
+    g = np.load(tmp_path / "g" / "embeddings.npy").astype(np.float64)
+    with torch.no_grad():
+        d = model.encoder.distance_matrix(torch.from_numpy(q), torch.from_numpy(g)).numpy()[0]
+    assert hits[0]["distance"] == pytest.approx(d.min(), rel=1e-6)
+    # unset probability map: served probability is NaN, decisions still at the threshold
+    out = mlflow.pyfunc.load_model(str(pkg)).predict(
+        pd.DataFrame({"image_a": [query.read_bytes()], "image_b": [query.read_bytes()]})
+    )
+    assert np.isnan(out["probability"][0]) and bool(out["match"][0]) == (out["distance"][0] <= 0.5)
