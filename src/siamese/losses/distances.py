@@ -16,6 +16,15 @@ def _squared_euclidean(x: torch.Tensor, y: torch.Tensor, same: bool) -> torch.Te
     return sq
 
 
+def squared_euclidean_matrix(x: torch.Tensor, diagonal: float = 0.0) -> torch.Tensor:
+    """(B, B) squared euclidean distances for code that runs without autograd (mining, losses
+    with hand-written gradients): one fused matrix product, in-place clamping, and the
+    self-distances set exactly to ``diagonal``."""
+    n = (x * x).sum(1)
+    sq = torch.addmm(n.unsqueeze(1), x, x.T, alpha=-2.0).add_(n).clamp_min_(0.0)
+    return sq.fill_diagonal_(diagonal)
+
+
 def pairwise_distance(
     x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "euclidean"
 ) -> torch.Tensor:
