@@ -149,13 +149,14 @@ def _fast_contrastive(labels, margin: float, kind: str, form: str, all_negatives
         pos = _same_label(labels, d.dtype)
         # max(0, m - d) on negative pairs, 0 on same-identity ones (pushed beyond the margin)
         hinge = torch.rsub(torch.add(d, pos, alpha=_far(d.dtype)), margin).clamp_min_(0.0)
-        hard = torch.rsub(pos, 1.0) if all_negatives else torch.sign(hinge)  # hinge > 0: d < m
+        active = torch.sign(hinge)  # 1 where hinge > 0, i.e. on negatives with d < m
+        hard = torch.rsub(pos, 1.0) if all_negatives else active
         pos.fill_diagonal_(0.0)
         n_pos, n_neg = pos.sum(), hard.sum()
         inv_pos, inv_neg = n_pos.clamp_min(1.0).reciprocal(), n_neg.clamp_min(1.0).reciprocal()
         if form == "linear":
             value = torch.dot(d.view(-1), pos.view(-1)) * inv_pos + hinge.sum() * inv_neg
-            dl = torch.addcmul(hard.mul_(-inv_neg), pos, inv_pos)
+            dl = torch.addcmul(active.mul_(-inv_neg), pos, inv_pos)
         else:
             dpos = d * pos
             pos_sum = torch.dot(dpos.view(-1), d.view(-1)) * inv_pos
