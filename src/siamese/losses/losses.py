@@ -181,14 +181,15 @@ def _fast_batch_hard(labels, margin: float, kind: str, soft: bool):
         if kind == "euclidean":
             d.sqrt_()
         v = (d[0] - d[1]).add_(margin)
+        valid = valid.to(v.dtype)
         n = valid.sum()
-        w = valid.to(v.dtype).mul_(n.clamp_min(1).to(v.dtype).reciprocal_())  # 1/N or 0
+        w = valid.div_(n.clamp_min(1.0))  # 1/N on valid anchors, else 0
         if soft:
             value = torch.dot(torch.nn.functional.softplus(v), w)
             w = w.mul_(torch.sigmoid(v))
         else:
             value = torch.dot(v.clamp_min(0.0), w)
-            w = w.mul_(torch.sign(v).clamp_min_(0.0))
+            w = w.mul_(v > 0)
         # d loss / d (e_a - e_other) = coef (e_a - e_other): +w/d_ap for the positive,
         # -w/d_an for the negative (d/de of a distance taken as 0 at distance 0)
         w = torch.stack([w, -w])
