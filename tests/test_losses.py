@@ -185,3 +185,21 @@ def test_multi_similarity_falls_back_to_log_sum_exp_when_exp_could_overflow():
     value, _ = crit(emb.float(), labels)  # beta * (1 - base) = 200: exp would overflow float32
     torch.testing.assert_close(value, crit.reference(emb.float(), labels)[0])
     assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize("miner", ["batch_all", "semi_hard"])
+def test_fast_triplet_reduction_in_several_chunks_equals_one(miner, monkeypatch):
+    from siamese.losses import losses
+
+    emb, labels = _awkward_batch(1)
+    crit = MetricLoss("triplet", miner, 0.8)
+    results = []
+    for chunk in (1 << 22, 3 * len(labels)):  # one step, then 3 (anchor, positive) rows a step
+        monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+        e = emb.clone().requires_grad_(True)
+        value, stats = crit(e, labels)
+        value.backward()
+        results.append((value.detach(), e.grad, stats))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-12, rtol=1e-10)
+    assert results[0][2] == results[1][2]

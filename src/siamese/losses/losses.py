@@ -26,8 +26,8 @@ from siamese.losses.distances import pairwise_distance, squared_euclidean_matrix
 from siamese.losses.miners import PAIR_MINERS, TRIPLET_MINERS
 
 # (anchor, positive) rows x batch columns per step of the batch-all / semi-hard reductions:
-# bounds the working set at a few MiB whatever the batch size.
-_CHUNK_ELEMENTS = 1 << 20
+# bounds the working set (16 MiB per float32 temporary) whatever the batch size, in few steps.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def contrastive_terms(
@@ -94,6 +94,7 @@ class _HandGradient(torch.autograd.Function):
         return value
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         return ctx.grad(g), None, None
 
@@ -116,9 +117,7 @@ def _far(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).max / 16
 
 
-def _dense_grad(
-    e: torch.Tensor, dloss_ddist: torch.Tensor, dist: torch.Tensor, kind: str, symmetric: bool
-):
+def _dense_grad(e: torch.Tensor, dloss_ddist: torch.Tensor, dist: torch.Tensor, kind: str):
     """Gradient of a loss given its (B, B) matrix dL/dD: with H_ij = dL/dD_ij dD_ij/de_i /
     (e_i - e_j) and S = H + H^T, d loss / d e = rowsum(S) e - S e (one matrix product)."""
     if kind == "euclidean":  # dD_ij/de_i = (e_i - e_j) / D_ij, taken as 0 at D_ij = 0
@@ -127,9 +126,7 @@ def _dense_grad(
         h = dloss_ddist.mul_(2.0)
 
     def grad(g: torch.Tensor) -> torch.Tensor:
-        if symmetric:  # S = 2 H
-            return torch.addmm(h.sum(1, keepdim=True) * e, h, e, alpha=-1).mul_(g * 2.0)
-        s = h + h.T
+        s = h + h.T  # not 2 H even for symmetric losses: D_ij and D_ji may round differently
         return torch.addmm(s.sum(1, keepdim=True) * e, s, e, alpha=-1).mul_(g)
 
     return grad
@@ -164,7 +161,7 @@ def _fast_contrastive(labels, margin: float, kind: str, form: str, all_negatives
             value = (pos_sum + neg_sum) * 0.5
             dl = torch.addcmul(dpos.mul_(inv_pos), hinge, -inv_neg)
         stats = {"mined_pos": int(n_pos) // 2, "mined_neg": int(n_neg) // 2}
-        return value, stats, _dense_grad(e, dl, d, kind, symmetric=True)
+        return value, stats, _dense_grad(e, dl, d, kind)
 
     return compute
 
@@ -241,7 +238,7 @@ def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool
         dl = dl_neg.mul_(-inv)
         if dl_pos:
             dl.index_put_((a_all, p_all), torch.cat(dl_pos).mul_(inv))
-        return total * inv, {"mined_triplets": int(count)}, _dense_grad(e, dl, d, kind, False)
+        return total * inv, {"mined_triplets": int(count)}, _dense_grad(e, dl, d, kind)
 
     return compute
 
