@@ -216,7 +216,8 @@ def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool
         a_all, p_all = same.nonzero(as_tuple=True)
         d_ap = d[a_all, p_all].unsqueeze(1)
         dl_neg = torch.zeros_like(d)  # N * d loss / d D_an, accumulated per anchor
-        dl_pos, total, count = [], d.new_zeros(()), d.new_zeros(())
+        # per-step counts are exact in float32 (< 2^24); their sum is kept in float64
+        dl_pos, total, count = [], d.new_zeros(()), torch.zeros((), dtype=torch.float64)
         chunk = max(1, _CHUNK_ELEMENTS // len(labels))
         for s in range(0, len(a_all), chunk):
             a = a_all[s : s + chunk]
@@ -234,7 +235,7 @@ def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool
             count += keep.sum()
             dl_pos.append(w.sum(1))
             dl_neg.index_add_(0, a, w)
-        inv = count.clamp_min(1.0).reciprocal()
+        inv = count.clamp_min(1.0).reciprocal().to(d.dtype)
         dl = dl_neg.mul_(-inv)
         if dl_pos:
             dl.index_put_((a_all, p_all), torch.cat(dl_pos).mul_(inv))
