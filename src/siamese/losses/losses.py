@@ -117,7 +117,9 @@ def _far(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).max / 16
 
 
-def _dense_grad(e: torch.Tensor, dloss_ddist: torch.Tensor, dist: torch.Tensor, kind: str):
+def _dense_grad(
+    e: torch.Tensor, dloss_ddist: torch.Tensor, dist: torch.Tensor, kind: str, symmetric: bool
+):
     """Gradient of a loss given its (B, B) matrix dL/dD: with H_ij = dL/dD_ij dD_ij/de_i /
     (e_i - e_j) and S = H + H^T, d loss / d e = rowsum(S) e - S e (one matrix product)."""
     if kind == "euclidean":  # dD_ij/de_i = (e_i - e_j) / D_ij, taken as 0 at D_ij = 0
@@ -126,7 +128,9 @@ def _dense_grad(e: torch.Tensor, dloss_ddist: torch.Tensor, dist: torch.Tensor, 
         h = dloss_ddist.mul_(2.0)
 
     def grad(g: torch.Tensor) -> torch.Tensor:
-        s = h + h.T  # not 2 H even for symmetric losses: D_ij and D_ji may round differently
+        if symmetric:  # a loss over both orders of each pair: S = 2 H, and no transpose pass
+            return torch.addmm(h.sum(1, keepdim=True) * e, h, e, alpha=-1).mul_(g * 2.0)
+        s = h + h.T
         return torch.addmm(s.sum(1, keepdim=True) * e, s, e, alpha=-1).mul_(g)
 
     return grad
@@ -161,7 +165,8 @@ def _fast_contrastive(labels, margin: float, kind: str, form: str, all_negatives
             value = (pos_sum + neg_sum) * 0.5
             dl = torch.addcmul(dpos.mul_(inv_pos), hinge, -inv_neg)
         stats = {"mined_pos": int(n_pos) // 2, "mined_neg": int(n_neg) // 2}
-        return value, stats, _dense_grad(e, dl, d, kind)
+        # symmetric up to the rounding of D_ij against D_ji (the Gram matrix's two triangles)
+        return value, stats, _dense_grad(e, dl, d, kind, symmetric=True)
 
     return compute
 
@@ -239,7 +244,7 @@ def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool
         dl = dl_neg.mul_(-inv)
         if dl_pos:
             dl.index_put_((a_all, p_all), torch.cat(dl_pos).mul_(inv))
-        return total * inv, {"mined_triplets": int(count)}, _dense_grad(e, dl, d, kind)
+        return total * inv, {"mined_triplets": int(count)}, _dense_grad(e, dl, d, kind, False)
 
     return compute
 
