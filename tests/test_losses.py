@@ -104,3 +104,102 @@ def test_collapsed_embeddings_stop_training_with_advice():
         check_embedding_spread(spread, 3)
     healthy = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
     check_embedding_spread(float((healthy - healthy.mean(0)).norm(dim=1).mean()), 3)
+
+
+# The fast path (dense masked reductions, hand-written gradients) against the reference path
+# (mined index tuples, autograd), on batches with the awkward cases: duplicate embeddings (zero
+# distances, ties), anchors without positives, and identities that fill the whole batch.
+
+
+def _awkward_batch(seed: int, b: int = 20, dim: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(b, dim, generator=g, dtype=torch.float64) * 0.5
+    emb[3] = emb[2]  # a duplicate: zero distance, tied distances to everyone else
+    labels = torch.randint(0, 5, (b,), generator=g) * 7 + 10**12  # large ids
+    labels[3] = labels[2]
+    labels[-1] = -1  # an identity of one image: an anchor without positives
+    return emb, labels
+
+
+FAST_CASES = [
+    ("contrastive", "hard_pairs", {}),
+    ("contrastive", "hard_pairs", {"contrastive_form": "linear"}),
+    ("contrastive", "all_pairs", {}),
+    ("contrastive", "all_pairs", {"contrastive_form": "linear"}),
+    ("triplet", "batch_hard", {}),
+    ("triplet", "batch_hard", {"soft_margin": True}),
+    ("triplet", "batch_all", {}),
+    ("triplet", "batch_all", {"soft_margin": True}),
+    ("triplet", "semi_hard", {}),
+    ("triplet", "semi_hard", {"soft_margin": True}),
+    ("multi_similarity", "all_pairs", {}),
+    ("multi_similarity", "all_pairs", {"ms": (1.0, 10.0, 0.2)}),
+]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean"])
+@pytest.mark.parametrize("loss, miner, kw", FAST_CASES)
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_path_equals_reference_path(loss, miner, kw, distance, seed):
+    emb, labels = _awkward_batch(seed)
+    crit = MetricLoss(loss, miner, 0.8, distance=distance, **kw)
+    results = []
+    for fn in (crit.forward, crit.reference):
+        e = emb.clone().requires_grad_(True)
+        value, stats = fn(e, labels)
+        value.backward()
+        results.append((value.detach(), e.grad, stats))
+    (v1, g1, s1), (v2, g2, s2) = results
+    torch.testing.assert_close(v1, v2, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(g1, g2, atol=1e-10, rtol=1e-9)
+    assert s1 == s2
+
+
+@pytest.mark.parametrize("miner", ["batch_all", "semi_hard"])
+def test_fast_path_counts_triplets_exactly_on_the_margin(miner):
+    # d(a, p) = 1 and d(a, n) = 1.5: the gap is exactly the margin 0.5 (PML keeps such triplets)
+    emb = torch.tensor([[0.0], [1.0], [1.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    crit = MetricLoss("triplet", miner, 0.5)
+    (a, p, n) = crit.miner(pairwise_euclidean(emb), labels, 0.5)
+    assert (0, 1, 2) in set(zip(a.tolist(), p.tolist(), n.tolist(), strict=True))
+    e = emb.clone().requires_grad_(True)
+    loss, stats = crit(e, labels)
+    loss.backward()
+    ref = crit.reference(emb, labels)
+    assert stats == ref[1]
+    torch.testing.assert_close(loss.detach(), ref[0])
+
+
+def test_fast_path_with_float32_batches_and_no_pairs():
+    emb = torch.randn(6, 4, requires_grad=True)
+    for loss, miner in (("contrastive", "hard_pairs"), ("triplet", "batch_all")):
+        value, _ = MetricLoss(loss, miner, 0.2)(emb, torch.arange(6))  # no positive pair
+        value.backward()
+        assert value.item() == 0.0 and torch.isfinite(emb.grad).all()
+
+
+def test_multi_similarity_falls_back_to_log_sum_exp_when_exp_could_overflow():
+    emb, labels = _awkward_batch(0)
+    crit = MetricLoss("multi_similarity", "all_pairs", 0.1, ms=(2.0, 400.0, 0.5))
+    value, _ = crit(emb.float(), labels)  # beta * (1 - base) = 200: exp would overflow float32
+    torch.testing.assert_close(value, crit.reference(emb.float(), labels)[0])
+    assert torch.isfinite(value)
+
+
+@pytest.mark.parametrize("miner", ["batch_all", "semi_hard"])
+def test_fast_triplet_reduction_in_several_chunks_equals_one(miner, monkeypatch):
+    from siamese.losses import losses
+
+    emb, labels = _awkward_batch(1)
+    crit = MetricLoss("triplet", miner, 0.8)
+    results = []
+    for chunk in (1 << 22, 3 * len(labels)):  # one step, then 3 (anchor, positive) rows a step
+        monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+        e = emb.clone().requires_grad_(True)
+        value, stats = crit(e, labels)
+        value.backward()
+        results.append((value.detach(), e.grad, stats))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-12, rtol=1e-10)
+    assert results[0][2] == results[1][2]

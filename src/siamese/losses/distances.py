@@ -16,6 +16,16 @@ def _squared_euclidean(x: torch.Tensor, y: torch.Tensor, same: bool) -> torch.Te
     return sq
 
 
+def squared_euclidean_matrix(x: torch.Tensor, diagonal: float = 0.0) -> torch.Tensor:
+    """(B, B) squared euclidean distances for code that runs without autograd (mining, losses
+    with hand-written gradients). The squared norms are the Gram matrix's diagonal, so the
+    self-distances n_i + n_i - 2 G_ii come out exactly 0 (or are set to ``diagonal``)."""
+    gram = x @ x.T
+    n = gram.diagonal()
+    sq = torch.add(n.unsqueeze(1), n).sub_(gram, alpha=2.0).clamp_min_(0.0)
+    return sq.fill_diagonal_(diagonal) if diagonal != 0.0 else sq
+
+
 def pairwise_distance(
     x: torch.Tensor, y: torch.Tensor | None = None, kind: str = "euclidean"
 ) -> torch.Tensor:

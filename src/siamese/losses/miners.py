@@ -67,8 +67,10 @@ def _triplets_where(dist: torch.Tensor, labels: torch.Tensor, keep) -> tuple:
 
 
 def batch_all(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
-    """Every (anchor, positive, negative) triplet that violates the margin."""
-    return _triplets_where(dist, labels, lambda gap: gap < margin)
+    """Every (anchor, positive, negative) triplet with d_an - d_ap <= margin, as
+    pytorch-metric-learning's TripletMarginMiner("all"): those that violate the margin, plus
+    those exactly on it (zero loss, but counted in the mean)."""
+    return _triplets_where(dist, labels, lambda gap: gap <= margin)
 
 
 def semi_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple:
