@@ -261,6 +261,7 @@ def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, 
     from siamese.stages.evaluate import run_evaluate
     from siamese.stages.mine import run_mine
     from siamese.stages.prepare import PreparedData, run_prepare
+    from siamese.stages.promote import run_promote
     from siamese.stages.register import run_register
     from siamese.stages.train import run_train
 
@@ -272,6 +273,7 @@ def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, 
     stage_args = (paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION)
     report = run_evaluate(params, *stage_args)
     run_register(params, *stage_args, paths.REGISTRATION)
+    run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)  # v1 becomes champion
 
     # the evaluate stage's identity benchmarks, N clamped to the test identities
     n_test = len(

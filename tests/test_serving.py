@@ -63,6 +63,7 @@ def served(tmp_path_factory):
     from siamese.stages.evaluate import run_evaluate
     from siamese.stages.mine import run_mine
     from siamese.stages.prepare import run_prepare
+    from siamese.stages.promote import run_promote
     from siamese.stages.register import run_register
     from siamese.stages.train import run_train
 
@@ -118,6 +119,7 @@ def served(tmp_path_factory):
             paths.EVALUATION,
             paths.REGISTRATION,
         )
+        run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)  # v1: champion
         uri = tracking_uri()
         mp.setenv("MLFLOW_TRACKING_URI", uri)  # for every test of this module
         yield {
