@@ -253,27 +253,18 @@ def omniglot_project(project, omniglot, tmp_path, monkeypatch):
 def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, project):
     from typer.testing import CliRunner
 
+    from conftest import register_and_promote, run_stages_until_evaluate
     from siamese import paths
     from siamese.cli import app
     from siamese.datamodule import load_pairs
     from siamese.io import save_npz
-    from siamese.stages.calibrate import run_calibrate
     from siamese.stages.evaluate import run_evaluate
-    from siamese.stages.mine import run_mine
-    from siamese.stages.prepare import PreparedData, run_prepare
-    from siamese.stages.promote import run_promote
-    from siamese.stages.register import run_register
-    from siamese.stages.train import run_train
+    from siamese.stages.prepare import PreparedData
 
     params = omniglot_project
-    run_prepare(params, paths.PREPARED)
-    run_mine(params, paths.PREPARED, paths.PAIRS)
-    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
-    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
+    report = run_stages_until_evaluate(params)
+    register_and_promote(params)  # v1 becomes champion
     stage_args = (paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION)
-    report = run_evaluate(params, *stage_args)
-    run_register(params, *stage_args, paths.REGISTRATION)
-    run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)  # v1 becomes champion
 
     # the evaluate stage's identity benchmarks, N clamped to the test identities
     n_test = len(

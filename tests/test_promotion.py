@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import QUICK, run_promote_stage, run_register_stage
 from siamese import paths
 from siamese.cli import app
 from siamese.config import ParamsError, load_params, validate_params
@@ -25,39 +26,18 @@ from siamese.stages.promote import (
     HISTORY_TAG,
     PromotionError,
     improvement,
-    run_promote,
     run_rollback,
 )
-from siamese.stages.register import run_register
 from siamese.stages.train import run_train
 from siamese.tracking import tracking_uri
 
-# on top of conftest's FAST_PARAMS: the slow evaluation extras are not what is tested here
-QUICK = [
-    "train.max_epochs=1",
-    "calibrate.bootstrap_resamples=0",
-    "evaluate.bootstrap_resamples=0",
-    "evaluate.kfold=0",
-    "evaluate.oneshot_episodes=0",
-    "evaluate.retrieval=false",
-]
-
 
 def _register(params) -> str:
-    reg = run_register(
-        params,
-        paths.PREPARED,
-        paths.PAIRS,
-        paths.TRAIN,
-        paths.CALIBRATION,
-        paths.EVALUATION,
-        paths.REGISTRATION,
-    )
-    return reg["version"]
+    return run_register_stage(params)["version"]
 
 
 def _promote(params, version=None) -> dict:
-    return run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION, version)
+    return run_promote_stage(params, version)
 
 
 def _champion(client, name) -> str:

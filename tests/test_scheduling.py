@@ -14,20 +14,12 @@ from zoneinfo import ZoneInfo
 import mlflow
 import pytest
 
-from conftest import FAST_PARAMS, make_project
+from conftest import FAST_PARAMS, QUICK, make_project
 from siamese.tracking import tracking_uri
 from tests.servers import background, free_port, log_tail, wait_http
 
 pytestmark = pytest.mark.integration
 
-QUICK = [
-    "train.max_epochs=1",
-    "calibrate.bootstrap_resamples=0",
-    "evaluate.bootstrap_resamples=0",
-    "evaluate.kfold=0",
-    "evaluate.oneshot_episodes=0",
-    "evaluate.retrieval=false",
-]
 CRON, TZ = "0 3 * * 1", "Europe/Berlin"
 FLOW, DEPLOYMENT = "siamese-retrain-and-promote", "nightly-test"
 

@@ -26,7 +26,6 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import FAST_PARAMS, SHARED_DATA, make_project
-from siamese import paths
 from siamese.cli import app
 from siamese.config import ParamsError, validate_params
 from siamese.data.images import BadImageError, decode_image
@@ -59,13 +58,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 def served(tmp_path_factory):
     """A model trained on 8 real face identities, registered as NAME@champion in a fresh
     project (sqlite tracking), plus a gallery split: 4 images per person indexed, 1 held out."""
-    from siamese.stages.calibrate import run_calibrate
-    from siamese.stages.evaluate import run_evaluate
-    from siamese.stages.mine import run_mine
-    from siamese.stages.prepare import run_prepare
-    from siamese.stages.promote import run_promote
-    from siamese.stages.register import run_register
-    from siamese.stages.train import run_train
+    from conftest import run_promote_stage, run_register_stage, run_stages_until_evaluate
 
     att = SHARED_DATA / "att_faces"
     if not att.exists():
@@ -103,23 +96,9 @@ def served(tmp_path_factory):
         project = make_project(root / "project", FAST_PARAMS)
         mp.chdir(project)
         params = set_params(project / "params.yaml", overrides)
-        run_prepare(params, paths.PREPARED)
-        run_mine(params, paths.PREPARED, paths.PAIRS)
-        run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
-        run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
-        run_evaluate(
-            params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
-        )
-        reg = run_register(
-            params,
-            paths.PREPARED,
-            paths.PAIRS,
-            paths.TRAIN,
-            paths.CALIBRATION,
-            paths.EVALUATION,
-            paths.REGISTRATION,
-        )
-        run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)  # v1: champion
+        run_stages_until_evaluate(params)
+        reg = run_register_stage(params)
+        run_promote_stage(params)  # v1: champion
         uri = tracking_uri()
         mp.setenv("MLFLOW_TRACKING_URI", uri)  # for every test of this module
         yield {

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import register_and_promote, run_all_stages, run_stages_until_evaluate
 from siamese import paths
 from siamese.data.sources import DatasetError
 from siamese.params_file import set_params
@@ -18,46 +19,7 @@ from siamese.stages.calibrate import run_calibrate
 from siamese.stages.evaluate import run_evaluate
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
-from siamese.stages.promote import run_promote
-from siamese.stages.register import run_register
-from siamese.stages.train import run_train
 from siamese.tracking import tracking_uri
-
-
-def _stages_until_evaluate(params):
-    run_prepare(params, paths.PREPARED)
-    run_mine(params, paths.PREPARED, paths.PAIRS)
-    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
-    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
-    run_evaluate(
-        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
-    )
-
-
-def _register(params):
-    """register, then promote (as the training flow does); the registration with the decision."""
-    reg = run_register(
-        params,
-        paths.PREPARED,
-        paths.PAIRS,
-        paths.TRAIN,
-        paths.CALIBRATION,
-        paths.EVALUATION,
-        paths.REGISTRATION,
-    )
-    assert reg["aliases"] == ["challenger"]
-    promo = run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)
-    return {
-        **reg,
-        "aliases": reg["aliases"] + (["champion"] if promo["promoted"] else []),
-        "promoted": promo["promoted"],
-        "promotion": promo,
-    }
-
-
-def _all_stages(params):
-    _stages_until_evaluate(params)
-    return _register(params)
 
 
 def faces_params_root(params):
@@ -106,7 +68,7 @@ def test_failed_prepare_leaves_the_previous_output_untouched(faces_params, proje
 
 
 def test_all_stages_on_faces_then_champion_gate(faces_params, project):
-    first = _all_stages(faces_params)
+    first = run_all_stages(faces_params)
     assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"]
     calib = json.loads((paths.CALIBRATION / "calibration.json").read_text())
     assert calib["strategy"] == "max_accuracy" and np.isfinite(calib["threshold"])
@@ -152,7 +114,7 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
 
     # a worse challenger (an untrained one) must not take the champion alias
     worse = set_params(project / "params.yaml", ["train.lr=1e-9", "train.max_epochs=1"])
-    second = _all_stages(worse)
+    second = run_all_stages(worse)
     champ = client.get_model_version_by_alias("faces", "champion")
     challenger = client.get_model_version_by_alias("faces", "challenger")
     assert str(challenger.version) == "2"
@@ -167,7 +129,7 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
 
 
 def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):
-    _stages_until_evaluate(faces_params)
+    run_stages_until_evaluate(faces_params)
     import siamese.stages.register as reg
 
     def boom(*a, **k):
@@ -175,14 +137,14 @@ def test_register_failure_leaves_no_version(faces_params, project, monkeypatch):
 
     monkeypatch.setattr(reg, "atomic_dir", boom)
     with pytest.raises(OSError, match="disk full"):
-        _register(faces_params)
+        register_and_promote(faces_params)
     client = mlflow.MlflowClient(tracking_uri())
     assert client.search_model_versions("name='faces'") == []
     assert not paths.REGISTRATION.exists()
 
 
 def test_target_far_strategy_with_isotonic_probabilities(faces_params, project):
-    _stages_until_evaluate(faces_params)
+    run_stages_until_evaluate(faces_params)
     params = set_params(
         project / "params.yaml",
         [
@@ -208,7 +170,7 @@ def test_hard_negative_mining_with_the_champion(faces_params, project):
     from siamese.embedding import embed, load_encoder
     from siamese.stages.prepare import PreparedData
 
-    _all_stages(faces_params)  # registers v1 as champion
+    run_all_stages(faces_params)  # registers v1 as champion
     random_neg = load_pairs(paths.PAIRS / "train.npz")
     params = set_params(
         project / "params.yaml",
@@ -238,7 +200,7 @@ def test_bce_head_model_is_calibrated_evaluated_and_served_with_its_learned_dist
     params = set_params(
         project / "params.yaml", ["train.loss=bce", "train.miner=all_pairs", "mine.test_pairs=40"]
     )
-    result = _all_stages(params)
+    result = run_all_stages(params)
     from siamese.embedding import load_encoder
 
     encoder = load_encoder(paths.TRAIN)

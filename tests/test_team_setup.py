@@ -11,29 +11,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from siamese import paths
+from conftest import QUICK, run_promote_stage, run_register_stage, run_stages_until_evaluate
 from siamese.params_file import set_params
-from siamese.stages.calibrate import run_calibrate
-from siamese.stages.evaluate import run_evaluate
-from siamese.stages.mine import run_mine
-from siamese.stages.prepare import run_prepare
-from siamese.stages.promote import run_promote
-from siamese.stages.register import run_register
-from siamese.stages.train import run_train
 from siamese.tracking import active_tracking_uri
 from tests.servers import background, free_port, wait_http
 
 pytestmark = pytest.mark.integration
 
 PG = os.environ.get("SIAMESE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-QUICK = [
-    "train.max_epochs=1",
-    "calibrate.bootstrap_resamples=0",
-    "evaluate.bootstrap_resamples=0",
-    "evaluate.kfold=0",
-    "evaluate.oneshot_episodes=0",
-    "evaluate.retrieval=false",
-]
 
 
 @pytest.fixture
@@ -79,23 +64,9 @@ def test_stages_record_to_a_tracking_server_on_postgres(project, mlflow_server, 
     url, store = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     params = set_params(project / "params.yaml", QUICK)
-    run_prepare(params, paths.PREPARED)
-    run_mine(params, paths.PREPARED, paths.PAIRS)
-    run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
-    run_calibrate(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION)
-    run_evaluate(
-        params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.CALIBRATION, paths.EVALUATION
-    )
-    reg = run_register(
-        params,
-        paths.PREPARED,
-        paths.PAIRS,
-        paths.TRAIN,
-        paths.CALIBRATION,
-        paths.EVALUATION,
-        paths.REGISTRATION,
-    )
-    promo = run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION)
+    run_stages_until_evaluate(params)
+    reg = run_register_stage(params)
+    promo = run_promote_stage(params)
     assert reg["tracking_uri"] == url and promo["decision"] == "promoted"
 
     # nothing went to the local SQLite store; everything is on the server
