@@ -225,3 +225,23 @@ def test_bce_head_model_is_calibrated_evaluated_and_served_with_its_learned_dist
     np.testing.assert_allclose(out["distance"].to_numpy(), expected, rtol=1e-6)
     assert ((out["distance"] >= 0) & (out["distance"] <= 1)).all()
     assert list(out["match"]) == list(out["distance"] <= result["threshold"])
+
+
+@pytest.mark.parametrize("monitor", ["pair_loss", "last"])
+def test_train_exports_the_weights_the_monitor_chooses(faces_params, project, monitor):
+    import torch
+
+    params = set_params(project / "params.yaml", [f"train.monitor={monitor}"])
+    run_prepare(params, paths.PREPARED)
+    run_mine(params, paths.PREPARED, paths.PAIRS)
+    summary = run_train(params, paths.PREPARED, paths.PAIRS, paths.TRAIN, paths.TRAIN_METRICS)
+    key = "last_val_roc_auc" if monitor == "last" else f"best_val_{monitor}"
+    assert np.isfinite(summary[key])
+    assert summary["epochs_trained"] == params.train.max_epochs
+    if monitor == "last":  # the exported encoder is the final epoch's
+        last = torch.load(paths.TRAIN / "checkpoints" / "last.ckpt", weights_only=True)
+        from siamese.embedding import load_encoder
+
+        exported = load_encoder(paths.TRAIN).state_dict()
+        for k, v in exported.items():
+            torch.testing.assert_close(v, last["state_dict"][f"encoder.{k}"])

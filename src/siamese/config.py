@@ -153,6 +153,11 @@ class TrainParams(_Strict):
     lr: float = Field(1e-3)
     weight_decay: float = Field(1e-4, ge=0.0)
     early_stopping_patience: int = Field(3, ge=1)
+    monitor: Literal["roc_auc", "pair_loss", "last"] = Field(
+        "roc_auc",
+        description="exported weights: best validation ROC AUC, lowest validation pair loss, or "
+        "the last epoch (no early stopping)",
+    )
     num_workers: int = Field(0, ge=0)
 
     @field_validator("loss", "miner")

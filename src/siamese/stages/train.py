@@ -29,6 +29,12 @@ from siamese.tracking import (
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
+# train.monitor -> (logged metric, direction); "last" keeps no best checkpoint and never stops early
+MONITORS = {
+    "roc_auc": ("val/roc_auc", "max"),
+    "pair_loss": ("val/pair_loss", "min"),
+    "last": (None, "max"),
+}
 
 
 def _is_launcher() -> bool:
@@ -125,11 +131,18 @@ def _fit(
     dm.setup()
     module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
     t, tr = params.train, params.trainer
+    # which weights are exported: the best validation epoch by AUC or pair loss, or the last
+    # (AUC saturates at 1.0 on a handful of validation identities, and ties never improve)
+    monitor, mode = MONITORS[t.monitor]
     ckpt = ModelCheckpoint(
-        dirpath=scratch / "checkpoints", filename="best", monitor="val/roc_auc", mode="max"
+        dirpath=scratch / "checkpoints", filename="best", monitor=monitor, mode=mode
     )
     last_ckpt = SaveLastCheckpoint(scratch / "checkpoints" / "last.ckpt")
-    stop = EarlyStopping(monitor="val/roc_auc", mode="max", patience=t.early_stopping_patience)
+    callbacks = [ckpt, last_ckpt]
+    if t.monitor != "last":
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping_patience)
+        )
     logger = MLFlowLogger(
         experiment_name=params.register.experiment, tracking_uri=tracking_uri(), run_id=run_id
     )
@@ -143,7 +156,7 @@ def _fit(
         max_epochs=t.max_epochs,
         max_time=None if t.max_minutes is None else {"minutes": t.max_minutes},
         logger=logger,
-        callbacks=[ckpt, last_ckpt, stop],
+        callbacks=callbacks,
         use_distributed_sampler=False,
         log_every_n_steps=tr.log_every_n_steps,
         num_sanity_val_steps=0,
@@ -168,9 +181,10 @@ def _fit(
     module.load_state_dict(best["state_dict"])
     # read progress from the checkpoint: under ddp_spawn this process's trainer never stepped
     last = torch.load(last_ckpt.path, map_location="cpu", weights_only=True)
-    best_score = ckpt.best_model_score
+    score_key = f"best_val_{t.monitor}" if monitor else "last_val_roc_auc"
+    score = ckpt.best_model_score if monitor else trainer.callback_metrics.get("val/roc_auc")
     summary = {
-        "best_val_roc_auc": float(best_score) if best_score is not None else float("nan"),
+        score_key: float(score) if score is not None else float("nan"),
         "epochs_trained": int(last["epoch"]) + 1,
         "global_steps": int(last["global_step"]),
         "world_size": int(trainer.world_size),
