@@ -60,7 +60,7 @@ def test_preset_values_land_in_params_yaml_and_set_wins(project):
 
     set_params("params.yaml", preset_overrides("att_faces") + ["train.max_epochs=2"])
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    assert raw["data"]["image_size"] == 56 and raw["train"]["max_epochs"] == 2
+    assert raw["data"]["image_size"] == 32 and raw["train"]["max_epochs"] == 2
     assert raw["augment"][0]["name"] == "Affine"
 
 

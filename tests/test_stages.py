@@ -19,6 +19,7 @@ from siamese.stages.calibrate import run_calibrate
 from siamese.stages.evaluate import run_evaluate
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
+from siamese.stages.train import run_train
 from siamese.tracking import tracking_uri
 
 
