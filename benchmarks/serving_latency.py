@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +24,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import background, free_port, wait_http  # noqa: E402
 
 
 def _images(n: int, size: int) -> list[bytes]:
@@ -65,12 +65,6 @@ def _tree_cpu(proc) -> float:
         except Exception:  # a child that just exited
             pass
     return total
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -136,34 +130,22 @@ def main() -> None:
         torch.set_num_threads(default_threads)
         local_ms, local_d = local[args.serve_threads]
 
-        port = _free_port()
+        port = free_port()
         bindir = Path(sys.executable).parent
         env = {
             **os.environ,
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
             "SIAMESE_SERVE_THREADS": str(args.serve_threads),
         }
-        log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [str(bindir / "mlflow"), "models", "serve", "-m", str(pkg), "--env-manager", "local"]
-            + ["--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        cmd = [str(bindir / "mlflow"), "models", "serve", "-m", str(pkg), "--env-manager"]
+        cmd += ["local", "--host", "127.0.0.1", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
-        try:
+        log = tmp / "serve.log"
+        with background(cmd, log, env, grace=20) as proc:
             t0 = time.perf_counter()
-            while True:
-                try:
-                    if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if proc.poll() is not None or time.perf_counter() - t0 > 180:
-                    raise SystemExit((tmp / "serve.log").read_text()[-3000:])
-                time.sleep(0.25)
+            why = wait_http(f"{base}/ping", proc, log, timeout=180)
+            if why:
+                raise SystemExit(f"model server did not come up: {why}")
             startup_s = time.perf_counter() - t0
             session = requests.Session()
             headers = {"Content-Type": "application/json"}
@@ -179,13 +161,6 @@ def main() -> None:
                 r.raise_for_status()
                 http_d.append(r.json()["predictions"][0]["distance"])
             server_cpu_ms = (_tree_cpu(server) - cpu0) * 1000 / len(bodies)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except ProcessLookupError:
-                pass
-            log.close()
 
     http, in_process = _stats(http_ms), _stats(local_ms)
     print(

@@ -42,8 +42,11 @@ def stop(proc: subprocess.Popen, grace: float = 5) -> None:
 
 
 @contextlib.contextmanager
-def background(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> Iterator:
-    """A command in its own process group, output to ``log``; stopped on exit."""
+def background(
+    cmd: list[str], log: Path, env: dict, cwd: Path | None = None, grace: float = 5
+) -> Iterator:
+    """A command in its own process group, output to ``log``; stopped on exit (SIGTERM, then
+    SIGKILL after ``grace`` seconds)."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -51,7 +54,7 @@ def background(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) ->
     try:
         yield proc
     finally:
-        stop(proc)
+        stop(proc, grace)
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> str | None:

@@ -4,7 +4,6 @@ processes gives the same loss and the same parameter gradients as one process ov
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 
 from siamese.losses.distributed import gather_batch
 from siamese.losses.losses import MetricLoss
+from tests.servers import free_port
 
 CASES = [("contrastive", "hard_pairs"), ("triplet", "batch_hard"), ("triplet", "batch_all")]
 
@@ -51,15 +51,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_two_ranks_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     x, labels = _data()
     for loss_name, miner in CASES:
         model = _model()

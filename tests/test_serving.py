@@ -9,12 +9,8 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -32,6 +28,7 @@ from siamese.data.images import BadImageError, decode_image
 from siamese.params_file import set_params
 from siamese.serving import b64, dataframe_split_json, encode_png
 from siamese.tracking import tracking_uri
+from tests.servers import background, free_port, wait_http
 
 NAME = "faces-serve"
 MAX_PIXELS = 50_000  # AT&T faces are 92 x 112 = 10 304 pixels
@@ -117,18 +114,10 @@ def pyfunc(served):
     return mlflow.pyfunc.load_model(served["model_uri"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(served):
     """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free port."""
-    import requests
-
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {
         **os.environ,
@@ -136,47 +125,16 @@ def server(served):
         # the CLI starts `uvicorn` from PATH: the one beside this interpreter
         "PATH": str(mlflow_bin.parent) + os.pathsep + os.environ.get("PATH", ""),
     }
-    log = open(served["project"] / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "models", "serve", "-m", served["model_uri"], "--env-manager", "local"]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: uvicorn is a child of the CLI
-    )
+    cmd = [str(mlflow_bin), "models", "serve", "-m", served["model_uri"], "--env-manager"]
+    cmd += ["local", "--host", "127.0.0.1", "--port", str(port)]
+    log = served["project"] / "serve.log"
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                tail = (served["project"] / "serve.log").read_text()[-3000:]
-                pytest.fail(f"model server did not come up:\n{tail}")
-            time.sleep(0.5)
+    # its own process group: uvicorn is a child of the CLI, and both are stopped together
+    with background(cmd, log, env, grace=20) as proc:
+        why = wait_http(f"{base}/ping", proc, log, timeout=120)
+        if why:
+            pytest.fail(f"model server did not come up: {why}")
         yield base
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server's process group (the CLI and the uvicorn it started)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _face(served, ident: int, img: int) -> Path:
