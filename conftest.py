@@ -113,6 +113,16 @@ FAST_PARAMS = [
 ]
 
 
+# on top of FAST_PARAMS, for the 8 x 5 real faces of `small_faces`: few enough pairs to exist
+FACES_PARAMS = [
+    "data.image_size=24",
+    "mine.val_pairs=20",
+    "mine.test_pairs=20",
+    "mine.train_pairs=20",
+    "train.images_per_identity=3",
+    "train.identities_per_batch=3",
+]
+
 # on top of FAST_PARAMS, for tests of what happens around training (registry, servers): one
 # epoch and none of the evaluation extras
 QUICK = [

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FAST_PARAMS, SHARED_DATA, make_project
+from conftest import FACES_PARAMS, FAST_PARAMS, SHARED_DATA, make_project
 from siamese.cli import app
 from siamese.config import ParamsError, validate_params
 from siamese.data.images import BadImageError, decode_image
@@ -72,12 +72,7 @@ def served(tmp_path_factory):
         shutil.copy(imgs[-1], held_out / f"{ident.name}.pgm")
     overrides = [
         f"data.source={faces}",
-        "data.image_size=24",
-        "mine.val_pairs=20",
-        "mine.test_pairs=20",
-        "mine.train_pairs=20",
-        "train.images_per_identity=3",
-        "train.identities_per_batch=3",
+        *FACES_PARAMS,
         "train.max_epochs=3",
         "calibrate.bootstrap_resamples=0",
         "evaluate.bootstrap_resamples=0",

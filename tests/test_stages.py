@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import register_and_promote, run_all_stages, run_stages_until_evaluate
+from conftest import FACES_PARAMS, register_and_promote, run_all_stages, run_stages_until_evaluate
 from siamese import paths
 from siamese.data.sources import DatasetError
 from siamese.params_file import set_params
@@ -36,12 +36,7 @@ def faces_params(project, small_faces, monkeypatch):
         project / "params.yaml",
         [
             f"data.source={small_faces}",
-            "data.image_size=24",
-            "mine.val_pairs=20",
-            "mine.test_pairs=20",
-            "mine.train_pairs=20",
-            "train.images_per_identity=3",
-            "train.identities_per_batch=3",
+            *FACES_PARAMS,
             "register.model_name=faces",
         ],
     )
