@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 
 from siamese import paths
 from siamese.config import load_params
+from siamese.locking import project_lock
 from siamese.params_file import set_params
 
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
@@ -135,11 +136,14 @@ def promote_task(project_dir: str, version: str | None = None) -> dict:
 
 
 @flow(name="siamese-promotion", log_prints=True)
-def promotion_flow(project_dir: str = ".", version: str | None = None) -> dict:
+def promotion_flow(
+    project_dir: str = ".", version: str | None = None, wait_for_lock: float = 0.0
+) -> dict:
     """Promote the challenger (or ``version``) to champion if it beats the champion."""
     project = str(Path(project_dir).resolve())
     run = promote_task.with_options(retry_condition_fn=_retry_unless_refused)
-    return run(project, version)
+    with project_lock(project, wait_for_lock):
+        return run(project, version)
 
 
 def _retry_unless_refused(task, task_run, state) -> bool:
@@ -158,12 +162,20 @@ def training_flow(
     overrides: list[str] | None = None,
     push: bool = True,
     promote: bool = True,
+    wait_for_lock: float = 0.0,
 ) -> dict:
     """prepare -> mine -> train -> calibrate -> evaluate -> register, push to the remote, then
-    the promotion flow (``promote=False``: leave that to the caller)."""
+    the promotion flow (``promote=False``: leave that to the caller). One run per project at a
+    time: a second one waits ``wait_for_lock`` seconds for the first, then fails, having
+    changed nothing (siamese.locking)."""
+    project = Path(project_dir).resolve()
+    with project_lock(project, wait_for_lock):
+        return _training_run(project, overrides, push, promote)
+
+
+def _training_run(project: Path, overrides: list[str] | None, push: bool, promote: bool) -> dict:
     from prefect.runtime import flow_run
 
-    project = Path(project_dir).resolve()
     params_path = project / paths.PARAMS
     # validate (and apply overrides to params.yaml) before any stage runs
     if overrides:
@@ -196,13 +208,19 @@ def training_flow(
 
 @flow(name="siamese-retrain-and-promote", log_prints=True)
 def retrain_and_promote(
-    project_dir: str = ".", overrides: list[str] | None = None, push: bool = True
+    project_dir: str = ".",
+    overrides: list[str] | None = None,
+    push: bool = True,
+    wait_for_lock: float = 0.0,
 ) -> dict:
-    """The scheduled flow: the training flow, then the promotion flow. With
-    ``mine.hard_negatives_from: models:/NAME@champion`` the mine stage takes its negatives from
-    the current champion, so each retraining works on what the champion confuses."""
-    summary = training_flow(project_dir=project_dir, overrides=overrides, push=push, promote=False)
-    summary["promotion"] = promotion_flow(summary["project_dir"])
+    """The scheduled flow: the training flow, then the promotion flow, under one project lock.
+    With ``mine.hard_negatives_from: models:/NAME@champion`` the mine stage takes its negatives
+    from the current champion, so each retraining works on what the champion confuses."""
+    with project_lock(Path(project_dir).resolve(), wait_for_lock):
+        summary = training_flow(
+            project_dir=project_dir, overrides=overrides, push=push, promote=False
+        )
+        summary["promotion"] = promotion_flow(summary["project_dir"])
     return summary
 
 

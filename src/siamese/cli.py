@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -26,18 +27,49 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# exit codes: 2 the input or params are wrong, 3 promotion refused, 4 the tracking server is
+# unreachable (transient: rerun when it is back), 5 training stopped on a numerical fault
+EXIT_UNREACHABLE, EXIT_TRAINING_FAULT = 4, 5
+
+
 def _run_stage(fn, params_path: Path, *args) -> None:
     from siamese.data.images import BadImageError
     from siamese.data.sources import DatasetError
+    from siamese.errors import TrainingFault
+    from siamese.tracking import is_tracking_unreachable, unreachable_message
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stage = fn.__name__.removeprefix("run_")
     try:
         params = load_params(params_path)
         result = fn(params, *args)
     except (ParamsError, DatasetError, BadImageError, FileNotFoundError) as err:
         _fail(str(err))
+    except TrainingFault as err:
+        _fail(f"{stage}: {err}", EXIT_TRAINING_FAULT)
+    except Exception as err:
+        if not is_tracking_unreachable(err):
+            raise
+        _fail(unreachable_message(err, stage), EXIT_UNREACHABLE)
     if result:
         typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def _project_locked():
+    """Registry moves by hand wait for no one: they fail clearly while a pipeline run holds the
+    project (a run's own ``siamese promote`` inherits its lock)."""
+    from siamese.locking import ProjectLockedError, project_lock
+
+    try:
+        lock = project_lock(Path("."))
+        lock.__enter__()
+    except ProjectLockedError as err:
+        _fail(str(err))
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 @app.command()
@@ -316,6 +348,9 @@ def run(
     ),
     project: Path = typer.Option(Path("."), help="project directory"),
     push: bool = typer.Option(True, help="push data and outputs to the DVC remote afterwards"),
+    wait: float = typer.Option(
+        0.0, "--wait", help="seconds to wait for another run of this project to finish (0: fail)"
+    ),
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
     from pipelines.flow import format_summary, training_flow
@@ -330,7 +365,9 @@ def run(
     except ParamsError as err:
         _fail(str(err))
     try:
-        summary = training_flow(project_dir=str(project.resolve()), overrides=set_, push=push)
+        summary = training_flow(
+            project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
+        )
     except ParamsError as err:
         _fail(str(err))
     except RuntimeError as err:
@@ -354,7 +391,8 @@ def promote(
     from siamese.stages.promote import PromotionError, run_promote
 
     try:
-        _run_stage(run_promote, params, prepared, pairs, out, version)
+        with _project_locked():
+            _run_stage(run_promote, params, prepared, pairs, out, version)
     except PromotionError as err:
         _fail(str(err), code=3)
 
@@ -365,7 +403,8 @@ def rollback(params: Path = ParamsOpt, out: Path = paths.PROMOTION) -> None:
     from siamese.stages.promote import PromotionError, run_rollback
 
     try:
-        _run_stage(run_rollback, params, out)
+        with _project_locked():
+            _run_stage(run_rollback, params, out)
     except PromotionError as err:
         _fail(str(err), code=1)
 

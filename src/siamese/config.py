@@ -159,6 +159,11 @@ class TrainParams(_Strict):
         "the last epoch (no early stopping)",
     )
     num_workers: int = Field(0, ge=0)
+    resume: bool = Field(
+        True,
+        description="continue an interrupted training of the same params and data from its last "
+        "checkpoint (artifacts/.train.partial) instead of starting over",
+    )
 
     @field_validator("loss", "miner")
     @classmethod

@@ -11,6 +11,7 @@ import torch
 
 from siamese import metrics
 from siamese.config import Params
+from siamese.errors import TrainingFault
 from siamese.losses.distributed import gather_batch
 from siamese.losses.losses import MetricLoss, contrastive_pair_loss
 from siamese.losses.miners import label_masks
@@ -19,11 +20,11 @@ from siamese.models.heads import balanced_bce
 from siamese.thresholds import max_accuracy_threshold
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingFault):
     """Training produced NaN/inf; stopping keeps the last good checkpoint intact."""
 
 
-class EmbeddingCollapseError(RuntimeError):
+class EmbeddingCollapseError(TrainingFault):
     """Every input maps to (nearly) the same embedding: the metric has degenerated."""
 
 

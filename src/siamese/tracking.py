@@ -13,14 +13,68 @@ import yaml
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# MLflow retries an unreachable server 7 times with a 2 s backoff factor and a 120 s timeout per
+# request: several minutes before a stage learns the server is gone. An unattended pipeline
+# should fail within about a minute and say so; these bounds apply unless the variable is set.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server could not be reached after the bounded retries."""
 
 
 def tracking_uri(project_dir: str | Path = ".") -> str:
     """MLFLOW_TRACKING_URI when set, else the project's own SQLite store."""
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     return f"sqlite:///{(Path(project_dir).resolve() / DEFAULT_DB)}"
+
+
+def is_tracking_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a failure to reach the tracking server, as opposed
+    to the server answering with an error."""
+    import requests
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, TrackingUnavailableError | requests.exceptions.ConnectionError):
+            return True
+        if isinstance(err, requests.exceptions.Timeout):
+            return True
+        text = str(err)
+        if "API request to" in text and (
+            "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text
+        ):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def unreachable_message(err: BaseException, stage: str) -> str:
+    """What a user needs after a stage lost the tracking server."""
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    return (
+        f"the MLflow tracking server {os.environ.get('MLFLOW_TRACKING_URI', tracking_uri())} is "
+        f"unreachable (gave up after {retries} retries; MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+        f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR and MLFLOW_HTTP_REQUEST_TIMEOUT bound them). "
+        f"The {stage} stage stopped without publishing anything: no model version was left "
+        "half-registered and its previous outputs are unchanged. Rerun when the server is back; "
+        "training resumes from its last epoch checkpoint. Cause: "
+        f"{_first_line(err)}"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
 
 
 def ensure_experiment(name: str, project_dir: str | Path = ".") -> str:

@@ -99,8 +99,15 @@ def evaluation_problem(client, mv, key: str) -> str | None:
     """Why the version's evaluation cannot be trusted, or None when it is complete."""
     from mlflow.exceptions import MlflowException
 
+    from siamese.stages.register import REGISTRATION_TAG
+
     if not mv.run_id:
         return f"version {mv.version} has no MLflow run, so no evaluation"
+    if (mv.tags or {}).get(REGISTRATION_TAG, "complete") != "complete":
+        return (
+            f"version {mv.version} is an unfinished registration (its register stage was "
+            "interrupted); the next register run removes it"
+        )
     try:
         run = client.get_run(mv.run_id)
     except MlflowException:

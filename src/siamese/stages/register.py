@@ -7,6 +7,7 @@ back to the previous challenger), so the registry never holds half a registratio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -20,6 +21,11 @@ from siamese.tracking import active_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
+# "pending" from the moment a version exists until its registration is whole ("complete"); a
+# version still pending was interrupted (a lost tracking server, a kill) and is removed by the
+# next register of the same run
+REGISTRATION_TAG = "siamese.registration"
+PREVIOUS_CHALLENGER_TAG = "siamese.previous_challenger"
 
 
 def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
@@ -91,6 +97,33 @@ def _ensure_registered_model(client, name: str) -> None:
         )
 
 
+def remove_unfinished_versions(client, name: str, run_id: str) -> list[str]:
+    """Delete the versions of ``run_id`` that an interrupted register left pending, giving the
+    challenger alias back to the version it had before; the versions removed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", "")):
+            return []
+        raise
+    removed = []
+    for mv in versions:
+        tags = mv.tags or {}
+        if tags.get(REGISTRATION_TAG) != "pending":
+            continue
+        had_alias = CHALLENGER in (mv.aliases or [])
+        log.warning("removing %s v%s: an interrupted registration of this run", name, mv.version)
+        client.delete_model_version(name, mv.version)
+        previous = tags.get(PREVIOUS_CHALLENGER_TAG)
+        if had_alias and previous and _alias_version(client, name, CHALLENGER) is None:
+            with contextlib.suppress(MlflowException):  # the previous one may be gone too
+                client.set_registered_model_alias(name, CHALLENGER, previous)
+        removed.append(str(mv.version))
+    return removed
+
+
 def run_register(
     params: Params,
     prepared_dir: str | Path,
@@ -111,6 +144,7 @@ def run_register(
     calibration = read_json(calibration_path)
     test = read_json(eval_dir / "metrics.json")
 
+    removed = remove_unfinished_versions(client, name, run_id)
     _log_run_results(client, run_id, calibration, test, eval_dir)
     with active_tracking_uri(uri):
         model_uri = _log_model(run_id, model_dir, calibration_path, params.serve.max_pixels)
@@ -122,7 +156,10 @@ def run_register(
         "test.roc_auc": f"{test['roc_auc']:.6f}",
         "calibration.threshold": f"{calibration['threshold']:.6f}",
         **{k: v for k, v in run.data.tags.items() if k.startswith(("data.", "dvc."))},
+        REGISTRATION_TAG: "pending",
     }
+    if previous_challenger is not None:
+        version_tags[PREVIOUS_CHALLENGER_TAG] = previous_challenger
     # the version is created last; anything failing after it removes it again
     # a tracking server checks that a models:/<model id> source names its logged model
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
@@ -138,6 +175,8 @@ def run_register(
             f"v{previous_challenger}" if previous_challenger else "none",
             mv.version,
         )
+        # the last registry write: from here on the version is whole
+        client.set_model_version_tag(name, mv.version, REGISTRATION_TAG, "complete")
         result = {
             "model_name": name,
             "version": str(mv.version),
@@ -149,13 +188,27 @@ def run_register(
             "test": test,
             "threshold": calibration["threshold"],
             "tracking_uri": uri,
+            "removed_unfinished_versions": removed,
         }
         with atomic_dir(out_dir) as tmp_out:
             write_json(tmp_out / "registration.json", result)
-    except BaseException:
+    except BaseException as err:
         log.error("registration failed after creating %s v%s; deleting it", name, mv.version)
-        client.delete_model_version(name, mv.version)
-        if previous_challenger is not None:
-            client.set_registered_model_alias(name, CHALLENGER, previous_challenger)
+        try:
+            client.delete_model_version(name, mv.version)
+            if previous_challenger is not None:
+                client.set_registered_model_alias(name, CHALLENGER, previous_challenger)
+        except Exception as cleanup_err:
+            # the server is gone: the version stays tagged pending, promote refuses it, and the
+            # next register of this run deletes it
+            log.error(
+                "could not delete %s v%s (%s); it stays marked %s=pending and the next register "
+                "run removes it",
+                name,
+                mv.version,
+                cleanup_err,
+                REGISTRATION_TAG,
+            )
+            raise err from None
         raise
     return result

@@ -6,6 +6,8 @@ process (rank 0) creates the MLflow run and hands its id to the children through
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -17,18 +19,22 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from siamese.config import Params, flatten
-from siamese.io import atomic_dir, write_json
+from siamese.errors import TrainingFault
+from siamese.io import atomic_dir, read_json, write_json
 from siamese.tracking import (
     active_tracking_uri,
     dir_md5,
     dvc_lock_hashes,
     ensure_experiment,
     git_info,
+    is_tracking_unreachable,
     tracking_uri,
 )
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
+RESUME_ENV = "SIAMESE_RESUME_CKPT"
+RESUME_STATE = "resume.json"  # in the scratch dir: the MLflow run and the inputs' fingerprint
 # train.monitor -> (logged metric, direction); "last" keeps no best checkpoint and never stops early
 MONITORS = {
     "roc_auc": ("val/roc_auc", "max"),
@@ -41,15 +47,15 @@ def _is_launcher() -> bool:
     return "LOCAL_RANK" not in os.environ and os.environ.get("NODE_RANK", "0") == "0"
 
 
-def start_run(params: Params, prepared_dir: Path, pairs_dir: Path, run_name: str | None) -> str:
+def start_run(params: Params, prepared_md5: str, pairs_md5: str, run_name: str | None) -> str:
     import mlflow
     from mlflow.entities import Param
 
     client = mlflow.MlflowClient(tracking_uri())
     exp_id = ensure_experiment(params.register.experiment)
     tags = {**git_info(), "stage": "train", "mlflow.runName": run_name or "siamese-train"}
-    tags["data.prepared_md5"] = dir_md5(prepared_dir)
-    tags["data.pairs_md5"] = dir_md5(pairs_dir)
+    tags["data.prepared_md5"] = prepared_md5
+    tags["data.pairs_md5"] = pairs_md5
     tags.update(dvc_lock_hashes())
     run = client.create_run(exp_id, tags=tags)
     flat = flatten(params.model_dump(mode="json"))
@@ -80,6 +86,77 @@ def export_encoder(module, out_dir: Path) -> None:
     write_json(out_dir / "model.json", {**module.encoder.config, "preprocess": "uint8/127.5-1"})
 
 
+def scratch_dir(out_dir: str | Path) -> Path:
+    """Where a training in progress keeps its checkpoints (``artifacts/.train.partial``): beside
+    the output, so the finished directory is renamed into place, and derived from it, so every
+    DDP rank and every rerun finds the same one."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def _resume_fingerprint(params: Params, prepared_md5: str, pairs_md5: str) -> str:
+    """What a checkpoint may be resumed under: the same training params and the same data."""
+    dump = params.model_dump(mode="json")
+    dump["train"].pop("resume", None)
+    relevant = {k: dump[k] for k in ("seed", "data", "model", "augment", "train", "trainer")}
+    text = json.dumps(relevant, sort_keys=True) + prepared_md5 + pairs_md5
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resumable(scratch: Path, fingerprint: str) -> tuple[str, Path] | None:
+    """(MLflow run id, last.ckpt) of an interrupted training of the same inputs, if any."""
+    state, ckpt = scratch / RESUME_STATE, scratch / "checkpoints" / "last.ckpt"
+    if not (state.is_file() and ckpt.is_file()):
+        return None
+    try:
+        saved = read_json(state)
+    except (OSError, ValueError):
+        return None
+    if saved.get("fingerprint") != fingerprint:
+        log.info("discarding the interrupted training in %s: params or data changed", scratch)
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient(tracking_uri()).get_run(saved["run_id"])
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        log.info("discarding the interrupted training: its MLflow run is gone (%s)", err)
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    return saved["run_id"], ckpt
+
+
+def _begin(params: Params, prepared_dir: Path, pairs_dir: Path, scratch: Path, run_name) -> dict:
+    """Start a fresh training (new MLflow run, empty scratch) or resume an interrupted one."""
+    import mlflow
+
+    prepared_md5, pairs_md5 = dir_md5(prepared_dir), dir_md5(pairs_dir)
+    fingerprint = _resume_fingerprint(params, prepared_md5, pairs_md5)
+    found = _resumable(scratch, fingerprint) if params.train.resume else None
+    if found is not None:
+        run_id, ckpt = found
+        epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+        client = mlflow.MlflowClient(tracking_uri())
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "resumed_after_epoch", str(epoch))
+        log.warning(
+            "resuming the interrupted training (MLflow run %s) from %s, after epoch %d",
+            run_id,
+            ckpt,
+            epoch,
+        )
+        return {"run_id": run_id, "ckpt": str(ckpt), "resumed_after_epoch": epoch}
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    run_id = start_run(params, prepared_md5, pairs_md5, run_name)
+    write_json(scratch / RESUME_STATE, {"run_id": run_id, "fingerprint": fingerprint})
+    return {"run_id": run_id, "ckpt": "", "resumed_after_epoch": None}
+
+
 def run_train(
     params: Params,
     prepared_dir: str | Path,
@@ -88,21 +165,33 @@ def run_train(
     metrics_path: str | Path | None = None,
     run_name: str | None = None,
 ) -> dict:
+    """Fit the encoder and export it to ``out_dir`` (atomically, at the end). Checkpoints go to
+    the scratch directory after every epoch; a rerun after a crash, a kill or an unreachable
+    tracking server resumes from the last one (``train.resume``)."""
     import pytorch_lightning as pl
 
     prepared_dir, pairs_dir, out_dir = Path(prepared_dir), Path(pairs_dir), Path(out_dir)
     pl.seed_everything(params.seed, workers=True, verbose=False)
     launcher = _is_launcher()
+    scratch = scratch_dir(out_dir)
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
     with active_tracking_uri(tracking_uri()):
         if launcher:
-            # a fresh run per training; DDP children launched during fit() inherit its id
-            os.environ[RUN_ID_ENV] = start_run(params, prepared_dir, pairs_dir, run_name)
+            # DDP children launched during fit() inherit the run id and the checkpoint to resume
+            begun = _begin(params, prepared_dir, pairs_dir, scratch, run_name)
+            os.environ[RUN_ID_ENV] = begun["run_id"]
+            os.environ[RESUME_ENV] = begun["ckpt"]
         try:
-            return _fit(params, prepared_dir, pairs_dir, out_dir, metrics_path, launcher)
+            summary = _fit(params, prepared_dir, pairs_dir, out_dir, scratch, launcher)
         finally:
             if launcher:
                 os.environ.pop(RUN_ID_ENV, None)
+                os.environ.pop(RESUME_ENV, None)
+        if summary:
+            if begun["resumed_after_epoch"] is not None:
+                summary["resumed_after_epoch"] = begun["resumed_after_epoch"]
+            _finish(summary, begun["run_id"], out_dir, scratch, metrics_path)
+        return summary
 
 
 def _fit(
@@ -110,7 +199,7 @@ def _fit(
     prepared_dir: Path,
     pairs_dir: Path,
     out_dir: Path,
-    metrics_path: str | Path | None,
+    scratch: Path,
     launcher: bool,
 ) -> dict:
     import pytorch_lightning as pl
@@ -121,12 +210,7 @@ def _fit(
     from siamese.module import SiameseModule
 
     run_id = os.environ[RUN_ID_ENV]
-
-    # all ranks must agree on the scratch directory, so it is derived, not random
-    scratch = out_dir.parent / f".{out_dir.name}.partial"
-    if launcher and scratch.exists():
-        shutil.rmtree(scratch)
-
+    resume_from = os.environ.get(RESUME_ENV) or None
     dm = SiameseDataModule(params, prepared_dir, pairs_dir)
     dm.setup()
     module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
@@ -166,12 +250,21 @@ def _fit(
     )
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm)
-    except BaseException:
-        if launcher:
-            import mlflow
-
-            mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, "FAILED")
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    except BaseException as err:
+        if not launcher:
+            raise
+        _mark_failed(run_id, err)
+        if not last_ckpt.path.is_file():
+            raise
+        epoch = int(torch.load(last_ckpt.path, map_location="cpu", weights_only=True)["epoch"])
+        kept = (
+            f"the last good checkpoint (after epoch {epoch}) is kept at {last_ckpt.path}; a "
+            "rerun with the same params and data resumes from it"
+        )
+        if isinstance(err, TrainingFault):
+            raise type(err)(f"{err}; {kept}") from err
+        log.error("training stopped: %s", kept)
         raise
     if not trainer.is_global_zero or not launcher:
         return {}
@@ -190,16 +283,39 @@ def _fit(
         "world_size": int(trainer.world_size),
         "fit_seconds": round(time.perf_counter() - started, 1),
     }
-    with atomic_dir(out_dir) as tmp:
-        shutil.move(str(scratch / "checkpoints"), tmp / "checkpoints")
-        export_encoder(module, tmp)
-        write_json(tmp / "run.json", {"run_id": run_id, "tracking_uri": tracking_uri()})
-    write_json(metrics_path or out_dir.parent / "train_metrics.json", summary)
-    shutil.rmtree(scratch, ignore_errors=True)
+    # the encoder is exported now; _finish publishes it once the tracking server has the run
+    export_encoder(module, scratch)
+    return summary
+
+
+def _mark_failed(run_id: str, err: BaseException) -> None:
+    """Best effort: an unreachable tracking server must not hide the original error."""
+    import mlflow
+
+    if is_tracking_unreachable(err):
+        return
+    try:
+        mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, "FAILED")
+    except Exception as mark_err:  # the server went away meanwhile
+        log.warning("could not mark MLflow run %s as FAILED: %s", run_id, mark_err)
+
+
+def _finish(
+    summary: dict, run_id: str, out_dir: Path, scratch: Path, metrics_path: str | Path | None
+) -> None:
+    """Every tracking call first, then the files: if the server fails here the scratch (and so
+    the resume point) is still there and nothing downstream sees a finished training."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri())
     for k, v in summary.items():
         if np.isfinite(v):
             client.log_metric(run_id, f"train.{k}", float(v))
-    return summary
+    client.set_terminated(run_id, "FINISHED")
+    with atomic_dir(out_dir) as tmp:
+        shutil.move(str(scratch / "checkpoints"), tmp / "checkpoints")
+        for name in ("model.pt", "model.json"):
+            shutil.move(str(scratch / name), tmp / name)
+        write_json(tmp / "run.json", {"run_id": run_id, "tracking_uri": tracking_uri()})
+    write_json(metrics_path or out_dir.parent / "train_metrics.json", summary)
+    shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,223 @@
+"""Reliability, end to end on CPU: the same inputs give the same model, a killed training resumes,
+two runs on one project do not interleave, a numerical fault stops training and keeps the last
+good checkpoint. (A lost tracking server: test_tracking_outage.py; bad inputs:
+test_bad_input.py; a burst of requests to the server: test_serving.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import psutil
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import FAST_PARAMS, QUICK, make_project, run_stages_until_evaluate
+from siamese import paths
+from siamese.config import load_params
+from siamese.params_file import set_params
+from siamese.stages.train import scratch_dir
+from siamese.tracking import tracking_uri
+
+LAST_CKPT = scratch_dir(paths.TRAIN) / "checkpoints" / "last.ckpt"
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _train_runs(project: Path) -> list:
+    client = mlflow.MlflowClient(tracking_uri(project))
+    exp = client.get_experiment_by_name("siamese")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+# ------------------------------------------------------------------------ reproducibility
+
+
+def _run_twice_identical_setup(tmp_path: Path, name: str) -> tuple[Path, dict]:
+    # augmentation on (params.yaml's Affine), 2 DataLoader workers, deterministic algorithms
+    proj = make_project(tmp_path / name, FAST_PARAMS + ["train.num_workers=2"])
+    os.chdir(proj)
+    report = run_stages_until_evaluate(load_params(proj / "params.yaml"))
+    return proj, report
+
+
+def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = load_params(make_project(tmp_path / "probe", FAST_PARAMS) / "params.yaml")
+    assert params.augment and params.trainer.deterministic  # the randomness under test is on
+    first, report_a = _run_twice_identical_setup(tmp_path, "a")
+    second, report_b = _run_twice_identical_setup(tmp_path, "b")
+
+    def outputs(proj: Path) -> dict:
+        train = json.loads((proj / paths.TRAIN_METRICS).read_text())
+        train.pop("fit_seconds")
+        return {
+            "train": train,
+            "calibration": json.loads((proj / paths.CALIBRATION / "calibration.json").read_text()),
+            "metrics": json.loads((proj / paths.EVALUATION / "metrics.json").read_text()),
+        }
+
+    a, b = outputs(first), outputs(second)
+    assert a["calibration"]["threshold"] == b["calibration"]["threshold"]
+    assert a == b  # every metric and threshold, exactly
+    assert report_a == report_b
+    # the inputs and the weights themselves are identical, not merely close
+    for sub in (paths.PREPARED, paths.PAIRS):
+        assert _tree_digest(first / sub) == _tree_digest(second / sub)
+    wa = torch.load(first / paths.TRAIN / "model.pt", weights_only=True)
+    wb = torch.load(second / paths.TRAIN / "model.pt", weights_only=True)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert np.isfinite(a["metrics"]["roc_auc"])
+
+
+# ------------------------------------------------------------------------ numerical faults
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    project, monkeypatch, poison
+):
+    from siamese.cli import app
+    from siamese.module import SiameseModule
+
+    set_params(project / "params.yaml", [*QUICK, "train.monitor=last"])
+    runner = CliRunner()
+    for stage in ("prepare", "mine", "train"):
+        assert runner.invoke(app, [stage]).exit_code == 0
+    good_train = _tree_digest(project / paths.TRAIN)
+    good_metrics = (project / paths.TRAIN_METRICS).read_bytes()
+
+    # a new training (more epochs) whose loss turns non-finite in its third epoch
+    set_params(project / "params.yaml", ["train.max_epochs=4"])
+    bad_step = 2 * load_params(project / "params.yaml").train.batches_per_epoch + 1
+    original = SiameseModule._batch_loss
+
+    def poisoned(self, emb, labels):
+        loss, stats = original(self, emb, labels)
+        if self.global_step == bad_step:
+            loss = loss * float(poison)
+        return loss, stats
+
+    monkeypatch.setattr(SiameseModule, "_batch_loss", poisoned)
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 5, result.output
+    text = " ".join(result.output.split())
+    assert f"non-finite training loss ({poison}) at epoch 2, step {bad_step}" in text
+    assert "last good checkpoint (after epoch 1)" in text and "last.ckpt" in text
+    assert "Traceback" not in result.output
+
+    # the previous model is untouched, the checkpoint of the last good epoch is kept and finite
+    assert _tree_digest(project / paths.TRAIN) == good_train
+    assert (project / paths.TRAIN_METRICS).read_bytes() == good_metrics
+    ckpt = torch.load(project / LAST_CKPT, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == bad_step - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    statuses = sorted(r.info.status for r in _train_runs(project))
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+# ------------------------------------------------------------------------ resume after SIGKILL
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}:\n{out}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _train_process(root_pid: int) -> psutil.Process | None:
+    for child in psutil.Process(root_pid).children(recursive=True):
+        try:
+            cmd = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if any(Path(c).name == "siamese" for c in cmd) and "train" in cmd:
+            return child
+    return None
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(project, prefect_harness):
+    from pipelines.flow import training_flow
+
+    epochs, per_epoch = 4, 40
+    set_params(
+        project / "params.yaml",
+        [
+            *QUICK,
+            f"train.max_epochs={epochs}",
+            f"train.batches_per_epoch={per_epoch}",
+            "train.monitor=last",
+            "data.image_size=28",
+            "model.channels=16",
+        ],
+    )
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: (project / LAST_CKPT).is_file(), 300, "the first checkpoint", repro)
+        train = _train_process(repro.pid)
+        assert train is not None, "no `siamese train` process under dvc repro"
+        os.kill(train.pid, signal.SIGKILL)  # mid-epoch: the second epoch has just begun
+        out, _ = repro.communicate(timeout=120)
+    finally:
+        if repro.poll() is None:
+            repro.kill()
+    assert repro.returncode != 0, out
+    killed_after = torch.load(project / LAST_CKPT, weights_only=True)["epoch"]
+    assert killed_after < epochs - 1
+    assert not (project / paths.TRAIN).exists()  # nothing downstream sees a finished training
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "mine"}
+    [killed_run] = _train_runs(project)
+    assert killed_run.info.status == "RUNNING"  # nobody could mark a SIGKILLed run
+
+    summary = training_flow(project_dir=str(project))
+    assert summary["stages"]["train"] == "ran" and summary["stages"]["register"] == "ran"
+    metrics = json.loads((project / paths.TRAIN_METRICS).read_text())
+    assert metrics["resumed_after_epoch"] == killed_after
+    assert metrics["epochs_trained"] == epochs
+    assert metrics["global_steps"] == epochs * per_epoch
+    assert not scratch_dir(project / paths.TRAIN).exists()
+
+    # the resumed training continued the same MLflow run; exactly one version was registered
+    [run] = _train_runs(project)
+    assert run.info.run_id == killed_run.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["resumed_after_epoch"] == str(killed_after)
+    client = mlflow.MlflowClient(tracking_uri(project))
+    history = client.get_metric_history(run.info.run_id, "val/roc_auc")
+    assert len({h.step for h in history}) == epochs  # every planned epoch was validated
+    name = load_params(project / "params.yaml").register.model_name
+    versions = client.search_model_versions(f"name='{name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].run_id == run.info.run_id
+    assert versions[0].tags["siamese.registration"] == "complete"
+    assert summary["promotion"]["promoted"]
