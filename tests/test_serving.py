@@ -13,6 +13,7 @@ import struct
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -28,10 +29,11 @@ from siamese.data.images import BadImageError, decode_image
 from siamese.params_file import set_params
 from siamese.serving import b64, dataframe_split_json, encode_png
 from siamese.tracking import tracking_uri
-from tests.servers import background, free_port, wait_http
+from tests.servers import background, free_port, log_tail, wait_http
 
 NAME = "faces-serve"
 MAX_PIXELS = 50_000  # AT&T faces are 92 x 112 = 10 304 pixels
+MAX_REQUEST_BYTES = 12_000_000  # a face is ~10 kB (~14 kB in base64)
 IDENTITIES, PER_IDENTITY, GALLERY_PER_IDENTITY = 8, 5, 4
 
 
@@ -81,6 +83,7 @@ def served(tmp_path_factory):
         "evaluate.oneshot_episodes=0",
         f"register.model_name={NAME}",
         f"serve.max_pixels={MAX_PIXELS}",
+        f"serve.max_request_bytes={MAX_REQUEST_BYTES}",
     ]
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -110,8 +113,9 @@ def pyfunc(served):
 
 
 @pytest.fixture(scope="module")
-def server(served):
-    """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free port."""
+def server_process(served):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local` on a free port: its
+    base URL, the process (the CLI, uvicorn its child) and its log."""
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {
@@ -129,7 +133,12 @@ def server(served):
         why = wait_http(f"{base}/ping", proc, log, timeout=120)
         if why:
             pytest.fail(f"model server did not come up: {why}")
-        yield base
+        yield SimpleNamespace(url=base, proc=proc, log=log)
+
+
+@pytest.fixture(scope="module")
+def server(server_process) -> str:
+    return server_process.url
 
 
 def _face(served, ident: int, img: int) -> Path:
@@ -172,6 +181,7 @@ def test_package_is_weights_only_model_from_code(served, tmp_path, monkeypatch):
     assert "python_model" not in pyfunc_conf  # no pickled PythonModel object
     pre = json.loads((local / "artifacts/preprocessing.json").read_text())
     assert pre["image_size"] == 24 and pre["max_pixels"] == MAX_PIXELS
+    assert pre["max_request_bytes"] == MAX_REQUEST_BYTES
     assert pre["normalization"] == {"divide": 127.5, "subtract": 1.0}
     cal = json.loads((local / "artifacts/calibration.json").read_text())
     assert cal["threshold"] == served["registration"]["threshold"]
@@ -253,6 +263,42 @@ def test_decode_refuses_big_images_before_decoding():
         validate_params({"serve": {"max_pixels": 0}})
 
 
+def test_scoring_server_guard_refuses_before_parsing_and_cuts_long_messages(monkeypatch):
+    """guard_scoring_server wraps MLflow's request handler only inside `mlflow models serve`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    from siamese.serving import guard_scoring_server
+
+    calls = []
+
+    def handler(data, content_type, model, schema):
+        calls.append(data)
+        if data == b"long":
+            raise MlflowException("x" * 10 + "y" * 100_000 + "the end", error_code="BAD_REQUEST")
+        return scoring_server.InvocationsResponse("{}", 200, "application/json")
+
+    monkeypatch.setattr(scoring_server, "invocations", handler)
+    monkeypatch.delenv(scoring_server._SERVER_MODEL_PATH, raising=False)
+    assert not guard_scoring_server(100) and scoring_server.invocations is handler
+    monkeypatch.setenv(scoring_server._SERVER_MODEL_PATH, "models:/x/1")
+    assert guard_scoring_server(1000)
+    assert guard_scoring_server(100)  # loading again replaces the limit, wrapping once
+    guarded = scoring_server.invocations
+    assert guarded.siamese_original is handler
+    r = guarded(b"{}", None, None, None)
+    assert r.status == 415 and "no Content-Type header" in json.loads(r.response)["message"]
+    r = guarded(b"a" * 101, "application/json", None, None)
+    assert r.status == 413 and "101 bytes, over the limit of 100 bytes" in r.response
+    assert calls == []  # refused without being parsed
+    assert guarded(b"a" * 100, "application/json", None, None).status == 200
+    with pytest.raises(MlflowException) as err:
+        guarded(b"long", "application/json", None, None)
+    message = err.value.message
+    assert len(message) <= 4000 and message.startswith("xxx") and message.endswith("the end")
+    assert "characters cut" in message
+
+
 # --- over HTTP -----------------------------------------------------------------------------------
 
 
@@ -310,6 +356,173 @@ def test_http_serving_matches_pyfunc_and_answers_bad_input_with_400(served, pyfu
     r = requests.post(url, data=dataframe_split_json(pairs[:1]), headers=headers, timeout=60)
     assert r.status_code == 200
     assert r.json()["predictions"][0]["distance"] == pytest.approx(want["distance"][0])
+
+
+def _records_json(frame: pd.DataFrame, params: dict | None = None) -> str:
+    """The ``/invocations`` body in the ``dataframe_records`` format (image bytes as base64)."""
+    rows = [{c: b64(v) for c, v in row.items()} for row in frame.to_dict("records")]
+    return json.dumps({"dataframe_records": rows, **({"params": params} if params else {})})
+
+
+def _split_body(columns: list[str], rows: list[list], params: dict | None = None) -> str:
+    body: dict = {"dataframe_split": {"columns": columns, "data": rows}}
+    if params:
+        body["params"] = params
+    return json.dumps(body)
+
+
+def test_concurrent_burst_with_malformed_requests_keeps_serving(served, pyfunc, server_process):
+    """40 good and 25 malformed requests, shuffled, all at once from 16 threads to the one
+    uvicorn worker of `mlflow models serve`: every good one is answered as the in-process pyfunc
+    answers it, every bad one with 400 (415 for a missing or unsupported content type, 413 for a
+    body over serve.max_request_bytes) and a short message naming the problem; nothing fails
+    unhandled, and the server stays up and right."""
+    import random
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    url = f"{server_process.url}/invocations"
+    rng = random.Random(20240611)
+    faces = [_face(served, i, j) for i in range(IDENTITIES) for j in range(PER_IDENTITY)]
+    raw = {p: p.read_bytes() for p in faces}
+
+    # -- good: real face pairs (PGM bytes), 1 to 4 rows, dataframe_split or dataframe_records
+    good = []
+    for k in range(40):
+        n = 1 if k % 2 == 0 else rng.randint(2, 4)
+        a = [rng.choice(faces) for _ in range(n)]
+        # about half the pairs are of one person, so both decisions occur
+        b = [
+            rng.choice([f for f in faces if f.parent == x.parent] if rng.random() < 0.5 else faces)
+            for x in a
+        ]
+        frame = pd.DataFrame({"image_a": [raw[x] for x in a], "image_b": [raw[y] for y in b]})
+        body = dataframe_split_json(frame) if k % 4 < 2 else _records_json(frame)
+        good.append({"body": body, "want": pyfunc.predict(frame)})
+
+    # -- malformed: (kind, body, content type, expected status, words of its message)
+    face = b64(raw[faces[0]])
+    png = encode_png(decode_image(raw[faces[1]], 64))
+    cols = ["image_a", "image_b"]
+
+    def pair(a: str, b: str, **params) -> str:
+        return _split_body(cols, [[a, b]], params)
+
+    noise = random.Random(1).randbytes
+    garbage = b64(noise(7_500_000))  # 10 MB of base64, under serve.max_request_bytes
+    too_long = b64(noise(9_500_000))  # 12.7 MB, over it
+    ct, limit = "application/json", f"over the limit of {MAX_REQUEST_BYTES} bytes"
+    bad = [
+        ("not an image", pair(b64(b"not an image"), face), ct, 400, "row 0 image_a: not a"),
+        ("0-byte image", _split_body(cols, [[face, face], [face, ""]]), ct, 400,
+         "row 1 image_b: empty file (0 bytes)"),
+        ("truncated PNG", pair(b64(png[: len(png) // 2]), face), ct, 400,
+         "row 0 image_a: not a readable image"),
+        ("truncated PGM", pair(face, b64(raw[faces[2]][:3000])), ct, 400,
+         "row 0 image_b: not a readable image"),
+        ("decompression bomb", pair(face, b64(_png_header_only(50_000, 50_000))), ct, 400,
+         "row 0 image_b: refused as a decompression bomb"),
+        ("over serve.max_pixels", pair(b64(encode_png(np.zeros((300, 300), np.uint8))), face),
+         ct, 400, "over the limit of 50000 pixels"),
+        ("1x1 image", pair(face, b64(encode_png(np.zeros((1, 1), np.uint8)))), ct, 400,
+         "row 0 image_b: image is 1x1 pixels, too small"),
+        ("huge garbage base64", pair(face, garbage), ct, 400, "row 0 image_b: not a readable"),
+        ("null image", json.dumps({"dataframe_records": [{"image_a": face, "image_b": None}]}),
+         ct, 400, "column image_b"),
+        ("number for image", pair(face, 12345), ct, 400, "column image_b"),
+        ("wrong columns", _split_body(["left", "right"], [[face, face]]), ct, 400,
+         "missing column(s) ['image_a', 'image_b']"),
+        ("wrong row shape", _split_body(cols, [[face]]), ct, 400, "2 columns passed"),
+        ("ragged rows", _split_body(cols, [[face, face], [face, face, face]]), ct, 400,
+         "columns"),
+        ("unknown mode", pair(face, face, mode="bogus"), ct, 400, "unknown mode 'bogus'"),
+        ("embed without image column", pair(face, face, mode="embed"), ct, 400,
+         "missing column(s) ['image']"),
+        ("invalid JSON", '{"dataframe_split": {"columns": ', ct, 400, "valid JSON"),
+        ("not UTF-8", b"\xff\xfe\x00garbage", ct, 400, "valid JSON"),
+        ("2 MB not UTF-8", b"\xff" * 2_000_000, ct, 400, "characters cut"),
+        ("empty body", b"", ct, 400, "valid JSON"),
+        ("JSON list", json.dumps([[face, face]]), ct, 400, "Received a list"),
+        ("no input key", json.dumps({"data": [[face, face]]}), ct, 400, "dataframe_split"),
+        ("body over serve.max_request_bytes", pair(face, too_long), ct, 413, limit),
+        ("wrong content type", pair(face, face), "text/plain", 415, "content types"),
+        ("not UTF-8 charset", pair(face, face), f"{ct}; charset=latin-1", 415, "UTF-8"),
+        ("no content type", pair(face, face), None, 415, "no Content-Type header"),
+    ]  # fmt: skip
+
+    requests_ = [("good", i) for i in range(len(good))] + [("bad", i) for i in range(len(bad))]
+    rng.shuffle(requests_)
+
+    def send(item):
+        kind, i = item
+        if kind == "good":
+            body, ctype = good[i]["body"], ct
+        else:
+            body, ctype = bad[i][1:3]
+        headers = {"Content-Type": ctype} if ctype else {}
+        t0 = time.monotonic()
+        try:
+            r = requests.post(url, data=body, headers=headers, timeout=30)
+        except requests.RequestException as err:
+            return item, None, repr(err), time.monotonic() - t0
+        return item, r, None, time.monotonic() - t0
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(send, requests_))
+    burst_s = time.monotonic() - t0
+
+    problems = []
+    for (kind, i), r, err, _ in results:
+        what = f"good #{i}" if kind == "good" else f"bad: {bad[i][0]}"
+        if err is not None:
+            problems.append(f"{what}: no answer ({err})")
+            continue
+        if kind == "good":
+            if r.status_code != 200:
+                problems.append(f"{what}: {r.status_code} {r.text[:300]}")
+                continue
+            got, want = pd.DataFrame(r.json()["predictions"]), good[i]["want"]
+            if not (
+                len(got) == len(want)
+                and np.allclose(got["distance"], want["distance"], rtol=0, atol=1e-5)
+                and np.allclose(got["probability"], want["probability"], rtol=0, atol=1e-5)
+                and list(got["match"]) == list(want["match"])
+            ):
+                problems.append(
+                    f"{what}: answered {got.to_dict('list')}, expected {want.to_dict('list')}"
+                )
+        else:
+            _, _, _, status, words = bad[i]
+            message = r.text
+            if r.headers.get("content-type", "").startswith("application/json"):
+                try:
+                    message = r.json().get("message", r.text)
+                except ValueError:
+                    pass
+            if r.status_code != status or words not in message or len(r.content) > 10_000:
+                problems.append(
+                    f"{what}: {r.status_code} ({len(r.content)} bytes) {message[:300]!r}"
+                )
+    print(
+        f"burst of {len(results)} requests in {burst_s:.1f} s; slowest "
+        f"{max(res[3] for res in results):.1f} s"
+    )
+    assert not problems, "\n".join(problems)
+
+    # still up, still right, and nothing failed unhandled (no 500, no traceback in the log)
+    assert server_process.proc.poll() is None, log_tail(server_process.log)
+    log = server_process.log.read_text(errors="replace")
+    assert "Traceback" not in log and " 500 " not in log, log_tail(server_process.log, 80)
+    assert requests.get(f"{server_process.url}/ping", timeout=10).status_code == 200
+    r = requests.post(url, data=good[1]["body"], headers={"Content-Type": ct}, timeout=30)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(
+        pd.DataFrame(r.json()["predictions"])["distance"], good[1]["want"]["distance"], atol=1e-5
+    )
+    assert server_process.proc.poll() is None
 
 
 # --- the command line ----------------------------------------------------------------------------

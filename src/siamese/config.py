@@ -352,6 +352,14 @@ class ServeParams(_Strict):
         description="the served model refuses images declaring more pixels (width x height) "
         "before decoding them (HTTP 400); stored in the model package",
     )
+    max_request_bytes: int = Field(
+        50_000_000,
+        ge=1_000,
+        le=10_000_000_000,
+        description="`mlflow models serve` answers request bodies over this many bytes with "
+        "HTTP 413 before parsing them (the body is read first: put a proxy limit in front for "
+        "untrusted clients); stored in the model package",
+    )
 
 
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)

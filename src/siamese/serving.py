@@ -7,12 +7,15 @@ The package is a "model from code" (``serving_model.py`` plus this package as co
 pickled object. Its artifacts are plain data:
 
 * ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
-* ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit;
+* ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit,
+  request size limit;
 * ``calibration.json``: threshold strategy, threshold, distance -> probability map.
 
 Bad input (not an image, a decompression bomb, too many pixels, wrong columns or mode) raises an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve`` answers with
-HTTP 400 and the message."""
+HTTP 400 and the message. Inside ``mlflow models serve`` the model also guards the scoring
+server's request handling (see :func:`guard_scoring_server`): a request without a Content-Type
+gets 415, a body over ``max_request_bytes`` 413, and error messages are cut to a bounded size."""
 
 from __future__ import annotations
 
@@ -84,6 +87,74 @@ def _set_serving_threads() -> None:
         torch.set_num_threads(max(1, int(threads)))
 
 
+MAX_ERROR_CHARS = 4000  # longer error messages are cut in the middle (head and tail kept)
+
+
+def _shorten(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    if len(message) <= limit:
+        return message
+    keep = (limit - 60) // 2
+    cut = len(message) - 2 * keep
+    return f"{message[:keep]} ... [{cut} characters cut] ... {message[-keep:]}"
+
+
+def guard_scoring_server(max_request_bytes: int | None) -> bool:
+    """Inside ``mlflow models serve`` (and only there), wrap the scoring server's request
+    handler ``mlflow.pyfunc.scoring_server.invocations`` so that bad requests are answered as
+    such instead of costing memory or a 500:
+
+    * no Content-Type header: 415 with a JSON message (MLflow itself fails with 500);
+    * a body over ``max_request_bytes``: 413 with a JSON message, before it is parsed (parsing,
+      base64 decoding and MLflow's error messages take several times the body's size);
+    * error messages over ``MAX_ERROR_CHARS`` characters are cut in the middle (MLflow echoes a
+      body that is not valid JSON in full, ~10 bytes per byte of a non-UTF-8 body).
+
+    The handler is looked up by name on each request, so the wrapper takes effect for every
+    request after the model is loaded; loading again replaces the limit. Returns whether the
+    guard is installed."""
+    import functools
+    import os
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    original = getattr(scoring_server, "invocations", None)
+    needed = ("InvocationsResponse", "CONTENT_TYPES", "_SERVER_MODEL_PATH")
+    if original is None or not all(hasattr(scoring_server, n) for n in needed):
+        return False  # another MLflow scoring server: left as it is
+    if scoring_server._SERVER_MODEL_PATH not in os.environ:
+        return False
+    original = getattr(original, "siamese_original", original)
+
+    def refuse(status: int, message: str):
+        body = json.dumps({"error_code": "BAD_REQUEST", "message": message})
+        return scoring_server.InvocationsResponse(body, status, "application/json")
+
+    @functools.wraps(original)
+    def invocations(data, content_type, *args, **kwargs):
+        if not (content_type or "").strip():
+            return refuse(
+                415,
+                "the request has no Content-Type header; send 'Content-Type: application/json' "
+                f"(accepted: {', '.join(scoring_server.CONTENT_TYPES)})",
+            )
+        if max_request_bytes is not None and len(data) > max_request_bytes:
+            return refuse(
+                413,
+                f"the request body is {len(data)} bytes, over the limit of {max_request_bytes} "
+                "bytes (serve.max_request_bytes)",
+            )
+        try:
+            return original(data, content_type, *args, **kwargs)
+        except MlflowException as err:
+            err.message = _shorten(str(err.message))
+            raise
+
+    invocations.siamese_original = original
+    scoring_server.invocations = invocations
+    return True
+
+
 class SiameseModel(mlflow.pyfunc.PythonModel):
     """The served model. ``load_context`` reads the package's artifacts (weights-only)."""
 
@@ -100,6 +171,7 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
             preprocessing = read_json(arts["preprocessing"])
         self.setup(encoder, preprocessing, read_json(arts["calibration"]))
         _set_serving_threads()
+        guard_scoring_server(self.max_request_bytes)
 
     def setup(self, encoder, preprocessing: dict, calibration: dict) -> SiameseModel:
         if preprocessing.get("normalization") != NORMALIZATION:
@@ -116,6 +188,7 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         self.probability_map = calibration.get("probability") or {"method": "none"}
         self.image_size = int(preprocessing["image_size"])
         self.max_pixels = preprocessing.get("max_pixels")
+        self.max_request_bytes = preprocessing.get("max_request_bytes")
         return self
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
@@ -192,7 +265,9 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
 SiamesePyfunc = SiameseModel  # the class name of packages logged as pickles (still loadable)
 
 
-def preprocessing_spec(image_size: int, max_pixels: int | None) -> dict:
+def preprocessing_spec(
+    image_size: int, max_pixels: int | None, max_request_bytes: int | None = None
+) -> dict:
     return {
         "image_size": int(image_size),
         "input": "encoded image bytes (PNG, JPEG, PGM, BMP, TIFF, GIF), base64 strings, or "
@@ -203,6 +278,8 @@ def preprocessing_spec(image_size: int, max_pixels: int | None) -> dict:
         "dtype": "uint8",
         "normalization": dict(NORMALIZATION),
         "max_pixels": None if max_pixels is None else int(max_pixels),
+        # HTTP request bodies (mlflow models serve) over this many bytes are answered with 413
+        "max_request_bytes": None if max_request_bytes is None else int(max_request_bytes),
     }
 
 
@@ -212,7 +289,12 @@ def calibration_spec(calibration: dict) -> dict:
 
 
 def build_package(
-    model_dir: str | Path, calibration: dict, max_pixels: int | None, dest: str | Path
+    model_dir: str | Path,
+    calibration: dict,
+    max_pixels: int | None,
+    dest: str | Path,
+    *,
+    max_request_bytes: int | None = None,
 ) -> dict[str, str]:
     """Write the package's artifacts under ``dest``; returns the pyfunc ``artifacts`` map."""
     from siamese.embedding import load_state_dict, save_safetensors
@@ -224,7 +306,10 @@ def build_package(
     config = read_json(model_dir / "model.json")
     save_safetensors(load_state_dict(model_dir), enc / "model.safetensors")
     write_json(enc / "model.json", config)
-    write_json(dest / "preprocessing.json", preprocessing_spec(config["image_size"], max_pixels))
+    write_json(
+        dest / "preprocessing.json",
+        preprocessing_spec(config["image_size"], max_pixels, max_request_bytes),
+    )
     write_json(dest / "calibration.json", calibration_spec(calibration))
     return {
         "encoder": str(enc),
@@ -295,7 +380,12 @@ def pyfunc_kwargs(artifacts: dict[str, str], image_size: int) -> dict:
 
 
 def save_package(
-    path: str | Path, model_dir: str | Path, calibration: dict, max_pixels: int | None
+    path: str | Path,
+    model_dir: str | Path,
+    calibration: dict,
+    max_pixels: int | None,
+    *,
+    max_request_bytes: int | None = None,
 ) -> Path:
     """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
     import tempfile
@@ -304,7 +394,9 @@ def save_package(
 
     image_size = read_json(Path(model_dir) / "model.json")["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = build_package(model_dir, calibration, max_pixels, tmp)
+        artifacts = build_package(
+            model_dir, calibration, max_pixels, tmp, max_request_bytes=max_request_bytes
+        )
         mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image_size))
     return Path(path)
 

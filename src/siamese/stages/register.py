@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese.config import Params
+from siamese.config import Params, ServeParams
 from siamese.io import atomic_dir, read_json, write_json
 from siamese.tracking import active_tracking_uri, tracking_uri
 
@@ -61,7 +61,7 @@ def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_di
     client.log_artifacts(run_id, str(eval_dir / "figures"), artifact_path="evaluation")
 
 
-def _log_model(run_id: str, model_dir: Path, calibration_path: Path, max_pixels: int) -> str:
+def _log_model(run_id: str, model_dir: Path, calibration_path: Path, serve: ServeParams) -> str:
     """Log the pyfunc into the run as a model from code: safetensors weights, preprocessing and
     calibration JSON, the siamese package as code; returns its URI."""
     import mlflow
@@ -71,7 +71,9 @@ def _log_model(run_id: str, model_dir: Path, calibration_path: Path, max_pixels:
     calibration = read_json(calibration_path)
     image_size = read_json(model_dir / "model.json")["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = build_package(model_dir, calibration, max_pixels, tmp)
+        artifacts = build_package(
+            model_dir, calibration, serve.max_pixels, tmp, max_request_bytes=serve.max_request_bytes
+        )
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(artifacts, image_size))
     return info.model_uri
@@ -147,7 +149,7 @@ def run_register(
     removed = remove_unfinished_versions(client, name, run_id)
     _log_run_results(client, run_id, calibration, test, eval_dir)
     with active_tracking_uri(uri):
-        model_uri = _log_model(run_id, model_dir, calibration_path, params.serve.max_pixels)
+        model_uri = _log_model(run_id, model_dir, calibration_path, params.serve)
     _ensure_registered_model(client, name)
     previous_challenger = _alias_version(client, name, CHALLENGER)
     run = client.get_run(run_id)
