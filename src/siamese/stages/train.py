@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from siamese.tracking import (
     git_info,
     tracking_uri,
 )
+
+if TYPE_CHECKING:
+    from siamese.datamodule import SiameseDataModule
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
@@ -80,6 +84,26 @@ def export_encoder(module, out_dir: Path) -> None:
     write_json(out_dir / "model.json", {**module.encoder.config, "preprocess": "uint8/127.5-1"})
 
 
+def validate_training_data(
+    params: Params, prepared_dir: Path, pairs_dir: Path
+) -> SiameseDataModule:
+    """The data module, loaded and checked (see ``check_training_labels``). Runs before anything
+    is recorded, so bad data, or a K that no identity can fill, leaves no failed MLflow run."""
+    from siamese.datamodule import SiameseDataModule
+
+    for path, stage in (
+        (prepared_dir / "data.npz", "prepare"),
+        (pairs_dir / "val.npz", "mine"),
+    ):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: run `siamese {stage}` first (or `dvc repro train`)"
+            )
+    dm = SiameseDataModule(params, prepared_dir, pairs_dir)
+    dm.setup()
+    return dm
+
+
 def run_train(
     params: Params,
     prepared_dir: str | Path,
@@ -93,13 +117,14 @@ def run_train(
     prepared_dir, pairs_dir, out_dir = Path(prepared_dir), Path(pairs_dir), Path(out_dir)
     pl.seed_everything(params.seed, workers=True, verbose=False)
     launcher = _is_launcher()
+    dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
     with active_tracking_uri(tracking_uri()):
         if launcher:
             # a fresh run per training; DDP children launched during fit() inherit its id
             os.environ[RUN_ID_ENV] = start_run(params, prepared_dir, pairs_dir, run_name)
         try:
-            return _fit(params, prepared_dir, pairs_dir, out_dir, metrics_path, launcher)
+            return _fit(params, dm, out_dir, metrics_path, launcher)
         finally:
             if launcher:
                 os.environ.pop(RUN_ID_ENV, None)
@@ -107,8 +132,7 @@ def run_train(
 
 def _fit(
     params: Params,
-    prepared_dir: Path,
-    pairs_dir: Path,
+    dm: SiameseDataModule,
     out_dir: Path,
     metrics_path: str | Path | None,
     launcher: bool,
@@ -117,7 +141,6 @@ def _fit(
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from siamese.datamodule import SiameseDataModule
     from siamese.module import SiameseModule
 
     run_id = os.environ[RUN_ID_ENV]
@@ -127,8 +150,6 @@ def _fit(
     if launcher and scratch.exists():
         shutil.rmtree(scratch)
 
-    dm = SiameseDataModule(params, prepared_dir, pairs_dir)
-    dm.setup()
     module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
     t, tr = params.train, params.trainer
     # which weights are exported: the best validation epoch by AUC or pair loss, or the last
