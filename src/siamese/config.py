@@ -68,6 +68,12 @@ class DataParams(_Strict):
     min_images_per_identity: int = Field(2, ge=2)
     on_bad_image: Literal["error", "skip"] = "error"
     on_small_identity: Literal["error", "skip"] = "error"
+    on_duplicate_image: Literal["error", "skip", "keep"] = Field(
+        "error",
+        description="the same image (identical bytes) under two identities is label noise and "
+        "leaks between the splits; error: fail naming both copies; skip: leave out every copy "
+        "(counted in artifacts/prepared); keep: use them as they are",
+    )
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
