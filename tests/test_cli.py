@@ -93,7 +93,9 @@ def test_data_add_tracks_the_dataset_with_dvc(project, small_faces):
 def test_data_add_refuses_a_bad_dataset_and_adds_nothing(project, small_faces):
     lonely = small_faces / "zz_lonely"
     lonely.mkdir()
-    (lonely / "1.pgm").write_bytes(next((small_faces / "s1").iterdir()).read_bytes())
+    photo = bytearray(next((small_faces / "s1").iterdir()).read_bytes())
+    photo[-1] ^= 0xFF  # one pixel changed: not a duplicate of s1's photo
+    (lonely / "1.pgm").write_bytes(bytes(photo))
     result = runner.invoke(app, ["data", "add", str(small_faces)])
-    assert result.exit_code == 2 and "zz_lonely" in result.output
+    assert result.exit_code == 2 and "identity 'zz_lonely'" in result.output
     assert not (project / "data" / "faces").exists()

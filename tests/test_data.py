@@ -28,7 +28,9 @@ def test_missing_path_is_named(tmp_path):
 def test_identity_with_one_image_is_named_or_skipped(small_faces):
     lonely = small_faces / "lonely"
     lonely.mkdir()
-    (lonely / "1.pgm").write_bytes((small_faces / "s1" / "1.pgm").read_bytes())
+    photo = bytearray((small_faces / "s1" / "1.pgm").read_bytes())
+    photo[-1] ^= 0xFF  # one pixel changed: not a duplicate of s1's photo
+    (lonely / "1.pgm").write_bytes(bytes(photo))
     with pytest.raises(DatasetError, match="'lonely'.*1 image"):
         load_folder_dataset(small_faces, 16)
     ds = load_folder_dataset(small_faces, 16, on_small_identity="skip")
@@ -198,3 +200,32 @@ def test_rotation_classes_are_validated():
 
     with pytest.raises(ParamsError, match="data.rotation_classes"):
         validate_params({"data": {"rotation_classes": [45]}})
+
+
+def test_the_same_image_under_two_identities_in_a_zip(small_faces, tmp_path):
+    import shutil
+
+    shutil.copy(small_faces / "s1" / "1.pgm", small_faces / "s10" / "copy.pgm")
+    archive = _zip_dir(small_faces, tmp_path / "faces.zip", "faces")
+    with pytest.raises(DatasetError) as err:
+        load_folder_dataset(archive, 16)
+    assert f"{archive}:faces/s1/1.pgm (identity 's1')" in str(err.value)
+    assert f"{archive}:faces/s10/copy.pgm (identity 's10')" in str(err.value)
+    kept = load_folder_dataset(archive, 16, on_duplicate_image="keep")
+    assert len(kept.images) == 41 and kept.skipped["duplicates"] == []
+    ds = load_folder_dataset(archive, 16, on_duplicate_image="skip")
+    assert ds.skipped["duplicates"] == ["faces/s1/1.pgm", "faces/s10/copy.pgm"]
+    assert len(ds.images) == 39 and "faces/s1/1.pgm" not in ds.sources
+
+
+def test_an_identity_left_too_small_by_duplicates_says_so(small_faces):
+    import shutil
+
+    (small_faces / "twin").mkdir()
+    for name in ("1.pgm", "10.pgm"):
+        shutil.copy(small_faces / "s1" / name, small_faces / "twin" / name)
+    with pytest.raises(DatasetError, match="'twin'.*0 image.*after leaving out 2 duplicate"):
+        load_folder_dataset(small_faces, 16, on_duplicate_image="skip")
+    ds = load_folder_dataset(small_faces, 16, on_duplicate_image="skip", on_small_identity="skip")
+    assert ds.skipped["identities"] == ["twin"] and len(ds.skipped["duplicates"]) == 4
+    assert sorted(set(ds.identities)) == sorted(p.name for p in small_faces.iterdir())[:-1]

@@ -31,3 +31,22 @@ def test_ddp_ranks_get_disjoint_shares_of_the_global_batches():
     assert len(r0) == len(r1) == 4
     glob = list(single)
     assert list(r0) == glob[0::2] and list(r1) == glob[1::2]
+
+
+def test_a_k_that_no_training_identity_fills_fails_before_training():
+    import pytest
+
+    from siamese.config import Params
+    from siamese.data.sources import DatasetError
+    from siamese.datamodule import check_training_labels
+
+    labels = np.repeat(np.arange(4), [2, 3, 5, 5])
+    pk = Params.model_validate({"train": {"images_per_identity": 5}})
+    check_training_labels(pk, labels)  # smaller identities are sampled with replacement
+    too_big = Params.model_validate({"train": {"images_per_identity": 6}})
+    with pytest.raises(DatasetError, match=r"train.images_per_identity \(K\) is 6.*largest has 5"):
+        check_training_labels(too_big, labels)
+    with pytest.raises(DatasetError, match="holds 1 identity"):
+        check_training_labels(pk, np.zeros(8, int))
+    offline = Params.model_validate({"train": {"images_per_identity": 6, "miner": "offline_pairs"}})
+    check_training_labels(offline, labels)  # batches of mined pairs: no P x K sampler

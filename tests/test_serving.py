@@ -9,9 +9,7 @@ import io
 import json
 import os
 import shutil
-import struct
 import sys
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,28 +27,13 @@ from siamese.data.images import BadImageError, decode_image
 from siamese.params_file import set_params
 from siamese.serving import b64, dataframe_split_json, encode_png
 from siamese.tracking import tracking_uri
+from tests.images import png_header_only
 from tests.servers import background, free_port, log_tail, wait_http
 
 NAME = "faces-serve"
 MAX_PIXELS = 50_000  # AT&T faces are 92 x 112 = 10 304 pixels
 MAX_REQUEST_BYTES = 12_000_000  # a face is ~10 kB (~14 kB in base64)
 IDENTITIES, PER_IDENTITY, GALLERY_PER_IDENTITY = 8, 5, 4
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares ``width x height`` pixels (its data is ~20 bytes)."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +235,11 @@ def test_pyfunc_bad_input_is_invalid_parameter(pyfunc, frame, params, message):
 def test_decode_refuses_big_images_before_decoding():
     # the header declares 50 000 x 50 000 pixels; the data is ~40 bytes: a decompression bomb
     with pytest.raises(BadImageError, match="decompression bomb"):
-        decode_image(_png_header_only(50_000, 50_000), 24, "bomb.png")
+        decode_image(png_header_only(50_000, 50_000), 24, "bomb.png")
     # under PIL's bomb limit but over ours: refused from the header, before the broken data
     # would even be read
     with pytest.raises(BadImageError, match="1000x1000 = 1000000 pixels, over the limit of"):
-        decode_image(_png_header_only(1000, 1000), 24, "big.png", max_pixels=MAX_PIXELS)
+        decode_image(png_header_only(1000, 1000), 24, "big.png", max_pixels=MAX_PIXELS)
     ok = decode_image(encode_png(np.full((200, 250), 7, np.uint8)), 24, "ok.png", max_pixels=None)
     assert ok.shape == (24, 24) and (ok == 7).all()
     with pytest.raises(ParamsError, match="serve.max_pixels"):
@@ -338,7 +321,7 @@ def test_http_serving_matches_pyfunc_and_answers_bad_input_with_400(served, pyfu
         ),
         "row 0 image_b: refused as a decompression bomb": (
             ["image_a", "image_b"],
-            [[face, b64(_png_header_only(50_000, 50_000))]],
+            [[face, b64(png_header_only(50_000, 50_000))]],
         ),
         "over the limit of 50000 pixels": (["image_a", "image_b"], [[too_big, face]]),
         "missing column": (["left", "right"], [[face, face]]),
@@ -422,7 +405,7 @@ def test_concurrent_burst_with_malformed_requests_keeps_serving(served, pyfunc, 
          "row 0 image_a: not a readable image"),
         ("truncated PGM", pair(face, b64(raw[faces[2]][:3000])), ct, 400,
          "row 0 image_b: not a readable image"),
-        ("decompression bomb", pair(face, b64(_png_header_only(50_000, 50_000))), ct, 400,
+        ("decompression bomb", pair(face, b64(png_header_only(50_000, 50_000))), ct, 400,
          "row 0 image_b: refused as a decompression bomb"),
         ("over serve.max_pixels", pair(b64(encode_png(np.zeros((300, 300), np.uint8))), face),
          ct, 400, "over the limit of 50000 pixels"),

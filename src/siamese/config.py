@@ -7,6 +7,7 @@ surfacing as a confusing error minutes into training.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import warnings
@@ -67,6 +68,12 @@ class DataParams(_Strict):
     min_images_per_identity: int = Field(2, ge=2)
     on_bad_image: Literal["error", "skip"] = "error"
     on_small_identity: Literal["error", "skip"] = "error"
+    on_duplicate_image: Literal["error", "skip", "keep"] = Field(
+        "error",
+        description="the same image (identical bytes) under two identities is label noise and "
+        "leaks between the splits; error: fail naming both copies; skip: leave out every copy "
+        "(counted in artifacts/prepared); keep: use them as they are",
+    )
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
@@ -441,9 +448,21 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
             f"params file {path} not found; run from the project root or pass --params PATH"
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(
+            f"params file {path} cannot be read as UTF-8 text ({err}); restore it, e.g. "
+            f"`git checkout {path}`"
+        ) from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # YAML errors name the file, not "<unicode string>"
+    try:
+        raw = yaml.safe_load(stream) or {}
     except yaml.YAMLError as err:
-        raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
+        raise ParamsError(
+            f"params file {path} is not valid YAML; fix the syntax at the position below "
+            f"(`siamese check` validates it):\n{err}"
+        ) from None
     return raw
 
 

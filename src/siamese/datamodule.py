@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from siamese.augment import apply_augment, build_augment, seed_worker
 from siamese.config import Params
+from siamese.data.sources import DatasetError
 from siamese.models.encoders import preprocess
 from siamese.sampler import PKBatchSampler
 from siamese.stages.prepare import PreparedData
@@ -49,6 +50,28 @@ class PairDataset(Dataset):
         return _to_tensor(a), _to_tensor(b), int(self.pairs["y"][i])
 
 
+def check_training_labels(params: Params, labels: np.ndarray) -> None:
+    """Fail before training when the P x K sampler cannot draw sensible batches from the
+    training labels: fewer than 2 identities, or no identity with K images (an identity with
+    fewer than K is sampled with replacement, but if every one is, each batch repeats images)."""
+    t = params.train
+    if t.miner == "offline_pairs":  # batches of mined pairs: no P x K sampler
+        return
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2:
+        raise DatasetError(
+            f"the training split holds {len(counts)} identity(ies); the P x K sampler needs at "
+            "least 2: add identities or lower data.val_fraction / data.test_fraction"
+        )
+    k, largest = t.images_per_identity, int(counts.max())
+    if largest < k:
+        raise DatasetError(
+            f"train.images_per_identity (K) is {k}, but no training identity has {k} images "
+            f"(the largest has {largest}), so every batch would only repeat images: set "
+            f"train.images_per_identity to at most {largest}, or add images per identity"
+        )
+
+
 def load_pairs(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in ("a", "b", "y")}
@@ -67,6 +90,7 @@ class SiameseDataModule(pl.LightningDataModule):
         self.val_images = np.unique(np.r_[self.val_pairs["a"], self.val_pairs["b"]])
         # skilled forgeries carry their writer's label but are never positives: not trained on
         self.train_idx = self.data.indices("train", forged=False)
+        check_training_labels(self.params, self.data.labels[self.train_idx])
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

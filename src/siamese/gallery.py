@@ -109,7 +109,8 @@ def build_gallery(
 
     resolved = resolve_model_uri(model_uri, tracking_uri)
     model = load_served_model(resolved, tracking_uri)
-    data = load_folder_dataset(root, model.image_size, min_images=1)
+    # a gallery is searched, not trained on: an image filed under two identities is kept
+    data = load_folder_dataset(root, model.image_size, min_images=1, on_duplicate_image="keep")
     emb = model.embeddings(data.images)
     distance = model.encoder.config["distance"]
     n = len(emb)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 LAYOUTS = ("auto", "flat", "grouped", "signatures")
 SIGNATURE_KINDS = ("genuine", "forged")
+DUPLICATE_POLICIES = ("error", "skip", "keep")  # data.on_duplicate_image
 _IGNORED_DIRS = {"__MACOSX"}
 
 
@@ -47,7 +48,9 @@ class LoadedDataset:
     identities: list[str]  # per image
     sources: list[str]  # per image: relative path or "digits:<index>"
     hashes: list[str]  # per image: sha256 of the source content
-    skipped: dict[str, list[str]] = field(default_factory=lambda: {"images": [], "identities": []})
+    skipped: dict[str, list[str]] = field(
+        default_factory=lambda: {"images": [], "identities": [], "duplicates": []}
+    )
     groups: list[str | None] | None = None  # per image: the identity's group, None: no groups
     forged: list[bool] | None = None  # per image: a skilled forgery of the identity's signature
     layout: str = "flat"
@@ -97,21 +100,78 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _printable(name: str) -> str:
+    """A file name as a terminal can show it (bytes that are not UTF-8 as \\xNN)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _directory_tree(root: Path) -> _Tree:
-    files, folders = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        rel = Path(dirpath).relative_to(root).parts
-        for d in dirnames:
-            folders.append((*rel, d))
-        for f in filenames:
-            if not _hidden(f) and _is_image(f):
-                files.append((*rel, f))
+    """Every image file and folder under ``root``. Symlinked folders are followed (data is often
+    linked in), but a folder reached twice (a loop, or two links to one folder) is an error."""
+    files: list[tuple[str, ...]] = []
+    folders: list[tuple[str, ...]] = []
+    seen: dict[str, tuple[str, ...]] = {}  # real path -> the parts it was first reached by
+
+    def where(parts: tuple[str, ...]) -> str:
+        return str(root.joinpath(*parts))
+
+    def visit(path: Path, parts: tuple[str, ...], ancestors: frozenset[str]) -> None:
+        real = os.path.realpath(path)
+        if real in ancestors:
+            raise DatasetError(
+                f"symlink loop: {where(parts)} -> {os.readlink(path)} points back to "
+                f"{where(seen[real])}, which contains it; remove the link or point it at a "
+                "folder outside the dataset"
+            )
+        if real in seen:
+            first, second = seen[real], parts
+            link = second if path.is_symlink() else first
+            raise DatasetError(
+                f"{where(first)} and {where(second)} are the same folder ({real}): "
+                f"{where(link)} is a symlink to a folder that is read already; remove the link "
+                "so each identity is read once"
+            )
+        seen[real] = parts
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            raise DatasetError(
+                f"cannot list the folder {path} ({err.strerror or err}); check its permissions"
+            ) from None
+        for entry in entries:
+            if _hidden(entry.name):
+                continue
+            child = (*parts, entry.name)
+            is_dir = entry.is_dir()  # follows symlinks; a dangling link is no folder
+            if not is_dir and not _is_image(entry.name):
+                continue
+            if _printable(entry.name) != entry.name:
+                raise DatasetError(
+                    f"{path / _printable(entry.name)}: the name is not valid UTF-8, so it cannot "
+                    "be recorded in the manifest; rename it"
+                )
+            if is_dir:
+                folders.append(child)
+                visit(Path(entry.path), child, ancestors | {real})
+            else:
+                files.append(child)
+
+    visit(root, (), frozenset())
 
     def read(parts: tuple[str, ...]) -> bytes:
-        return root.joinpath(*parts).read_bytes()
+        path = root.joinpath(*parts)
+        try:
+            return path.read_bytes()
+        except OSError as err:
+            if path.is_symlink() and not path.exists():
+                raise BadImageError(
+                    f"{path}: broken symlink (it points to {os.readlink(path)}, which does not "
+                    "exist)"
+                ) from None
+            raise BadImageError(f"{path}: cannot be read ({err.strerror or err})") from None
 
-    return _Tree(sorted(files), sorted(folders), read, lambda p: str(root.joinpath(*p)))
+    return _Tree(sorted(files), sorted(folders), read, where)
 
 
 @contextmanager
@@ -230,10 +290,19 @@ def load_folder_dataset(
     on_small_identity: str = "error",
     layout: str = "auto",
     identity_depth: int | None = None,
+    on_duplicate_image: str = "error",
 ) -> LoadedDataset:
-    """Read identity folders from a directory or a zip archive of one (layouts: module doc)."""
+    """Read identity folders from a directory or a zip archive of one (layouts: module doc).
+
+    ``on_duplicate_image``: what to do with an image whose bytes occur under two or more
+    identities (error, skip every copy, or keep)."""
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    if on_duplicate_image not in DUPLICATE_POLICIES:
+        raise DatasetError(
+            f"unknown data.on_duplicate_image {on_duplicate_image!r}; allowed: "
+            f"{', '.join(DUPLICATE_POLICIES)}"
+        )
     root = Path(root)
     with _open_tree(root) as tree:
         loose = [f for f in tree.files if len(f) == 1]
@@ -247,8 +316,67 @@ def load_folder_dataset(
             )
         layout, depth, strip = _resolve_layout(tree.files, layout, identity_depth, str(root))
         return _read_images(
-            tree, root, size, min_images, on_bad_image, on_small_identity, layout, depth, strip
+            tree,
+            root,
+            size,
+            min_images,
+            on_bad_image,
+            on_small_identity,
+            layout,
+            depth,
+            strip,
+            on_duplicate_image,
         )
+
+
+def _handle_duplicates(
+    rows_of: dict[str, list[tuple[np.ndarray, str, str, bool]]],
+    policy: str,
+    tree: _Tree,
+    skipped: dict[str, list[str]],
+) -> dict[str, int]:
+    """Find images whose bytes occur under two or more identities (copies within one identity
+    are left alone) and apply ``policy``; returns how many images each identity lost."""
+    if policy == "keep":
+        return {}
+    owners: dict[str, set[str]] = {}
+    for name, rows in rows_of.items():
+        for row in rows:
+            owners.setdefault(row[2], set()).add(name)
+    shared = {digest for digest, names in owners.items() if len(names) > 1}
+    if not shared:
+        return {}
+    # every copy of a shared image, in reading order (identities sorted, then their files)
+    copies = [(name, row[1], row[2]) for name, rows in rows_of.items() for row in rows]
+    copies = [c for c in copies if c[2] in shared]
+    if policy == "error":
+        digest = copies[0][2]
+        first: dict[str, str] = {}  # identity -> its first copy of that image
+        for name, rel, d in copies:
+            if d == digest:
+                first.setdefault(name, rel)
+        (a_name, a_rel), (b_name, b_rel) = list(first.items())[:2]
+        describe = lambda rel: tree.describe(tuple(rel.split("/")))  # noqa: E731
+        more = f" ({len(shared)} such images in all)" if len(shared) > 1 else ""
+        raise DatasetError(
+            f"the same image is filed under two identities: {describe(a_rel)} (identity "
+            f"{a_name!r}) and {describe(b_rel)} (identity {b_name!r}) are identical{more}. "
+            "That is label noise and leaks between the splits: remove the wrong copy, or set "
+            "data.on_duplicate_image: skip to leave out every copy (keep: use them anyway)"
+        )
+    dropped: dict[str, int] = {}
+    for name in rows_of:
+        kept = [row for row in rows_of[name] if row[2] not in shared]
+        if len(kept) < len(rows_of[name]):
+            dropped[name] = len(rows_of[name]) - len(kept)
+            rows_of[name] = kept
+    skipped["duplicates"].extend(rel for _, rel, _ in copies)
+    log.warning(
+        "leaving out %d image(s): %d image(s) occur under two or more identities",
+        len(copies),
+        len(shared),
+    )
+    return dropped
 
 
 def _read_images(
@@ -261,6 +389,7 @@ def _read_images(
     layout: str,
     depth: int,
     strip: int,
+    on_duplicate_image: str = "error",
 ) -> LoadedDataset:
     # identity -> list of (parts, group, forged); every identity folder is listed, even empty
     by_identity: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
@@ -291,15 +420,11 @@ def _read_images(
         by_identity.setdefault(name, []).append((parts, forged))
         group_of[name] = group
 
-    images: list[np.ndarray] = []
-    identities: list[str] = []
-    sources: list[str] = []
-    hashes: list[str] = []
-    groups: list[str | None] = []
-    forged_flags: list[bool] = []
-    skipped: dict[str, list[str]] = {"images": [], "identities": []}
+    skipped: dict[str, list[str]] = {"images": [], "identities": [], "duplicates": []}
+    # identity -> (image, relative path, sha256 of the file, forged) of every readable image
+    read: dict[str, list[tuple[np.ndarray, str, str, bool]]] = {}
     for name in sorted(by_identity):
-        rows = []
+        rows = read[name] = []
         for parts, forged in by_identity[name]:
             rel = "/".join(parts)
             try:
@@ -311,12 +436,24 @@ def _read_images(
                     log.warning("skipping unreadable image: %s", err)
                     continue
                 raise DatasetError(
-                    f"{err} (set data.on_bad_image: skip to skip such files)"
+                    f"{err}; remove or replace it, or set data.on_bad_image: skip to skip such "
+                    "files"
                 ) from None
             rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged))
+    dropped = _handle_duplicates(read, on_duplicate_image, tree, skipped)
+
+    images: list[np.ndarray] = []
+    identities: list[str] = []
+    sources: list[str] = []
+    hashes: list[str] = []
+    groups: list[str | None] = []
+    forged_flags: list[bool] = []
+    for name, rows in read.items():
         n_genuine = sum(not r[3] for r in rows)
         if n_genuine < min_images:
             what = "genuine image(s)" if layout == "signatures" else "image(s)"
+            if dropped.get(name):
+                what += f" left after leaving out {dropped[name]} duplicate(s)"
             if on_small_identity == "skip":
                 skipped["identities"].append(name)
                 log.warning(
@@ -325,8 +462,8 @@ def _read_images(
                 continue
             raise DatasetError(
                 f"identity {name!r} ({root}) has {n_genuine} {what}; every identity needs at "
-                f"least {min_images} to form positive pairs (set data.on_small_identity: skip "
-                "to leave such identities out)"
+                f"least {min_images} to form positive pairs: add images, remove the folder, or "
+                "set data.on_small_identity: skip to leave such identities out"
             )
         for arr, rel, digest, forged in rows:
             images.append(arr)
@@ -350,9 +487,17 @@ def load_source(
     on_small_identity: str = "error",
     layout: str = "auto",
     identity_depth: int | None = None,
+    on_duplicate_image: str = "error",
 ) -> LoadedDataset:
-    if source == "digits":
+    if source == "digits":  # the digits hold no image twice
         return load_digits_dataset(size)
     return load_folder_dataset(
-        source, size, min_images, on_bad_image, on_small_identity, layout, identity_depth
+        source,
+        size,
+        min_images,
+        on_bad_image,
+        on_small_identity,
+        layout,
+        identity_depth,
+        on_duplicate_image,
     )

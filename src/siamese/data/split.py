@@ -12,16 +12,23 @@ MIN_IDENTITIES = {"train": 2, "val": 2, "test": 2}
 
 
 def split_identities(
-    identities: list[str], val_fraction: float, test_fraction: float, seed: int
+    identities: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    where: str = "the dataset",
 ) -> dict[str, str]:
-    """Map each identity to its split; seeded and independent of input order."""
+    """Map each identity to its split; seeded and independent of input order. ``where`` names
+    the dataset in errors."""
     unique = sorted(set(identities))
     n = len(unique)
     needed = sum(MIN_IDENTITIES.values())
     if n < needed:
+        shown = ", ".join(repr(u) for u in unique[:needed])
         raise DatasetError(
-            f"too few identities for an identity-disjoint split: found {n}, need at least "
-            f"{needed} (2 each for train, val and test so every split has negative pairs)"
+            f"too few identities for an identity-disjoint split of {where}: found {n} "
+            f"({shown or 'none'}), need at least {needed} (2 each for train, val and test so "
+            "every split has negative pairs); add identity folders to the dataset"
         )
     rng = np.random.default_rng(seed)
     order = [unique[i] for i in rng.permutation(n)]
@@ -29,8 +36,9 @@ def split_identities(
     n_val = max(MIN_IDENTITIES["val"], round(n * val_fraction))
     if n - n_test - n_val < MIN_IDENTITIES["train"]:
         raise DatasetError(
-            f"{n} identities leave fewer than 2 for training after {n_val} for validation and "
-            f"{n_test} for test; lower data.val_fraction / data.test_fraction or add identities"
+            f"{where}: {n} identities leave fewer than 2 for training after {n_val} for "
+            f"validation and {n_test} for test; lower data.val_fraction / data.test_fraction or "
+            "add identities"
         )
     assignment = {}
     for i, ident in enumerate(order):
@@ -39,7 +47,11 @@ def split_identities(
 
 
 def split_groups(
-    group_of: dict[str, str], val_fraction: float, test_fraction: float, seed: int
+    group_of: dict[str, str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    where: str = "the dataset",
 ) -> dict[str, str]:
     """Map each identity to its split by holding out whole groups (e.g. Omniglot alphabets), so
     validation and test measure generalisation to unseen groups. Fractions count groups."""
@@ -47,8 +59,8 @@ def split_groups(
     n = len(groups)
     if n < 3:
         raise DatasetError(
-            f"splitting by group needs at least 3 groups (train, val and test), found {n}; "
-            "set data.split_by: identity"
+            f"splitting {where} by group needs at least 3 groups (train, val and test), found "
+            f"{n}; set data.split_by: identity or add groups"
         )
     rng = np.random.default_rng(seed)
     order = [groups[i] for i in rng.permutation(n)]

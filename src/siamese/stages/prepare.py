@@ -66,6 +66,7 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         d.on_small_identity,
         d.layout,
         d.identity_depth,
+        d.on_duplicate_image,
     )
     split_by = d.split_by
     if split_by == "auto":
@@ -77,9 +78,13 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
                 f"<Alphabet>/<character>/); {d.source} was read as layout {ds.layout}"
             )
         group_of = dict(zip(ds.identities, ds.groups, strict=True))
-        assignment = split_groups(group_of, d.val_fraction, d.test_fraction, params.seed)
+        assignment = split_groups(
+            group_of, d.val_fraction, d.test_fraction, params.seed, where=d.source
+        )
     else:
-        assignment = split_identities(ds.identities, d.val_fraction, d.test_fraction, params.seed)
+        assignment = split_identities(
+            ds.identities, d.val_fraction, d.test_fraction, params.seed, where=d.source
+        )
     rotated = add_rotation_classes(ds, assignment, d.rotation_classes)
     names = sorted(set(ds.identities))
     label_of = {name: i for i, name in enumerate(names)}
@@ -111,17 +116,20 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         "rotated_images": rotated,
         "skipped_images": len(ds.skipped["images"]),
         "skipped_identities": len(ds.skipped["identities"]),
+        "skipped_duplicates": len(ds.skipped.get("duplicates", [])),
     }
     for s_idx, s in enumerate(SPLITS):
         summary[f"{s}_images"] = int((split == s_idx).sum())
         summary[f"{s}_identities"] = sum(1 for v in assignment.values() if v == s)
         if group_names:
             summary[f"{s}_groups"] = len(set(groups[split == s_idx].tolist()))
-    if ds.skipped["images"] or ds.skipped["identities"]:
+    if any(ds.skipped.values()):
         log.warning(
-            "skipped %d unreadable image(s) and %d identity(ies) with too few images",
+            "skipped %d unreadable image(s), %d identity(ies) with too few images and %d "
+            "image(s) filed under two or more identities (listed in skipped.json)",
             summary["skipped_images"],
             summary["skipped_identities"],
+            summary["skipped_duplicates"],
         )
     with atomic_dir(out_dir) as tmp:
         save_npz(
@@ -132,7 +140,7 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
             groups=groups,
             forged=forged,
         )
-        (tmp / "manifest.csv").write_text(buf.getvalue())
+        (tmp / "manifest.csv").write_text(buf.getvalue(), encoding="utf-8")
         write_json(
             tmp / "identities.json", {"names": names, "split": assignment, "groups": group_names}
         )

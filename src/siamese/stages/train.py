@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from siamese.tracking import (
     is_tracking_unreachable,
     tracking_uri,
 )
+
+if TYPE_CHECKING:
+    from siamese.datamodule import SiameseDataModule
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
@@ -157,6 +161,26 @@ def _begin(params: Params, prepared_dir: Path, pairs_dir: Path, scratch: Path, r
     return {"run_id": run_id, "ckpt": "", "resumed_after_epoch": None}
 
 
+def validate_training_data(
+    params: Params, prepared_dir: Path, pairs_dir: Path
+) -> SiameseDataModule:
+    """The data module, loaded and checked (see ``check_training_labels``). Runs before anything
+    is recorded, so bad data, or a K that no identity can fill, leaves no failed MLflow run."""
+    from siamese.datamodule import SiameseDataModule
+
+    for path, stage in (
+        (prepared_dir / "data.npz", "prepare"),
+        (pairs_dir / "val.npz", "mine"),
+    ):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: run `siamese {stage}` first (or `dvc repro train`)"
+            )
+    dm = SiameseDataModule(params, prepared_dir, pairs_dir)
+    dm.setup()
+    return dm
+
+
 def run_train(
     params: Params,
     prepared_dir: str | Path,
@@ -174,6 +198,7 @@ def run_train(
     pl.seed_everything(params.seed, workers=True, verbose=False)
     launcher = _is_launcher()
     scratch = scratch_dir(out_dir)
+    dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
     with active_tracking_uri(tracking_uri()):
         if launcher:
@@ -182,7 +207,7 @@ def run_train(
             os.environ[RUN_ID_ENV] = begun["run_id"]
             os.environ[RESUME_ENV] = begun["ckpt"]
         try:
-            summary = _fit(params, prepared_dir, pairs_dir, out_dir, scratch, launcher)
+            summary = _fit(params, dm, out_dir, scratch, launcher)
         finally:
             if launcher:
                 os.environ.pop(RUN_ID_ENV, None)
@@ -196,8 +221,7 @@ def run_train(
 
 def _fit(
     params: Params,
-    prepared_dir: Path,
-    pairs_dir: Path,
+    dm: SiameseDataModule,
     out_dir: Path,
     scratch: Path,
     launcher: bool,
@@ -206,13 +230,10 @@ def _fit(
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from siamese.datamodule import SiameseDataModule
     from siamese.module import SiameseModule
 
     run_id = os.environ[RUN_ID_ENV]
     resume_from = os.environ.get(RESUME_ENV) or None
-    dm = SiameseDataModule(params, prepared_dir, pairs_dir)
-    dm.setup()
     module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
     t, tr = params.train, params.trainer
     # which weights are exported: the best validation epoch by AUC or pair loss, or the last
