@@ -221,3 +221,74 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(project,
     assert versions[0].run_id == run.info.run_id
     assert versions[0].tags["siamese.registration"] == "complete"
     assert summary["promotion"]["promoted"]
+
+
+# ------------------------------------------------------------------------ concurrency
+
+
+def test_concurrent_runs_on_one_project_one_runs_one_fails_clearly_one_waits(
+    project, prefect_harness
+):
+    from prefect.settings import PREFECT_API_URL
+
+    set_params(project / "params.yaml", QUICK)
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    commands = {
+        "a": ["siamese", "run"],
+        "b": ["siamese", "run"],
+        "waits": ["siamese", "run", "--wait", "600"],
+    }
+    procs = {
+        key: subprocess.Popen(
+            cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for key, cmd in commands.items()
+    }
+    outputs = {key: p.communicate(timeout=540)[0] for key, p in procs.items()}
+    codes = {key: p.returncode for key, p in procs.items()}
+    pids = {p.pid for p in procs.values()}
+
+    ran = [k for k, out in outputs.items() if "stages: prepare=ran" in out]
+    assert len(ran) == 1, outputs  # exactly one run did the work
+    assert codes[ran[0]] == 0 and codes["waits"] == 0, outputs
+    for key in set(commands) - {ran[0], "waits"}:  # a run that does not wait fails, clearly
+        assert codes[key] == 1, outputs[key]
+        text = " ".join(outputs[key].split())
+        assert "another pipeline run is using this project (pid" in text
+        assert "Nothing was changed" in text and "--wait SECONDS" in text
+        holder = int(text.split("(pid ")[1].split()[0])
+        assert holder in pids and holder != procs[key].pid
+    if ran[0] != "waits":  # the waiting run queued behind it and found nothing to do
+        assert "stages: prepare=skipped, mine=skipped, train=skipped" in outputs["waits"]
+
+    # the DVC repo, the cache and the remote agree; one MLflow run, one whole version
+    env_dvc = dict(env)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=project,
+        env=env_dvc,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(status.stdout or "{}") == {}
+    cloud = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--cloud", "--json"],
+        cwd=project,
+        env=env_dvc,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(cloud.stdout or "{}") == {}
+    assert len(_train_runs(project)) == 1
+    client = mlflow.MlflowClient(tracking_uri(project))
+    name = load_params(project / "params.yaml").register.model_name
+    [version] = client.search_model_versions(f"name='{name}'")
+    assert version.tags["siamese.registration"] == "complete"
+    aliases = client.get_model_version(name, version.version).aliases
+    assert set(aliases) == {"champion", "challenger"}
