@@ -19,7 +19,7 @@ run: $(STAMP)  ## train, calibrate, evaluate and register on the built-in digits
 test: $(STAMP)  ## the default (fast) test suite
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)  ## the long tests (real-data training proofs), also run by CI
+test-slow: $(STAMP)  ## the long tests (real-data training proofs, kill/outage/concurrency runs), also run by CI
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)

@@ -22,7 +22,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FAST_PARAMS, QUICK, make_project, run_stages_until_evaluate
+from conftest import FAST_PARAMS, QUICK, make_project
 from siamese import paths
 from siamese.config import load_params
 from siamese.params_file import set_params
@@ -49,20 +49,28 @@ def _train_runs(project: Path) -> list:
 # ------------------------------------------------------------------------ reproducibility
 
 
-def _run_twice_identical_setup(tmp_path: Path, name: str) -> tuple[Path, dict]:
-    # augmentation on (params.yaml's Affine), 2 DataLoader workers, deterministic algorithms
-    proj = make_project(tmp_path / name, FAST_PARAMS + ["train.num_workers=2"])
-    os.chdir(proj)
-    report = run_stages_until_evaluate(load_params(proj / "params.yaml"))
-    return proj, report
-
-
-def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    params = load_params(make_project(tmp_path / "probe", FAST_PARAMS) / "params.yaml")
+def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_path):
+    # augmentation on (params.yaml's Affine), 2 DataLoader workers, deterministic algorithms;
+    # each pipeline runs as DVC runs it, every stage its own process, both at once
+    overrides = FAST_PARAMS + ["train.num_workers=2"]
+    first, second = (make_project(tmp_path / name, overrides) for name in ("a", "b"))
+    params = load_params(first / "params.yaml")
     assert params.augment and params.trainer.deterministic  # the randomness under test is on
-    first, report_a = _run_twice_identical_setup(tmp_path, "a")
-    second, report_b = _run_twice_identical_setup(tmp_path, "b")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "evaluate"],
+            cwd=proj,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for proj in (first, second)
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
 
     def outputs(proj: Path) -> dict:
         train = json.loads((proj / paths.TRAIN_METRICS).read_text())
@@ -76,7 +84,6 @@ def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_pa
     a, b = outputs(first), outputs(second)
     assert a["calibration"]["threshold"] == b["calibration"]["threshold"]
     assert a == b  # every metric and threshold, exactly
-    assert report_a == report_b
     # the inputs and the weights themselves are identical, not merely close
     for sub in (paths.PREPARED, paths.PAIRS):
         assert _tree_digest(first / sub) == _tree_digest(second / sub)
@@ -89,10 +96,11 @@ def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_pa
 # ------------------------------------------------------------------------ numerical faults
 
 
-@pytest.mark.parametrize("poison", ["nan", "inf"])
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+@pytest.mark.parametrize("poison", ["nan", "inf", "collapse"])
+def test_numerical_fault_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     project, monkeypatch, poison
 ):
+    import siamese.module
     from siamese.cli import app
     from siamese.module import SiameseModule
 
@@ -103,22 +111,34 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     good_train = _tree_digest(project / paths.TRAIN)
     good_metrics = (project / paths.TRAIN_METRICS).read_bytes()
 
-    # a new training (more epochs) whose loss turns non-finite in its third epoch
+    # a new training (more epochs) that goes wrong in its third epoch: the loss turns
+    # non-finite at one step, or every embedding collapses to one point for the whole epoch
     set_params(project / "params.yaml", ["train.max_epochs=4"])
-    bad_step = 2 * load_params(project / "params.yaml").train.batches_per_epoch + 1
-    original = SiameseModule._batch_loss
+    per_epoch = load_params(project / "params.yaml").train.batches_per_epoch
+    bad_step = 2 * per_epoch + (0 if poison == "collapse" else 1)
+    original_loss, original_gather = SiameseModule._batch_loss, siamese.module.gather_batch
+    steps = iter(range(10**6))
 
-    def poisoned(self, emb, labels):
-        loss, stats = original(self, emb, labels)
-        if self.global_step == bad_step:
+    def poisoned_loss(self, emb, labels):
+        loss, stats = original_loss(self, emb, labels)
+        if poison != "collapse" and self.global_step == bad_step:
             loss = loss * float(poison)
         return loss, stats
 
-    monkeypatch.setattr(SiameseModule, "_batch_loss", poisoned)
+    def collapsing_gather(emb, labels):
+        emb, labels = original_gather(emb, labels)
+        return (emb * 0.0 if next(steps) >= bad_step else emb), labels
+
+    monkeypatch.setattr(SiameseModule, "_batch_loss", poisoned_loss)
+    if poison == "collapse":
+        monkeypatch.setattr(siamese.module, "gather_batch", collapsing_gather)
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 5, result.output
     text = " ".join(result.output.split())
-    assert f"non-finite training loss ({poison}) at epoch 2, step {bad_step}" in text
+    if poison == "collapse":
+        assert "embeddings collapsed at epoch 2" in text
+    else:
+        assert f"non-finite training loss ({poison}) at epoch 2, step {bad_step}" in text
     assert "last good checkpoint (after epoch 1)" in text and "last.ckpt" in text
     assert "Traceback" not in result.output
 
@@ -126,7 +146,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert _tree_digest(project / paths.TRAIN) == good_train
     assert (project / paths.TRAIN_METRICS).read_bytes() == good_metrics
     ckpt = torch.load(project / LAST_CKPT, map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["global_step"] == bad_step - 1
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * per_epoch
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     statuses = sorted(r.info.status for r in _train_runs(project))
     assert statuses == ["FAILED", "FINISHED"]
@@ -158,6 +178,7 @@ def _train_process(root_pid: int) -> psutil.Process | None:
     return None
 
 
+@pytest.mark.slow  # about 80 s: whole pipelines in subprocesses (CI runs it)
 def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(project, prefect_harness):
     from pipelines.flow import training_flow
 
@@ -226,6 +247,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(project,
 # ------------------------------------------------------------------------ concurrency
 
 
+@pytest.mark.slow  # about 80 s: whole pipelines in subprocesses (CI runs it)
 def test_concurrent_runs_on_one_project_one_runs_one_fails_clearly_one_waits(
     project, prefect_harness
 ):

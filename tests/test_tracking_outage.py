@@ -101,6 +101,7 @@ def _dvc_repro(project: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # about 110 s: two `dvc repro` runs around a server restart (CI runs it)
 def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, server):
     params = set_params(
         project / "params.yaml",

@@ -32,7 +32,7 @@ QUICK = [  # the shipped digits settings, shortened
 LOSSES = {
     "contrastive": ["train.loss=contrastive", "train.miner=hard_pairs"],
     "triplet_semi_hard": ["train.loss=triplet", "train.miner=semi_hard", "train.margin=0.2"],
-    "bce_head": ["train.loss=bce", "train.miner=all_pairs", "train.lr=0.003"],
+    "bce_head": ["train.loss=bce", "train.miner=all_pairs", "train.lr=0.003", "train.max_epochs=6"],
 }
 
 

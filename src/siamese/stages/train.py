@@ -77,6 +77,13 @@ class SaveLastCheckpoint(Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from siamese.module import check_embedding_spread
+
+        # this hook runs before the module's own collapse check: never save a collapsed epoch
+        # as the checkpoint a rerun would resume from
+        spread = trainer.callback_metrics.get("train/embedding_spread")
+        if spread is not None:
+            check_embedding_spread(float(spread), trainer.current_epoch)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
