@@ -179,7 +179,12 @@ def _train_process(root_pid: int) -> psutil.Process | None:
 
 
 @pytest.mark.slow  # about 80 s: whole pipelines in subprocesses (CI runs it)
-def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(project, prefect_harness):
+@pytest.mark.parametrize("victim", ["train-process", "process-tree"])
+def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(
+    project, prefect_harness, victim
+):
+    """``train-process``: the stage alone dies (DVC sees it fail); ``process-tree``: DVC dies with
+    it (as when a machine or container goes), leaving DVC's lock entries behind."""
     from pipelines.flow import training_flow
 
     epochs, per_epoch = 4, 40
@@ -202,12 +207,16 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     try:
         _wait_for(lambda: (project / LAST_CKPT).is_file(), 300, "the first checkpoint", repro)
         train = _train_process(repro.pid)
         assert train is not None, "no `siamese train` process under dvc repro"
-        os.kill(train.pid, signal.SIGKILL)  # mid-epoch: the second epoch has just begun
+        if victim == "train-process":  # mid-epoch: the second epoch has just begun
+            os.kill(train.pid, signal.SIGKILL)
+        else:
+            os.killpg(repro.pid, signal.SIGKILL)
         out, _ = repro.communicate(timeout=120)
     finally:
         if repro.poll() is None:
