@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -96,6 +97,39 @@ def make_project(dest: Path, params_overrides: list[str] | None = None) -> Path:
     run("git", "add", "-A")
     run("git", "commit", "-qm", "project copy")
     return dest
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give the project's commands: this venv's bin first."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return dict(os.environ, PATH=path, **extra)
+
+
+def start_dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``dvc ARGS`` in the project, in its own session (so a test can kill its whole tree), output
+    (stdout and stderr) to a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=env or tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def dvc_json(project: Path, *args: str, env: dict | None = None):
+    """A DVC command's ``--json`` output, run in the project like a user would."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", *args, "--json"],
+        cwd=project,
+        env=env or tool_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout or "{}")
 
 
 # small but real settings: the code paths of a full run at a fraction of the cost

@@ -3,9 +3,7 @@ temporary project (own git repo, DVC repo and SQLite MLflow) and registers a ser
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 
 import mlflow
 import numpy as np
@@ -13,23 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import dvc_json
 from pipelines.flow import STAGES, format_summary, training_flow
 from siamese.serving import encode_png
 from siamese.tracking import tracking_uri
 
 pytestmark = pytest.mark.integration
-
-
-def _dvc_json(project, *args: str):
-    """A DVC command's ``--json`` output, run in the project like a user would."""
-    out = subprocess.run(
-        [sys.executable, "-m", "dvc", *args, "--json"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def _digit_images():
@@ -82,7 +69,7 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert out["distance"].iloc[0] >= 0 and out["match"].dtype == bool
     assert (out["similarity"] > 0).all() and (out["similarity"] <= 1).all()
     # every DVC-tracked output was pushed: a registered version's inputs can be pulled back
-    assert _dvc_json(project, "status", "--cloud") == {}
+    assert dvc_json(project, "status", "--cloud") == {}
     assert (project / ".dvcstore").is_dir()
 
     again = training_flow(project_dir=str(project))
@@ -108,6 +95,6 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
     assert "lr: 0.004" in (project / "params.yaml").read_text()
 
     # the metrics files are committed with git, so DVC diffs them between commits
-    changes = _dvc_json(project, "metrics", "diff")
+    changes = dvc_json(project, "metrics", "diff")
     assert "artifacts/evaluate/metrics.json" in changes
     assert "roc_auc" in changes["artifacts/evaluate/metrics.json"]

@@ -22,7 +22,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FAST_PARAMS, QUICK, make_project
+from conftest import FAST_PARAMS, QUICK, ROOT, dvc_json, make_project, start_dvc, tool_env
 from siamese import paths
 from siamese.config import load_params
 from siamese.params_file import set_params
@@ -51,21 +51,26 @@ def _train_runs(project: Path) -> list:
 
 def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_path):
     # augmentation on (params.yaml's Affine), 2 DataLoader workers, deterministic algorithms;
-    # each pipeline runs as DVC runs it, every stage its own process, both at once
+    # prepare -> evaluate in a fresh process per project (DataLoader workers fork, which is only
+    # safe before threads exist), both at once
     overrides = FAST_PARAMS + ["train.num_workers=2"]
     first, second = (make_project(tmp_path / name, overrides) for name in ("a", "b"))
     params = load_params(first / "params.yaml")
     assert params.augment and params.trainer.deterministic  # the randomness under test is on
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    script = (
+        "from conftest import run_stages_until_evaluate; from siamese.config import load_params; "
+        "run_stages_until_evaluate(load_params())"
+    )
+    env = tool_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "dvc", "repro", "evaluate"],
+            [sys.executable, "-c", script],
             cwd=proj,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )
+        )  # fmt: skip
         for proj in (first, second)
     ]
     for proc in procs:
@@ -199,16 +204,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(
             "model.channels=16",
         ],
     )
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    repro = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    repro = start_dvc(project, "repro")
     try:
         _wait_for(lambda: (project / LAST_CKPT).is_file(), 300, "the first checkpoint", repro)
         train = _train_process(repro.pid)
@@ -263,11 +259,7 @@ def test_concurrent_runs_on_one_project_one_runs_one_fails_clearly_one_waits(
     from prefect.settings import PREFECT_API_URL
 
     set_params(project / "params.yaml", QUICK)
-    env = dict(
-        os.environ,
-        PREFECT_API_URL=PREFECT_API_URL.value(),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    )
+    env = tool_env(PREFECT_API_URL=PREFECT_API_URL.value())
     commands = {
         "a": ["siamese", "run"],
         "b": ["siamese", "run"],
@@ -297,25 +289,8 @@ def test_concurrent_runs_on_one_project_one_runs_one_fails_clearly_one_waits(
         assert "stages: prepare=skipped, mine=skipped, train=skipped" in outputs["waits"]
 
     # the DVC repo, the cache and the remote agree; one MLflow run, one whole version
-    env_dvc = dict(env)
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--json"],
-        cwd=project,
-        env=env_dvc,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(status.stdout or "{}") == {}
-    cloud = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--cloud", "--json"],
-        cwd=project,
-        env=env_dvc,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(cloud.stdout or "{}") == {}
+    assert dvc_json(project, "status", env=env) == {}
+    assert dvc_json(project, "status", "--cloud", env=env) == {}
     assert len(_train_runs(project)) == 1
     client = mlflow.MlflowClient(tracking_uri(project))
     name = load_params(project / "params.yaml").register.model_name

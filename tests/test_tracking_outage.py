@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUICK, run_register_stage, run_stages_until_evaluate
+from conftest import QUICK, run_register_stage, run_stages_until_evaluate, start_dvc
 from siamese import paths
 from siamese.params_file import set_params
 from siamese.stages.register import REGISTRATION_TAG
@@ -27,7 +27,8 @@ from siamese.stages.train import scratch_dir
 from siamese.tracking import is_tracking_unreachable
 from tests.servers import free_port, log_tail, stop, wait_http
 
-pytestmark = pytest.mark.integration
+# both start a real tracking server (twice); CI runs them with the slow tests
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # small bounds so the test does not wait minutes for the failure (the defaults: tracking.py)
 RETRIES = {
@@ -89,19 +90,6 @@ def _versions(client, name: str) -> list:
     return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
 
 
-def _dvc_repro(project: Path) -> subprocess.Popen:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-@pytest.mark.slow  # about 110 s: two `dvc repro` runs around a server restart (CI runs it)
 def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, server):
     params = set_params(
         project / "params.yaml",
@@ -115,7 +103,7 @@ def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, s
         ],
     )
     last_ckpt = project / scratch_dir(paths.TRAIN) / "checkpoints" / "last.ckpt"
-    repro = _dvc_repro(project)
+    repro = start_dvc(project, "repro")
     try:
         deadline = time.monotonic() + 300
         while not last_ckpt.is_file():
@@ -147,7 +135,7 @@ def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, s
     assert client.search_registered_models() == []  # nothing (half-)registered
     resumed_from = torch.load(last_ckpt, weights_only=True)["epoch"]
 
-    repro = _dvc_repro(project)
+    repro = start_dvc(project, "repro")
     out, _ = repro.communicate(timeout=500)
     assert repro.returncode == 0, out
     metrics = json.loads((project / paths.TRAIN_METRICS).read_text())
