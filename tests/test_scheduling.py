@@ -18,7 +18,8 @@ from conftest import FAST_PARAMS, QUICK, make_project
 from siamese.tracking import tracking_uri
 from tests.servers import background, free_port, log_tail, wait_http
 
-pytestmark = pytest.mark.integration
+# a real `prefect server` plus a triggered pipeline run (about 2 min): CI runs it with the slow set
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CRON, TZ = "0 3 * * 1", "Europe/Berlin"
 FLOW, DEPLOYMENT = "siamese-retrain-and-promote", "nightly-test"
