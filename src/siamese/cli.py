@@ -62,14 +62,10 @@ def _project_locked():
     from siamese.locking import ProjectLockedError, project_lock
 
     try:
-        lock = project_lock(Path("."))
-        lock.__enter__()
+        with project_lock(Path(".")):
+            yield
     except ProjectLockedError as err:
         _fail(str(err))
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 @app.command()

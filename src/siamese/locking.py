@@ -28,8 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 LOCK_FILE = Path(".dvc") / "tmp" / "siamese-run.lock"
-HELD_ENV = "SIAMESE_PROJECT_LOCK"
-_held: dict[str, int] = {}  # lock path -> nesting depth in this process
+HELD_ENV = "SIAMESE_PROJECT_LOCK"  # set while held: nested flows and child processes see it
 
 
 class ProjectLockedError(RuntimeError):
@@ -55,12 +54,8 @@ def project_lock(project_dir: str | Path, wait_seconds: float = 0.0) -> Iterator
     at once with :class:`ProjectLockedError`)."""
     path = (Path(project_dir) / LOCK_FILE).resolve()
     key = str(path)
-    if _held.get(key) or os.environ.get(HELD_ENV) == key:
-        _held[key] = _held.get(key, 0) + 1  # nested flow or a child of the holder
-        try:
-            yield path
-        finally:
-            _held[key] -= 1
+    if os.environ.get(HELD_ENV) == key:  # a nested flow, or a child process of the holder
+        yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -91,12 +86,10 @@ def project_lock(project_dir: str | Path, wait_seconds: float = 0.0) -> Iterator
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        _held[key] = 1
         os.environ[HELD_ENV] = key
         try:
             yield path
         finally:
-            _held.pop(key, None)
             os.environ.pop(HELD_ENV, None)
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -23,10 +23,6 @@ HTTP_RETRY_DEFAULTS = {
 }
 
 
-class TrackingUnavailableError(RuntimeError):
-    """The tracking server could not be reached after the bounded retries."""
-
-
 def tracking_uri(project_dir: str | Path = ".") -> str:
     """MLFLOW_TRACKING_URI when set, else the project's own SQLite store."""
     for key, value in HTTP_RETRY_DEFAULTS.items():
@@ -45,9 +41,7 @@ def is_tracking_unreachable(err: BaseException) -> bool:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, TrackingUnavailableError | requests.exceptions.ConnectionError):
-            return True
-        if isinstance(err, requests.exceptions.Timeout):
+        if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
             return True
         text = str(err)
         if "API request to" in text and (
@@ -62,7 +56,7 @@ def unreachable_message(err: BaseException, stage: str) -> str:
     """What a user needs after a stage lost the tracking server."""
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     return (
-        f"the MLflow tracking server {os.environ.get('MLFLOW_TRACKING_URI', tracking_uri())} is "
+        f"the MLflow tracking server {tracking_uri()} is "
         f"unreachable (gave up after {retries} retries; MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
         f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR and MLFLOW_HTTP_REQUEST_TIMEOUT bound them). "
         f"The {stage} stage stopped without publishing anything: no model version was left "

@@ -97,6 +97,12 @@ def export_encoder(module, out_dir: Path) -> None:
     write_json(out_dir / "model.json", {**module.encoder.config, "preprocess": "uint8/127.5-1"})
 
 
+def checkpoint_progress(path: str | Path) -> tuple[int, int]:
+    """(epoch, global step) a Lightning checkpoint was saved at."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return int(ckpt["epoch"]), int(ckpt["global_step"])
+
+
 def scratch_dir(out_dir: str | Path) -> Path:
     """Where a training in progress keeps its checkpoints (``artifacts/.train.partial``): beside
     the output, so the finished directory is renamed into place, and derived from it, so every
@@ -150,7 +156,7 @@ def _begin(params: Params, prepared_dir: Path, pairs_dir: Path, scratch: Path, r
     found = _resumable(scratch, fingerprint) if params.train.resume else None
     if found is not None:
         run_id, ckpt = found
-        epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+        epoch, _ = checkpoint_progress(ckpt)
         client = mlflow.MlflowClient(tracking_uri())
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "resumed_after_epoch", str(epoch))
@@ -285,7 +291,7 @@ def _fit(
         _mark_failed(run_id, err)
         if not last_ckpt.path.is_file():
             raise
-        epoch = int(torch.load(last_ckpt.path, map_location="cpu", weights_only=True)["epoch"])
+        epoch, _ = checkpoint_progress(last_ckpt.path)
         kept = (
             f"the last good checkpoint (after epoch {epoch}) is kept at {last_ckpt.path}; a "
             "rerun with the same params and data resumes from it"
@@ -301,13 +307,13 @@ def _fit(
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     # read progress from the checkpoint: under ddp_spawn this process's trainer never stepped
-    last = torch.load(last_ckpt.path, map_location="cpu", weights_only=True)
+    last_epoch, global_steps = checkpoint_progress(last_ckpt.path)
     score_key = f"best_val_{t.monitor}" if monitor else "last_val_roc_auc"
     score = ckpt.best_model_score if monitor else trainer.callback_metrics.get("val/roc_auc")
     summary = {
         score_key: float(score) if score is not None else float("nan"),
-        "epochs_trained": int(last["epoch"]) + 1,
-        "global_steps": int(last["global_step"]),
+        "epochs_trained": last_epoch + 1,
+        "global_steps": global_steps,
         "world_size": int(trainer.world_size),
         "fit_seconds": round(time.perf_counter() - started, 1),
     }
