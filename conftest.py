@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,40 @@ QUICK = [
     "evaluate.oneshot_episodes=0",
     "evaluate.retrieval=false",
 ]
+
+
+# on top of QUICK: a training long enough (4 epochs of 40 batches at 28 px) for a test to
+# interrupt it between its first checkpoint and its end
+INTERRUPTIBLE_EPOCHS, INTERRUPTIBLE_BATCHES = 4, 40
+INTERRUPTIBLE = [
+    f"train.max_epochs={INTERRUPTIBLE_EPOCHS}",
+    f"train.batches_per_epoch={INTERRUPTIBLE_BATCHES}",
+    "train.monitor=last",
+    "data.image_size=28",
+    "model.channels=16",
+]
+
+
+def last_checkpoint(project: Path) -> Path:
+    """The epoch checkpoint an interrupted training of ``project`` resumes from."""
+    from siamese import paths
+    from siamese.stages.train import scratch_dir
+
+    return project / scratch_dir(paths.TRAIN) / "checkpoints" / "last.ckpt"
+
+
+def wait_for_checkpoint(project: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    """Poll until the training run by ``proc`` wrote its first epoch checkpoint; its path."""
+    path = last_checkpoint(project)
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"exited ({proc.returncode}) before a checkpoint:\n{out}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no checkpoint in {timeout:.0f} s")
+        time.sleep(0.05)
+    return path
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -41,16 +42,29 @@ def stop(proc: subprocess.Popen, grace: float = 5) -> None:
         proc.wait(10)
 
 
+def launch(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+    """A command in its own process group, output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def mlflow_server_cmd(port: int, backend_store_uri: str, artifacts: Path) -> list[str]:
+    """`mlflow server` on 127.0.0.1:port, one worker, artefacts served from ``artifacts``."""
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", "1", "--serve-artifacts"]
+    cmd += ["--backend-store-uri", backend_store_uri]
+    return cmd + ["--artifacts-destination", artifacts.as_uri()]
+
+
 @contextlib.contextmanager
 def background(
     cmd: list[str], log: Path, env: dict, cwd: Path | None = None, grace: float = 5
 ) -> Iterator:
     """A command in its own process group, output to ``log``; stopped on exit (SIGTERM, then
     SIGKILL after ``grace`` seconds)."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = launch(cmd, log, env, cwd)
     try:
         yield proc
     finally:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -22,14 +21,25 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FAST_PARAMS, QUICK, ROOT, dvc_json, make_project, start_dvc, tool_env
+from conftest import (
+    FAST_PARAMS,
+    INTERRUPTIBLE,
+    INTERRUPTIBLE_BATCHES,
+    INTERRUPTIBLE_EPOCHS,
+    QUICK,
+    ROOT,
+    dvc_json,
+    last_checkpoint,
+    make_project,
+    start_dvc,
+    tool_env,
+    wait_for_checkpoint,
+)
 from siamese import paths
 from siamese.config import load_params
 from siamese.params_file import set_params
 from siamese.stages.train import scratch_dir
 from siamese.tracking import tracking_uri
-
-LAST_CKPT = scratch_dir(paths.TRAIN) / "checkpoints" / "last.ckpt"
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -150,7 +160,7 @@ def test_numerical_fault_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     # the previous model is untouched, the checkpoint of the last good epoch is kept and finite
     assert _tree_digest(project / paths.TRAIN) == good_train
     assert (project / paths.TRAIN_METRICS).read_bytes() == good_metrics
-    ckpt = torch.load(project / LAST_CKPT, map_location="cpu", weights_only=True)
+    ckpt = torch.load(last_checkpoint(project), map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * per_epoch
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     statuses = sorted(r.info.status for r in _train_runs(project))
@@ -158,18 +168,6 @@ def test_numerical_fault_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 
 # ------------------------------------------------------------------------ resume after SIGKILL
-
-
-def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}:\n{out}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _train_process(root_pid: int) -> psutil.Process | None:
@@ -192,21 +190,11 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(
     it (as when a machine or container goes), leaving DVC's lock entries behind."""
     from pipelines.flow import training_flow
 
-    epochs, per_epoch = 4, 40
-    set_params(
-        project / "params.yaml",
-        [
-            *QUICK,
-            f"train.max_epochs={epochs}",
-            f"train.batches_per_epoch={per_epoch}",
-            "train.monitor=last",
-            "data.image_size=28",
-            "model.channels=16",
-        ],
-    )
+    epochs, per_epoch = INTERRUPTIBLE_EPOCHS, INTERRUPTIBLE_BATCHES
+    set_params(project / "params.yaml", QUICK + INTERRUPTIBLE)
     repro = start_dvc(project, "repro")
     try:
-        _wait_for(lambda: (project / LAST_CKPT).is_file(), 300, "the first checkpoint", repro)
+        wait_for_checkpoint(project, repro)
         train = _train_process(repro.pid)
         assert train is not None, "no `siamese train` process under dvc repro"
         if victim == "train-process":  # mid-epoch: the second epoch has just begun
@@ -218,7 +206,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_registers_one_version(
         if repro.poll() is None:
             repro.kill()
     assert repro.returncode != 0, out
-    killed_after = torch.load(project / LAST_CKPT, weights_only=True)["epoch"]
+    killed_after = torch.load(last_checkpoint(project), weights_only=True)["epoch"]
     assert killed_after < epochs - 1
     assert not (project / paths.TRAIN).exists()  # nothing downstream sees a finished training
     lock = yaml.safe_load((project / "dvc.lock").read_text())

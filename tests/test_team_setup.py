@@ -4,9 +4,7 @@ served by the server from their own root) over HTTP instead of the project's SQL
 from __future__ import annotations
 
 import os
-import sys
 import uuid
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from conftest import QUICK, run_promote_stage, run_register_stage, run_stages_until_evaluate
 from siamese.params_file import set_params
 from siamese.tracking import active_tracking_uri
-from tests.servers import background, free_port, wait_http
+from tests.servers import background, free_port, mlflow_server_cmd, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +44,7 @@ def mlflow_server(postgres_db, tmp_path):
     port = free_port()
     store = tmp_path / "server-artifacts"
     log = tmp_path / "mlflow-server.log"
-    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--backend-store-uri", postgres_db, "--serve-artifacts"]
-    cmd += ["--artifacts-destination", store.as_uri(), "--workers", "1"]
+    cmd = mlflow_server_cmd(port, postgres_db, store)
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     with background(cmd, log, env, cwd=tmp_path) as proc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,13 +18,21 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUICK, run_register_stage, run_stages_until_evaluate, start_dvc
+from conftest import (
+    INTERRUPTIBLE,
+    INTERRUPTIBLE_BATCHES,
+    INTERRUPTIBLE_EPOCHS,
+    QUICK,
+    run_register_stage,
+    run_stages_until_evaluate,
+    start_dvc,
+    wait_for_checkpoint,
+)
 from siamese import paths
 from siamese.params_file import set_params
 from siamese.stages.register import REGISTRATION_TAG
-from siamese.stages.train import scratch_dir
 from siamese.tracking import is_tracking_unreachable
-from tests.servers import free_port, log_tail, stop, wait_http
+from tests.servers import free_port, launch, log_tail, mlflow_server_cmd, stop, wait_http
 
 # both start a real tracking server (twice); CI runs them with the slow tests
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,16 +56,10 @@ class TrackingServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--workers", "1", "--serve-artifacts"]
-        cmd += ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}"]
-        cmd += ["--artifacts-destination", (self.root / "server-artifacts").as_uri()]
+        backend = f"sqlite:///{self.root / 'server.db'}"
+        cmd = mlflow_server_cmd(self.port, backend, self.root / "server-artifacts")
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, env=env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        self.proc = launch(cmd, self.log, env, cwd=self.root)
         problem = wait_http(f"{self.url}/health", self.proc, self.log, timeout=120)
         if problem:
             pytest.fail(f"mlflow server did not start: {problem}")
@@ -91,25 +92,10 @@ def _versions(client, name: str) -> list:
 
 
 def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, server):
-    params = set_params(
-        project / "params.yaml",
-        [
-            *QUICK,
-            "train.max_epochs=4",
-            "train.batches_per_epoch=40",
-            "train.monitor=last",
-            "data.image_size=28",
-            "model.channels=16",
-        ],
-    )
-    last_ckpt = project / scratch_dir(paths.TRAIN) / "checkpoints" / "last.ckpt"
+    params = set_params(project / "params.yaml", QUICK + INTERRUPTIBLE)
     repro = start_dvc(project, "repro")
     try:
-        deadline = time.monotonic() + 300
-        while not last_ckpt.is_file():
-            assert repro.poll() is None, repro.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint in 300 s"
-            time.sleep(0.05)
+        last_ckpt = wait_for_checkpoint(project, repro)
         server.stop()  # mid-training: the next epoch's metrics have nowhere to go
         stopped = time.monotonic()
         out, _ = repro.communicate(timeout=300)
@@ -140,7 +126,8 @@ def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, s
     assert repro.returncode == 0, out
     metrics = json.loads((project / paths.TRAIN_METRICS).read_text())
     assert metrics["resumed_after_epoch"] == resumed_from
-    assert metrics["epochs_trained"] == 4 and metrics["global_steps"] == 4 * 40
+    assert metrics["epochs_trained"] == INTERRUPTIBLE_EPOCHS
+    assert metrics["global_steps"] == INTERRUPTIBLE_EPOCHS * INTERRUPTIBLE_BATCHES
     [version] = _versions(client, name)
     assert version.tags[REGISTRATION_TAG] == "complete"
     run = client.get_run(version.run_id)
