@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from siamese import metrics
+from siamese.evaluation import metrics
 
 
 def _measure(fn, repeat: int) -> tuple[float, int]:

@@ -2,7 +2,8 @@
 request, base64 PNGs in ``dataframe_split`` JSON, keep-alive connection) against the same
 package's in-process pyfunc ``predict``, side by side in one run.
 
-The package is the real one (``siamese.serving.save_package``: safetensors weights, models from
+The package is the real one (``siamese.registry.package.save_package``: safetensors weights,
+models from
 code) around a conv4 encoder at 105 x 105 (Omniglot's size); latency does not depend on what the
 weights learned, so they are freshly initialised. Inputs are AT&T faces resized to 105 x 105 when
 the shared data is there, else random images. Prints JSON (goal: HTTP p50 <= 20 ms), with the
@@ -32,7 +33,7 @@ from tests.servers import background, free_port, wait_http  # noqa: E402
 def _images(n: int, size: int) -> list[bytes]:
     from PIL import Image
 
-    from siamese.serving import encode_png
+    from siamese.data.images import encode_png
 
     faces = sorted((SHARED_DATA / "att_faces").glob("*/*.pgm"))
     if faces:
@@ -85,7 +86,8 @@ def main() -> None:
     import torch
 
     from siamese.models.encoders import SiameseEncoder
-    from siamese.serving import dataframe_split_json, save_package
+    from siamese.registry.client import dataframe_split_json
+    from siamese.registry.package import save_package
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -109,7 +111,8 @@ def main() -> None:
         bodies = [dataframe_split_json(f) for f in frames]
 
         # in-process reference: the same package, the same single-pair frames, with the
-        # server's thread count (siamese.serving: 1 unless SIAMESE_SERVE_THREADS) and torch's
+        # server's thread count (siamese.registry.guard: 1 unless SIAMESE_SERVE_THREADS) and
+        # torch's
         default_threads = torch.get_num_threads()
         model = mlflow.pyfunc.load_model(str(pkg))
         local: dict[int, tuple[list[float], list[float]]] = {}

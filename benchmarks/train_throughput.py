@@ -43,9 +43,9 @@ def _setup(tmp: Path, image_size: int, batches: int):
 
 
 def plain_loop(params, tmp: Path, epochs: int) -> float:
-    from siamese.datamodule import SiameseDataModule
     from siamese.losses.losses import MetricLoss
     from siamese.models.encoders import SiameseEncoder
+    from siamese.training.datamodule import SiameseDataModule
 
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(params.trainer.deterministic)
@@ -105,8 +105,8 @@ def _clock():
 def framework_loop(params, tmp: Path, epochs: int) -> float:
     import pytorch_lightning as pl
 
-    from siamese.datamodule import SiameseDataModule
-    from siamese.module import SiameseModule
+    from siamese.training.datamodule import SiameseDataModule
+    from siamese.training.module import SiameseModule
 
     pl.seed_everything(params.seed, verbose=False)
     dm = SiameseDataModule(params, tmp / "prepared", tmp / "pairs")

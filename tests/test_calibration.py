@@ -6,15 +6,15 @@ from scipy.stats import norm
 from sklearn.metrics import brier_score_loss
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from siamese import metrics
-from siamese.bootstrap import bootstrap_ci, kfold_accuracy
-from siamese.probability import (
+from siamese.calibration.probability import (
     apply_probability_map,
     brier_score,
     expected_calibration_error,
     fit_probability_map,
 )
-from siamese.thresholds import choose_threshold
+from siamese.calibration.thresholds import choose_threshold
+from siamese.evaluation import metrics
+from siamese.evaluation.bootstrap import bootstrap_ci, kfold_accuracy
 
 # distances with a tie at 0.4 that mixes a positive and a negative
 D = np.array([0.1, 0.2, 0.3, 0.4, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])

@@ -1,6 +1,7 @@
 import pytest
 
-from siamese.config import ParamsError, apply_overrides, load_params, validate_params
+from siamese.config import apply_overrides, load_params, validate_params
+from siamese.errors import ParamsError
 from siamese.params_file import set_params
 
 
@@ -88,7 +89,7 @@ def test_set_params_replaces_collections_repeatedly_without_corrupting_the_file(
 
 
 def test_koch_preset_is_a_named_augmentation():
-    from siamese.augment import PRESETS, build_augment
+    from siamese.data.augment import PRESETS, build_augment
 
     p = validate_params({"augment": "koch"})
     assert p.augment == "koch"  # the preset name is what MLflow records

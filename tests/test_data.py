@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from siamese.data.images import BadImageError, decode_image
-from siamese.data.sources import DatasetError, load_digits_dataset, load_folder_dataset
+from siamese.data.images import decode_image
+from siamese.data.sources import load_digits_dataset, load_folder_dataset
 from siamese.data.split import split_groups, split_identities
+from siamese.errors import BadImageError, DatasetError
 
 
 def test_digits_are_the_real_sklearn_digits():
@@ -51,7 +52,7 @@ def test_bad_file_is_named_or_counted(small_faces, content, why):
 
 
 def test_truncated_png_is_rejected(small_faces):
-    from siamese.serving import encode_png
+    from siamese.data.images import encode_png
 
     data = encode_png(np.zeros((20, 20), np.uint8))
     with pytest.raises(BadImageError):
@@ -150,20 +151,6 @@ def test_group_split_holds_out_whole_groups_and_groups_never_cross():
         split_groups({"a/1": "a", "a/2": "a", "b/1": "b"}, 0.2, 0.2, 0)
 
 
-def test_prepared_data_defaults_for_an_older_data_npz(tmp_path):
-    from siamese.stages.prepare import PreparedData
-
-    np.savez(
-        tmp_path / "data.npz",
-        images=np.zeros((4, 8, 8), np.uint8),
-        labels=np.array([0, 0, 1, 1]),
-        split=np.array([0, 0, 2, 2], np.int8),
-    )
-    data = PreparedData(tmp_path)
-    assert data.groups.tolist() == [-1] * 4 and data.forged.tolist() == [False] * 4
-    assert data.indices("test", forged=False).tolist() == [2, 3]
-
-
 def test_images_beside_the_identity_folders_are_ignored(small_faces):
     (small_faces / "preview.pgm").write_bytes((small_faces / "s1" / "1.pgm").read_bytes())
     ds = load_folder_dataset(small_faces, 16)
@@ -172,8 +159,9 @@ def test_images_beside_the_identity_folders_are_ignored(small_faces):
 
 def test_rotation_classes_add_rotated_training_identities_only(project, small_faces):
     from siamese import paths
+    from siamese.data.artifacts import PreparedData
     from siamese.params_file import set_params
-    from siamese.stages.prepare import PreparedData, run_prepare
+    from siamese.stages.prepare import run_prepare
 
     params = set_params(
         "params.yaml", [f"data.source={small_faces}", "data.rotation_classes=[90, 270]"]
@@ -196,7 +184,8 @@ def test_rotation_classes_add_rotated_training_identities_only(project, small_fa
 
 
 def test_rotation_classes_are_validated():
-    from siamese.config import ParamsError, validate_params
+    from siamese.config import validate_params
+    from siamese.errors import ParamsError
 
     with pytest.raises(ParamsError, match="data.rotation_classes"):
         validate_params({"data": {"rotation_classes": [45]}})

@@ -62,8 +62,8 @@ def _pairs(tmp_path, split):
 def test_svc2004_forgeries_are_never_positives_and_test_pairs_hold_skilled_forgeries(
     svc2004, tmp_path, monkeypatch
 ):
-    from siamese.datamodule import SiameseDataModule
-    from siamese.stages.prepare import PreparedData
+    from siamese.data.artifacts import PreparedData
+    from siamese.training.datamodule import SiameseDataModule
 
     params, prepared, mined = _prepare_and_mine(svc2004, tmp_path, monkeypatch)
     assert prepared["forged_images"] == 600 and prepared["split_by"] == "identity"
@@ -96,7 +96,7 @@ def test_svc2004_forgeries_are_never_positives_and_test_pairs_hold_skilled_forge
 
 
 def test_omniglot_split_holds_out_whole_alphabets(omniglot_zip, tmp_path, monkeypatch):
-    from siamese.stages.prepare import PreparedData
+    from siamese.data.artifacts import PreparedData
 
     _, prepared, _ = _prepare_and_mine(omniglot_zip, tmp_path, monkeypatch)
     assert prepared["split_by"] == "group" and prepared["groups"] == 30
@@ -123,7 +123,7 @@ def test_omniglot_split_holds_out_whole_alphabets(omniglot_zip, tmp_path, monkey
 
 
 def test_download_verifies_and_writes_atomically(omniglot_zip, tmp_path):
-    from siamese.downloads import download
+    from siamese.data.downloads import download
 
     url = omniglot_zip.as_uri()
     result = download("omniglot-background", tmp_path / "data", url=url)
@@ -136,7 +136,8 @@ def test_download_verifies_and_writes_atomically(omniglot_zip, tmp_path):
 
 
 def test_download_checksum_mismatch_leaves_nothing(omniglot_zip, tmp_path):
-    from siamese.downloads import DownloadError, download
+    from siamese.data.downloads import download
+    from siamese.errors import DownloadError
 
     tampered = tmp_path / "tampered.zip"
     tampered.write_bytes(omniglot_zip.read_bytes()[:-100])

@@ -9,10 +9,10 @@ import pytest
 
 from siamese import paths
 from siamese.params_file import set_params
+from siamese.registry.tracking import tracking_uri
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
 from siamese.stages.train import RUN_ID_ENV, run_train
-from siamese.tracking import tracking_uri
 
 
 @pytest.mark.timeout(600)

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from siamese.losses.distributed import gather_batch
 from siamese.losses.losses import MetricLoss
+from siamese.training.distributed import gather_batch
 from tests.servers import free_port
 
 CASES = [("contrastive", "hard_pairs"), ("triplet", "batch_hard"), ("triplet", "batch_all")]

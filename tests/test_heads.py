@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from siamese.config import ParamsError, validate_params
+from siamese.config import validate_params
+from siamese.errors import ParamsError
 from siamese.models.encoders import SiameseEncoder
 from siamese.models.heads import WeightedL1Head, balanced_bce, head_distance
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from siamese.losses.distances import pairwise_euclidean
+from siamese.distances import pairwise_euclidean
 from siamese.losses.losses import MetricLoss
-from siamese.losses.miners import batch_all, batch_hard, hard_pairs
+from siamese.mining.online import batch_all, batch_hard, hard_pairs
 
 
 def _batch(seed=0, b=24, dim=8, classes=4):
@@ -95,9 +95,10 @@ def test_losses_decrease_when_optimised():
 
 
 def test_collapsed_embeddings_stop_training_with_advice():
-    from siamese.module import EmbeddingCollapseError, check_embedding_spread
-
     # a real collapse: an encoder whose output ignores its input
+    from siamese.errors import EmbeddingCollapseError
+    from siamese.training.module import check_embedding_spread
+
     emb = torch.nn.functional.normalize(torch.ones(16, 8), dim=1)
     spread = float((emb - emb.mean(0)).norm(dim=1).mean())
     with pytest.raises(EmbeddingCollapseError, match="epoch 3.*batch_hard"):

@@ -10,9 +10,9 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers as pml_reducers
 
-from siamese.losses.distances import pairwise_distance
+from siamese.distances import pairwise_distance
 from siamese.losses.losses import MetricLoss
-from siamese.losses.miners import batch_all, batch_hard, hard_pairs, semi_hard
+from siamese.mining.online import batch_all, batch_hard, hard_pairs, semi_hard
 
 MEAN = pml_reducers.MeanReducer()
 

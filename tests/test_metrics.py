@@ -3,8 +3,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from siamese import metrics
-from siamese.thresholds import max_accuracy_threshold
+from siamese.calibration.thresholds import max_accuracy_threshold
+from siamese.evaluation import metrics
 
 
 def _cases():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from siamese.oneshot import (
+from siamese.evaluation.oneshot import (
     build_runs,
     episode_accuracies,
     evaluate_episodes,
@@ -22,7 +22,7 @@ from siamese.oneshot import (
     read_runs,
     sample_episodes,
 )
-from siamese.retrieval import retrieval_metrics
+from siamese.evaluation.retrieval import retrieval_metrics
 
 OMNIGLOT = SHARED_DATA / "omniglot" / "images_background.zip"
 
@@ -256,10 +256,9 @@ def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, 
     from conftest import register_and_promote, run_stages_until_evaluate
     from siamese import paths
     from siamese.cli import app
-    from siamese.datamodule import load_pairs
+    from siamese.data.artifacts import PreparedData, load_pairs
     from siamese.io import save_npz
     from siamese.stages.evaluate import run_evaluate
-    from siamese.stages.prepare import PreparedData
 
     params = omniglot_project
     report = run_stages_until_evaluate(params)
@@ -338,7 +337,8 @@ def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, 
 
 
 def test_evaluate_params_validate_the_benchmark_settings():
-    from siamese.config import ParamsError, validate_params
+    from siamese.config import validate_params
+    from siamese.errors import ParamsError
 
     assert validate_params({}).evaluate.oneshot_ways == [20, 5]
     with pytest.raises(ParamsError, match="evaluate.oneshot_ways"):

@@ -13,8 +13,8 @@ import yaml
 
 from conftest import dvc_json
 from pipelines.flow import STAGES, format_summary, training_flow
-from siamese.serving import encode_png
-from siamese.tracking import tracking_uri
+from siamese.data.images import encode_png
+from siamese.registry.tracking import tracking_uri
 
 pytestmark = pytest.mark.integration
 

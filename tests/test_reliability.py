@@ -38,8 +38,8 @@ from conftest import (
 from siamese import paths
 from siamese.config import load_params
 from siamese.params_file import set_params
+from siamese.registry.tracking import tracking_uri
 from siamese.stages.train import scratch_dir
-from siamese.tracking import tracking_uri
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -115,9 +115,9 @@ def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_pa
 def test_numerical_fault_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     project, monkeypatch, poison
 ):
-    import siamese.module
+    import siamese.training.module
     from siamese.cli import app
-    from siamese.module import SiameseModule
+    from siamese.training.module import SiameseModule
 
     set_params(project / "params.yaml", [*QUICK, "train.monitor=last"])
     runner = CliRunner()
@@ -131,7 +131,7 @@ def test_numerical_fault_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     set_params(project / "params.yaml", ["train.max_epochs=4"])
     per_epoch = load_params(project / "params.yaml").train.batches_per_epoch
     bad_step = 2 * per_epoch + (0 if poison == "collapse" else 1)
-    original_loss, original_gather = SiameseModule._batch_loss, siamese.module.gather_batch
+    original_loss, original_gather = SiameseModule._batch_loss, siamese.training.module.gather_batch
     steps = iter(range(10**6))
 
     def poisoned_loss(self, emb, labels):
@@ -146,7 +146,7 @@ def test_numerical_fault_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
     monkeypatch.setattr(SiameseModule, "_batch_loss", poisoned_loss)
     if poison == "collapse":
-        monkeypatch.setattr(siamese.module, "gather_batch", collapsing_gather)
+        monkeypatch.setattr(siamese.training.module, "gather_batch", collapsing_gather)
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 5, result.output
     text = " ".join(result.output.split())

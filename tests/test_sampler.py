@@ -2,7 +2,7 @@ from collections import Counter
 
 import numpy as np
 
-from siamese.sampler import PKBatchSampler
+from siamese.mining.sampler import PKBatchSampler
 
 
 def test_batches_hold_p_identities_with_k_images():
@@ -37,8 +37,8 @@ def test_a_k_that_no_training_identity_fills_fails_before_training():
     import pytest
 
     from siamese.config import Params
-    from siamese.data.sources import DatasetError
-    from siamese.datamodule import check_training_labels
+    from siamese.errors import DatasetError
+    from siamese.training.datamodule import check_training_labels
 
     labels = np.repeat(np.arange(4), [2, 3, 5, 5])
     pk = Params.model_validate({"train": {"images_per_identity": 5}})

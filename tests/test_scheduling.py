@@ -15,7 +15,7 @@ import mlflow
 import pytest
 
 from conftest import FAST_PARAMS, QUICK, make_project
-from siamese.tracking import tracking_uri
+from siamese.registry.tracking import tracking_uri
 from tests.servers import background, free_port, log_tail, wait_http
 
 # a real `prefect server` plus a triggered pipeline run (about 2 min): CI runs it with the slow set

@@ -22,11 +22,12 @@ from typer.testing import CliRunner
 
 from conftest import FACES_PARAMS, FAST_PARAMS, SHARED_DATA, make_project
 from siamese.cli import app
-from siamese.config import ParamsError, validate_params
-from siamese.data.images import BadImageError, decode_image
+from siamese.config import validate_params
+from siamese.data.images import decode_image, encode_png
+from siamese.errors import BadImageError, ParamsError
 from siamese.params_file import set_params
-from siamese.serving import b64, dataframe_split_json, encode_png
-from siamese.tracking import tracking_uri
+from siamese.registry.client import b64, dataframe_split_json
+from siamese.registry.tracking import tracking_uri
 from tests.images import png_header_only
 from tests.servers import background, free_port, log_tail, wait_http
 
@@ -251,7 +252,7 @@ def test_scoring_server_guard_refuses_before_parsing_and_cuts_long_messages(monk
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
-    from siamese.serving import guard_scoring_server
+    from siamese.registry.guard import guard_scoring_server
 
     calls = []
 
@@ -560,7 +561,7 @@ def test_index_and_search_find_the_person(served, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["index"] == "ivf"
 
-    from siamese.gallery import load_served_model
+    from siamese.registry.loading import load_served_model
 
     model = load_served_model(served["model_uri"])
     enc = model.encoder
@@ -600,9 +601,9 @@ def test_learned_head_gallery_falls_back_to_brute_force(tmp_path, served):
     """A weighted-L1 head has no FAISS metric: search runs through encoder.distance_matrix."""
     import torch
 
-    from siamese.gallery import build_gallery, search_image
     from siamese.models.encoders import SiameseEncoder
-    from siamese.serving import save_package
+    from siamese.registry.gallery import build_gallery, search_image
+    from siamese.registry.package import save_package
 
     torch.manual_seed(0)
     enc = SiameseEncoder("mlp", 24, 8, 4, True, head="weighted_l1")

@@ -13,14 +13,14 @@ import pytest
 
 from conftest import FACES_PARAMS, register_and_promote, run_all_stages, run_stages_until_evaluate
 from siamese import paths
-from siamese.data.sources import DatasetError
+from siamese.errors import DatasetError
 from siamese.params_file import set_params
+from siamese.registry.tracking import tracking_uri
 from siamese.stages.calibrate import run_calibrate
 from siamese.stages.evaluate import run_evaluate
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
 from siamese.stages.train import run_train
-from siamese.tracking import tracking_uri
 
 
 def faces_params_root(params):
@@ -162,9 +162,8 @@ def test_target_far_strategy_with_isotonic_probabilities(faces_params, project):
 
 
 def test_hard_negative_mining_with_the_champion(faces_params, project):
-    from siamese.datamodule import load_pairs
-    from siamese.embedding import embed, load_encoder
-    from siamese.stages.prepare import PreparedData
+    from siamese.data.artifacts import PreparedData, load_pairs
+    from siamese.models.loading import embed, load_encoder
 
     run_all_stages(faces_params)  # registers v1 as champion
     random_neg = load_pairs(paths.PAIRS / "train.npz")
@@ -197,7 +196,7 @@ def test_bce_head_model_is_calibrated_evaluated_and_served_with_its_learned_dist
         project / "params.yaml", ["train.loss=bce", "train.miner=all_pairs", "mine.test_pairs=40"]
     )
     result = run_all_stages(params)
-    from siamese.embedding import load_encoder
+    from siamese.models.loading import load_encoder
 
     encoder = load_encoder(paths.TRAIN)
     assert encoder.config["distance"] == "learned" and encoder.head is not None
@@ -213,7 +212,7 @@ def test_bce_head_model_is_calibrated_evaluated_and_served_with_its_learned_dist
     )
     # the served distance is the head's 1 - p(same), computed in process the same way
     from siamese.data.images import read_image
-    from siamese.embedding import embed, embedding_distances
+    from siamese.models.loading import embed, embedding_distances
 
     size = encoder.config["image_size"]
     emb = embed(encoder, np.stack([read_image(p, size) for p in (a, a, b, c)])).astype(np.float64)
@@ -236,7 +235,7 @@ def test_train_exports_the_weights_the_monitor_chooses(faces_params, project, mo
     assert summary["epochs_trained"] == params.train.max_epochs
     if monitor == "last":  # the exported encoder is the final epoch's
         last = torch.load(paths.TRAIN / "checkpoints" / "last.ckpt", weights_only=True)
-        from siamese.embedding import load_encoder
+        from siamese.models.loading import load_encoder
 
         exported = load_encoder(paths.TRAIN).state_dict()
         for k, v in exported.items():

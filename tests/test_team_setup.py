@@ -11,7 +11,7 @@ import pytest
 
 from conftest import QUICK, run_promote_stage, run_register_stage, run_stages_until_evaluate
 from siamese.params_file import set_params
-from siamese.tracking import active_tracking_uri
+from siamese.registry.tracking import active_tracking_uri
 from tests.servers import background, free_port, mlflow_server_cmd, wait_http
 
 pytestmark = pytest.mark.integration

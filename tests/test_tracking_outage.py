@@ -30,8 +30,8 @@ from conftest import (
 )
 from siamese import paths
 from siamese.params_file import set_params
-from siamese.stages.register import REGISTRATION_TAG
-from siamese.tracking import is_tracking_unreachable
+from siamese.registry.aliases import REGISTRATION_TAG
+from siamese.registry.tracking import is_tracking_unreachable
 from tests.servers import free_port, launch, log_tail, mlflow_server_cmd, stop, wait_http
 
 # both start a real tracking server (twice); CI runs them with the slow tests
@@ -139,7 +139,7 @@ def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, s
 def test_server_lost_inside_register_leaves_a_marked_version_the_rerun_removes(
     project, server, monkeypatch
 ):
-    from siamese.stages.promote import evaluation_problem
+    from siamese.registry.aliases import evaluation_problem
 
     params = set_params(project / "params.yaml", QUICK)
     run_stages_until_evaluate(params)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from siamese import metrics, paths
 from siamese.config import load_params
-from siamese.datamodule import load_pairs
-from siamese.embedding import load_encoder, pair_distances
+from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.evaluation import metrics, paths
 from siamese.models.encoders import SiameseEncoder
+from siamese.models.loading import load_encoder, pair_distances
 from siamese.params_file import set_params
 from siamese.stages.mine import run_mine
-from siamese.stages.prepare import PreparedData, run_prepare
+from siamese.stages.prepare import run_prepare
 from siamese.stages.train import run_train
 
 QUICK = [  # the shipped digits settings, shortened

@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 
 from siamese import paths
-from siamese.config import ParamsError, load_params
+from siamese.config import load_params
+from siamese.errors import ParamsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(
@@ -33,10 +34,8 @@ EXIT_UNREACHABLE, EXIT_TRAINING_FAULT = 4, 5
 
 
 def _run_stage(fn, params_path: Path, *args) -> None:
-    from siamese.data.images import BadImageError
-    from siamese.data.sources import DatasetError
-    from siamese.errors import TrainingFault
-    from siamese.tracking import is_tracking_unreachable, unreachable_message
+    from siamese.errors import BadImageError, DatasetError, TrainingFault
+    from siamese.registry.tracking import is_tracking_unreachable, unreachable_message
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stage = fn.__name__.removeprefix("run_")
@@ -59,7 +58,8 @@ def _run_stage(fn, params_path: Path, *args) -> None:
 def _project_locked():
     """Registry moves by hand wait for no one: they fail clearly while a pipeline run holds the
     project (a run's own ``siamese promote`` inherits its lock)."""
-    from siamese.locking import ProjectLockedError, project_lock
+    from siamese.errors import ProjectLockedError
+    from siamese.locking import project_lock
 
     try:
         with project_lock(Path(".")):
@@ -157,9 +157,9 @@ def oneshot(
     ),
 ) -> None:
     """Score a model on one-shot runs: share of test items matched to their own class."""
-    from siamese.embedding import load_registered_encoder
+    from siamese.evaluation.oneshot import read_runs, score_runs
     from siamese.io import write_json
-    from siamese.oneshot import read_runs, score_runs
+    from siamese.registry.loading import load_registered_encoder
 
     try:
         parsed = read_runs(runs)
@@ -211,7 +211,7 @@ def verify(
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from siamese.gallery import load_served_model
+    from siamese.registry.loading import load_served_model
 
     uri = _default_model(model, params)
     try:
@@ -266,9 +266,8 @@ def index(
     tracking_uri: str | None = TrackingOpt,
 ) -> None:
     """Embed a dataset into a searchable gallery (FAISS under the model's metric)."""
-    from siamese.data.images import BadImageError
-    from siamese.data.sources import DatasetError
-    from siamese.gallery import GalleryError, build_gallery
+    from siamese.errors import BadImageError, DatasetError, GalleryError
+    from siamese.registry.gallery import build_gallery
 
     uri = _default_model(model, params)
     try:
@@ -292,8 +291,8 @@ def search(
     """The k nearest identities in a gallery to an image, with their distances."""
     from mlflow.exceptions import MlflowException
 
-    from siamese.data.images import BadImageError
-    from siamese.gallery import GalleryError, search_image
+    from siamese.errors import BadImageError, GalleryError
+    from siamese.registry.gallery import search_image
 
     try:
         hits = search_image(index_dir, image, k, model, tracking_uri)
@@ -316,7 +315,7 @@ def oneshot_runs(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Build one-shot runs in the official format (class_labels.txt) from background images."""
-    from siamese.oneshot import build_runs
+    from siamese.evaluation.oneshot import build_runs
 
     chosen = [a.strip() for a in alphabets.split(",") if a.strip()] or None
     try:
@@ -384,7 +383,8 @@ def promote(
     """Move `champion` to the challenger if it beats the champion on the benchmark pairs.
 
     Exit 3 when refused (the challenger's evaluation failed or is missing)."""
-    from siamese.stages.promote import PromotionError, run_promote
+    from siamese.errors import PromotionError
+    from siamese.stages.promote import run_promote
 
     try:
         with _project_locked():
@@ -396,7 +396,8 @@ def promote(
 @app.command()
 def rollback(params: Path = ParamsOpt, out: Path = paths.PROMOTION) -> None:
     """Move `champion` back to the version it replaced (fails when there is none)."""
-    from siamese.stages.promote import PromotionError, run_rollback
+    from siamese.errors import PromotionError
+    from siamese.stages.promote import run_rollback
 
     try:
         with _project_locked():
@@ -454,7 +455,7 @@ def data_add(
     use: bool = typer.Option(True, help="point data.source in params.yaml at it"),
 ) -> None:
     """Copy a dataset into data/<name>, track it with DVC and use it as data.source."""
-    from siamese.dataset_registry import add_dataset
+    from siamese.stages.data_add import add_dataset
 
     try:
         target = add_dataset(path, project, name or None, use)
@@ -474,7 +475,8 @@ def data_download(
     force: bool = typer.Option(False, help="download again over an existing file"),
 ) -> None:
     """Download a benchmark archive from its official location and verify its checksum."""
-    from siamese.downloads import DownloadError, download
+    from siamese.data.downloads import download
+    from siamese.errors import DownloadError
 
     try:
         result = download(name, dest, url or None, sha256 or None, force)
@@ -488,7 +490,7 @@ def data_download(
 @data_app.command("list")
 def data_list() -> None:
     """List the datasets `siamese data download` knows, with their checksums."""
-    from siamese.downloads import ARCHIVES
+    from siamese.data.downloads import ARCHIVES
 
     for a in ARCHIVES.values():
         sums = ", ".join(f"{algo} {digest}" for algo, digest in a.checksums) or "unknown"

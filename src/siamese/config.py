@@ -7,19 +7,30 @@ surfacing as a confusing error minutes into training.
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# every choice list comes from the registry of its implementations: one source of truth
+from siamese.calibration.probability import METHODS as PROBABILITY_MAPS
+from siamese.calibration.thresholds import STRATEGIES
+from siamese.data.augment import check_steps, resolve_steps
+from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS
+from siamese.distances import DISTANCES
+from siamese.errors import ParamsError
+from siamese.evaluation.metrics import RANKING_METRICS
+from siamese.models.encoders import ENCODERS
+
 LOSSES = ("contrastive", "triplet", "multi_similarity", "bce")
 MINERS = ("batch_all", "batch_hard", "semi_hard", "hard_pairs", "all_pairs", "offline_pairs")
-DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 LOSS_MINERS = {
     "contrastive": ("all_pairs", "hard_pairs", "offline_pairs"),
     "triplet": ("batch_all", "batch_hard", "semi_hard"),
@@ -29,8 +40,13 @@ LOSS_MINERS = {
 }
 
 
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message names the offending key."""
+# train.monitor -> (the logged validation metric, its better direction); "last" keeps no best
+# checkpoint and never stops early. Named here because the trainer's callbacks read it.
+MONITORS: dict[str, tuple[str | None, str]] = {
+    "roc_auc": ("val/roc_auc", "max"),
+    "pair_loss": ("val/pair_loss", "min"),
+    "last": (None, "max"),
+}
 
 
 class _Strict(BaseModel):
@@ -43,7 +59,7 @@ class DataParams(_Strict):
         description="'digits' (scikit-learn's built-in handwritten digits), or a directory of "
         "identity folders or a zip archive of one (see layout)",
     )
-    layout: Literal["auto", "flat", "grouped", "signatures"] = Field(
+    layout: Literal[LAYOUTS] = Field(
         "auto",
         description="flat: root/<identity>/<image>; grouped: root/<group>/<identity>/<image> "
         "(Omniglot alphabets/characters); signatures: root/<writer>/genuine|forged/<image> "
@@ -68,7 +84,7 @@ class DataParams(_Strict):
     min_images_per_identity: int = Field(2, ge=2)
     on_bad_image: Literal["error", "skip"] = "error"
     on_small_identity: Literal["error", "skip"] = "error"
-    on_duplicate_image: Literal["error", "skip", "keep"] = Field(
+    on_duplicate_image: Literal[DUPLICATE_POLICIES] = Field(
         "error",
         description="the same image (identical bytes) under two identities is label noise and "
         "leaks between the splits; error: fail naming both copies; skip: leave out every copy "
@@ -129,7 +145,7 @@ class MineParams(_Strict):
 
 
 class ModelParams(_Strict):
-    encoder: Literal["conv4", "mlp"] = "conv4"
+    encoder: Literal[tuple(ENCODERS)] = "conv4"
     embedding_dim: int = Field(64, ge=2, le=4096)
     channels: int = Field(64, ge=1, le=1024)
     normalize: bool = Field(True, description="L2-normalise embeddings")
@@ -144,7 +160,7 @@ class TrainParams(_Strict):
     loss: str = "contrastive"
     miner: str = "hard_pairs"
     margin: float = Field(0.5, description="loss margin on the distance")
-    distance: Literal["euclidean", "squared_euclidean", "cosine"] = "euclidean"
+    distance: Literal[DISTANCES] = "euclidean"
     contrastive_form: Literal["squared", "linear"] = "squared"
     soft_margin: bool = Field(False, description="triplet: softplus instead of hinge")
     ms_alpha: float = Field(2.0, gt=0, description="multi-similarity: positive weight")
@@ -160,7 +176,7 @@ class TrainParams(_Strict):
     lr: float = Field(1e-3)
     weight_decay: float = Field(1e-4, ge=0.0)
     early_stopping_patience: int = Field(3, ge=1)
-    monitor: Literal["roc_auc", "pair_loss", "last"] = Field(
+    monitor: Literal[tuple(MONITORS)] = Field(
         "roc_auc",
         description="exported weights: best validation ROC AUC, lowest validation pair loss, or "
         "the last epoch (no early stopping)",
@@ -219,11 +235,11 @@ class TrainerParams(_Strict):
 
 
 class CalibrateParams(_Strict):
-    strategy: Literal["max_accuracy", "max_f1", "eer", "target_far", "target_frr"] = "max_accuracy"
+    strategy: Literal[tuple(STRATEGIES)] = "max_accuracy"
     target: float | None = Field(
         None, description="the FAR (target_far) or FRR (target_frr) to stay within"
     )
-    probability: Literal["none", "platt", "isotonic"] = "platt"
+    probability: Literal[tuple(PROBABILITY_MAPS)] = "platt"
     bootstrap_resamples: int = Field(1000, ge=0, description="for the threshold's CI (0: off)")
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
 
@@ -281,15 +297,10 @@ class EvaluateParams(_Strict):
         return v
 
 
-PROMOTE_METRICS = ("roc_auc", "eer", "tar_at_far")
-# higher is better for every promotion metric except the equal error rate
-LOWER_IS_BETTER = frozenset({"eer"})
-
-
 class RegisterParams(_Strict):
     model_name: str = Field("siamese-digits", min_length=1)
     experiment: str = Field("siamese", min_length=1)
-    promote_metric: Literal["roc_auc", "eer", "tar_at_far"] = Field(
+    promote_metric: Literal[tuple(RANKING_METRICS)] = Field(
         "roc_auc",
         description="what `siamese promote` compares on the benchmark pairs: roc_auc and "
         "tar_at_far (higher is better) or eer (lower is better)",
@@ -340,7 +351,6 @@ class ScheduleParams(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:
             ZoneInfo(v)
@@ -409,8 +419,6 @@ class Params(_Strict):
     @field_validator("augment")
     @classmethod
     def _augment_steps_exist(cls, steps: list[AugmentStep] | str) -> list[AugmentStep] | str:
-        from siamese.augment import check_steps, resolve_steps
-
         check_steps(resolve_steps(steps))
         return steps
 
@@ -487,7 +495,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of raw params with dotted overrides applied (validated by the caller)."""
-    import copy
 
     out = copy.deepcopy(raw)
     for text in overrides:

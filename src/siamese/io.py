@@ -7,6 +7,7 @@ output, so everything is written next to its destination and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -74,3 +75,21 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def file_md5(path: str | Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_md5(path: str | Path) -> str:
+    """Content hash of a directory (file names and bytes), stable across machines."""
+    path = Path(path)
+    h = hashlib.md5()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(file_md5(f).encode())
+    return h.hexdigest()

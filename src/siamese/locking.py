@@ -26,13 +26,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from siamese.errors import ProjectLockedError
+
 log = logging.getLogger(__name__)
 LOCK_FILE = Path(".dvc") / "tmp" / "siamese-run.lock"
 HELD_ENV = "SIAMESE_PROJECT_LOCK"  # set while held: nested flows and child processes see it
-
-
-class ProjectLockedError(RuntimeError):
-    """Another pipeline run holds the project; the message names it and what to do."""
 
 
 def _describe_holder(path: Path) -> str:

@@ -4,11 +4,13 @@ validating the result so a bad override never reaches the file."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from siamese.config import Params, ParamsError, apply_overrides, parse_override, validate_params
+from siamese.config import Params, apply_overrides, flatten, parse_override, validate_params
+from siamese.errors import ParamsError
 from siamese.io import atomic_write_bytes
 
 
@@ -65,9 +67,6 @@ def preset_overrides(name: str, project: str | Path = ".") -> list[str]:
     """The preset's values as ``key.path=value`` overrides, applied before any ``--set`` so a
     preset is just a named, versioned bundle of overrides that still lands in params.yaml (where
     DVC and MLflow see every value)."""
-    import json
-
-    from siamese.config import flatten
 
     path = preset_path(name, project)
     raw = YAML(typ="safe").load(path.read_text()) or {}

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from siamese.errors import BadImageError
+
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif"}
 )
@@ -18,10 +20,6 @@ IMAGE_EXTENSIONS = frozenset(
 
 # refuse anything larger before decoding (serving lowers it with serve.max_pixels)
 DEFAULT_MAX_PIXELS = 25_000_000
-
-
-class BadImageError(ValueError):
-    """An input could not be decoded as an image; the message names the input."""
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None, name: str) -> None:
@@ -117,3 +115,10 @@ def array_image(
         scale = 255.0 if arr.dtype.kind == "f" else 1.0
         arr = np.clip(np.asarray(arr, dtype=np.float64) * scale, 0, 255).astype(np.uint8)
     return _to_gray_array(Image.fromarray(np.ascontiguousarray(arr)), size)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -28,7 +28,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from siamese.data.images import IMAGE_EXTENSIONS, BadImageError, decode_image, resize_array
+from siamese.data.images import IMAGE_EXTENSIONS, decode_image, resize_array
+from siamese.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ LAYOUTS = ("auto", "flat", "grouped", "signatures")
 SIGNATURE_KINDS = ("genuine", "forged")
 DUPLICATE_POLICIES = ("error", "skip", "keep")  # data.on_duplicate_image
 _IGNORED_DIRS = {"__MACOSX"}
-
-
-class DatasetError(ValueError):
-    """The dataset is unusable as given; the message names the path or identity at fault."""
 
 
 @dataclass
@@ -69,7 +66,7 @@ class LoadedDataset:
 
 def load_digits_dataset(size: int) -> LoadedDataset:
     """scikit-learn's 1,797 real handwritten digits; the identity is the digit."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import
 
     digits = load_digits()
     raw = (digits.images / 16.0).astype(np.float32)

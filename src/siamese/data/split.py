@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese.data.sources import DatasetError
+from siamese.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 MIN_IDENTITIES = {"train": 2, "val": 2, "test": 2}

@@ -22,8 +22,8 @@ import math
 
 import torch
 
-from siamese.losses.distances import pairwise_distance, squared_euclidean_matrix
-from siamese.losses.miners import PAIR_MINERS, TRIPLET_MINERS
+from siamese.distances import pairwise_distance, squared_euclidean_matrix
+from siamese.mining.online import PAIR_MINERS, TRIPLET_MINERS, label_masks
 
 # (anchor, positive) rows x batch columns per step of the batch-all / semi-hard reductions:
 # bounds the working set (16 MiB per float32 temporary) whatever the batch size, in few steps.
@@ -67,7 +67,6 @@ def multi_similarity_loss(
 ) -> torch.Tensor:
     """Wang et al. 2019 on cosine similarity: per anchor, a soft weighting of all positives and
     negatives relative to ``base``; averaged over anchors."""
-    from siamese.losses.miners import label_masks
 
     x = torch.nn.functional.normalize(emb, dim=1)
     sim = x @ x.T

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese.data.sources import DatasetError
+from siamese.errors import DatasetError
 
 
 def hard_negative_pairs(
@@ -105,7 +105,7 @@ def balanced_pairs(indices: np.ndarray, labels: np.ndarray, n_pairs: int, seed: 
 
 
 # pair kinds saved with every pair set (``kind`` array)
-GENUINE, RANDOM_NEGATIVE, SKILLED_FORGERY = 0, 1, 2
+RANDOM_NEGATIVE, SKILLED_FORGERY = 1, 2  # pairs' kind; 0: a positive (genuine) pair
 
 
 def skilled_forgery_pairs(

@@ -8,15 +8,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from siamese.losses.distances import pair_distance, pairwise_distance
+from siamese.distances import pair_distance, pairwise_distance
 from siamese.models.heads import build_head, head_distance
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# model.encoder: filled by @register below; the config's allowed values
+ENCODERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str) -> Callable:
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = fn
+        ENCODERS[name] = fn
         return fn
 
     return deco
@@ -70,9 +71,9 @@ def mlp(image_size: int, embedding_dim: int, channels: int = 64) -> nn.Module:
 
 
 def build_encoder(name: str, image_size: int, embedding_dim: int, channels: int = 64) -> nn.Module:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](image_size=image_size, embedding_dim=embedding_dim, channels=channels)
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[name](image_size=image_size, embedding_dim=embedding_dim, channels=channels)
 
 
 LEARNED_DISTANCE = "learned"

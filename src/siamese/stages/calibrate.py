@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese import metrics
-from siamese.bootstrap import bootstrap_ci
+from siamese.calibration.probability import fit_probability_map
+from siamese.calibration.thresholds import choose_threshold
 from siamese.config import Params
-from siamese.embedding import split_pair_distances
+from siamese.evaluation import metrics
+from siamese.evaluation.bootstrap import bootstrap_ci
 from siamese.io import atomic_dir, write_json
-from siamese.probability import fit_probability_map
-from siamese.thresholds import choose_threshold
+from siamese.models.loading import split_pair_distances
 
 
 def threshold_interval(

@@ -2,7 +2,8 @@
 verification team signs off: metrics with bootstrap CIs, k-fold accuracy, probability quality,
 ROC / DET / histogram / reliability data and figures, and the hardest errors; plus the identity
 benchmarks on the test images: leave-one-out retrieval (precision@1, R-precision, MAP@R) and
-N-way K-shot episode accuracies with 95% CIs (siamese.retrieval, siamese.oneshot)."""
+N-way K-shot episode accuracies with 95% CIs (siamese.evaluation.retrieval,
+siamese.evaluation.oneshot)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese import metrics
-from siamese.bootstrap import bootstrap_ci, kfold_accuracy
-from siamese.config import Params
-from siamese.datamodule import load_pairs
-from siamese.embedding import load_encoder, pair_distances
-from siamese.io import atomic_dir, read_json, save_npz, write_json
-from siamese.probability import (
+from siamese.calibration.probability import (
     apply_probability_map,
     brier_score,
     expected_calibration_error,
     reliability,
 )
-from siamese.thresholds import choose_threshold
+from siamese.calibration.thresholds import choose_threshold
+from siamese.config import Params
+from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.evaluation import metrics
+from siamese.evaluation.bootstrap import bootstrap_ci, kfold_accuracy
+from siamese.evaluation.oneshot import evaluate_episodes
+from siamese.evaluation.plots import write_evaluation_figures
+from siamese.evaluation.retrieval import retrieval_metrics
+from siamese.io import atomic_dir, read_json, save_npz, write_json
+from siamese.mining.offline import RANDOM_NEGATIVE, SKILLED_FORGERY
+from siamese.models.loading import embed, load_encoder, pair_distances
 
 
 def _csv(header: list[str], rows) -> str:
@@ -48,7 +53,7 @@ def _statistics(far_targets: list[float], threshold: float) -> dict:
 
 def det_rows(d: np.ndarray, y: np.ndarray) -> list[tuple]:
     """DET curve points (FAR, FRR) and their normal deviates, the axes DET plots use."""
-    from scipy.stats import norm
+    from scipy.stats import norm  # lazy: scipy is slow to import
 
     fpr, tpr, thr = metrics.roc_curve(d, y)
     frr = 1 - tpr
@@ -60,26 +65,17 @@ def det_rows(d: np.ndarray, y: np.ndarray) -> list[tuple]:
     return rows
 
 
-def _prepared_extra(data, prepared_dir: Path, key: str) -> np.ndarray | None:
-    """An optional per-image array of the prepared data (``groups``, ``forged``): the attribute
-    when PreparedData has it, else the npz key when present, else None."""
-    value = getattr(data, key, None)
-    if value is None:
-        with np.load(prepared_dir / "data.npz") as z:
-            value = z[key] if key in z.files else None
-    return None if value is None else np.asarray(value)
-
-
-def forgery_eers(d: np.ndarray, y: np.ndarray, pairs_path: Path) -> dict[str, float]:
-    """EER of genuine pairs against skilled-forgery negatives (kind 2) and against random
-    negatives (kind 1), when the test pairs record a ``kind`` and hold skilled forgeries."""
-    with np.load(pairs_path) as z:
-        kind = z["kind"] if "kind" in z.files else None
-    if kind is None or not np.any(kind == 2):
+def forgery_eers(d: np.ndarray, y: np.ndarray, kind: np.ndarray) -> dict[str, float]:
+    """EER of genuine pairs against skilled-forgery negatives and against random negatives,
+    when the test pairs hold skilled forgeries (signature data)."""
+    if not np.any(kind == SKILLED_FORGERY):
         return {}
     out = {}
     genuine = y & (kind == 0)
-    for name, k in (("eer_skilled_forgery", 2), ("eer_random_forgery", 1)):
+    for name, k in (
+        ("eer_skilled_forgery", SKILLED_FORGERY),
+        ("eer_random_forgery", RANDOM_NEGATIVE),
+    ):
         neg = ~y & (kind == k)
         if genuine.any() and neg.any():
             keep = genuine | neg
@@ -87,29 +83,22 @@ def forgery_eers(d: np.ndarray, y: np.ndarray, pairs_path: Path) -> dict[str, fl
     return out
 
 
-def identity_benchmarks(params: Params, encoder, data, prepared_dir: Path) -> dict:
+def identity_benchmarks(params: Params, encoder, data: PreparedData) -> dict:
     """Retrieval and N-way K-shot episode accuracies on the test-split images (forgeries
     excluded); N is clamped to the identities available, or a setting records why it was
     skipped."""
-    from siamese.embedding import embed
-    from siamese.oneshot import evaluate_episodes
-    from siamese.retrieval import retrieval_metrics
 
     e = params.evaluate
     out: dict = {}
     if not e.retrieval and not (e.oneshot_episodes and e.oneshot_ways):
         return out
-    idx = data.indices("test")
-    forged = _prepared_extra(data, prepared_dir, "forged")
-    if forged is not None:
-        idx = idx[~forged[idx].astype(bool)]
+    idx = data.indices("test", forged=False)
     labels = data.labels[idx]
     emb = embed(encoder, data.images[idx]).astype(np.float64)
     if e.retrieval:
         out["retrieval"] = retrieval_metrics(encoder, emb, labels)
     if e.oneshot_episodes and e.oneshot_ways:
-        groups = _prepared_extra(data, prepared_dir, "groups")
-        groups = groups[idx] if groups is not None and np.any(groups[idx] >= 0) else None
+        groups = data.groups[idx] if np.any(data.groups[idx] >= 0) else None
         shots, episodes, q = e.oneshot_shots, e.oneshot_episodes, e.oneshot_queries
         oneshot = {}
         for ways in e.oneshot_ways:
@@ -133,8 +122,6 @@ def run_evaluate(
     calibration_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
-    from siamese.plots import write_evaluation_figures
-    from siamese.stages.prepare import PreparedData
 
     e = params.evaluate
     # loaded once: the distances and the hardest-pairs sheet both need images and pairs
@@ -146,8 +133,8 @@ def run_evaluate(
     calibration = read_json(Path(calibration_dir) / "calibration.json")
     threshold = calibration["threshold"]
     report = metrics.verification_report(d, y, threshold, e.far_targets)
-    report.update(forgery_eers(d, y, Path(pairs_dir) / "test.npz"))
-    report.update(identity_benchmarks(params, encoder, data, Path(prepared_dir)))
+    report.update(forgery_eers(d, y, pairs["kind"]))
+    report.update(identity_benchmarks(params, encoder, data))
     far_keys = [k for k in report if k.startswith("tar_at_far_")]
     fars = [f for f in e.far_targets if f"tar_at_far_{f:g}" in far_keys]
     if e.bootstrap_resamples:

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from siamese.config import Params
-from siamese.data.sources import DatasetError
-from siamese.io import atomic_dir, save_npz, write_json
+from siamese.data.artifacts import PreparedData, write_pairs
+from siamese.data.images import resize_array
+from siamese.errors import DatasetError
+from siamese.io import atomic_dir, write_json
 from siamese.mining.offline import (
     RANDOM_NEGATIVE,
     SKILLED_FORGERY,
@@ -17,7 +19,8 @@ from siamese.mining.offline import (
     hard_negative_pairs,
     skilled_forgery_pairs,
 )
-from siamese.stages.prepare import PreparedData
+from siamese.models.loading import embed
+from siamese.registry.loading import load_registered_encoder
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,6 @@ _SEED_OFFSETS = {"train": 0, "val": 1, "test": 2}
 
 def _reference_embeddings(uri: str, data: PreparedData) -> dict | None:
     """Embeddings of the training images under a registered model (e.g. the champion)."""
-    from siamese.embedding import embed, load_registered_encoder
 
     try:
         encoder = load_registered_encoder(uri)
@@ -38,8 +40,6 @@ def _reference_embeddings(uri: str, data: PreparedData) -> dict | None:
     size = encoder.config["image_size"]
     images = data.images[idx]
     if images.shape[1] != size:
-        from siamese.data.images import resize_array
-
         images = np.stack([resize_array(im, size) for im in images])
     return {"uri": uri, "indices": idx, "embeddings": embed(encoder, images), "count": 0}
 
@@ -114,7 +114,7 @@ def run_mine(params: Params, prepared_dir: str | Path, out_dir: str | Path) -> d
                 )
                 if n_skilled:
                     summary[f"{split}_skilled_forgery"] = n_skilled
-            save_npz(tmp / f"{split}.npz", **pairs)
+            write_pairs(tmp, split, pairs)
             summary[f"{split}_pairs"] = int(len(pairs["y"]))
             summary[f"{split}_positive"] = int(pairs["y"].sum())
         write_json(tmp / "summary.json", summary)

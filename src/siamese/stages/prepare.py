@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from siamese.config import Params
-from siamese.data.sources import DatasetError, load_source
+from siamese.data.artifacts import write_prepared
+from siamese.data.sources import load_source
 from siamese.data.split import SPLITS, split_groups, split_identities
-from siamese.io import atomic_dir, save_npz, write_json
+from siamese.errors import DatasetError
+from siamese.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,8 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
             summary["skipped_duplicates"],
         )
     with atomic_dir(out_dir) as tmp:
-        save_npz(
-            tmp / "data.npz",
+        write_prepared(
+            tmp,
             images=ds.images,
             labels=labels,
             split=split,
@@ -147,28 +149,3 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         write_json(tmp / "skipped.json", ds.skipped)
         write_json(tmp / "summary.json", summary)
     return summary
-
-
-class PreparedData:
-    """The prepare stage's output, loaded once for the later stages.
-
-    ``groups`` is each image's group index (-1: the dataset has no groups) and ``forged`` flags
-    skilled signature forgeries; both default to that when an older data.npz lacks them."""
-
-    def __init__(self, prepared_dir: str | Path):
-        prepared_dir = Path(prepared_dir)
-        with np.load(prepared_dir / "data.npz") as z:
-            self.images = z["images"]
-            self.labels = z["labels"]
-            self.split = z["split"]
-            n = len(self.labels)
-            self.groups = z["groups"] if "groups" in z.files else np.full(n, -1, np.int64)
-            self.forged = z["forged"] if "forged" in z.files else np.zeros(n, bool)
-
-    def indices(self, split: str, forged: bool = True) -> np.ndarray:
-        """Indices of the images in ``split``; ``forged=False`` leaves out skilled forgeries
-        (what training and positive pairs use: a forgery is never a positive)."""
-        mask = self.split == SPLITS.index(split)
-        if not forged:
-            mask &= ~self.forged
-        return np.flatnonzero(mask)

@@ -17,25 +17,30 @@ Every alias move is logged and recorded: on the version (``promotion.*`` tags, a
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
-from siamese import metrics
-from siamese.config import LOWER_IS_BETTER, Params
-from siamese.io import atomic_dir, write_json
-from siamese.tracking import active_tracking_uri, file_md5, tracking_uri
+from siamese.config import Params
+from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.errors import PromotionError
+from siamese.evaluation import metrics
+from siamese.io import atomic_dir, file_md5, write_json
+from siamese.registry import tracking
+from siamese.registry.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    evaluation_problem,
+    move_champion,
+    version_by_alias,
+)
+from siamese.registry.client import pairs_frame
+from siamese.registry.tracking import active_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
-CHALLENGER, CHAMPION = "challenger", "champion"
-HISTORY_TAG = "champion_history"
-HISTORY_KEEP = 25  # MLflow tag values are limited in length; keep the latest moves
-
-
-class PromotionError(RuntimeError):
-    """The promotion or rollback cannot (or must not) happen; the message says why."""
 
 
 def _now() -> str:
@@ -50,81 +55,17 @@ def metric_key(params: Params) -> str:
 
 def score(params: Params, distances: np.ndarray, same: np.ndarray) -> float:
     r = params.register
-    if r.promote_metric == "roc_auc":
-        return metrics.roc_auc(distances, same)
-    if r.promote_metric == "eer":
-        return metrics.eer(distances, same)
-    return metrics.tar_at_far(distances, same, r.promote_far)
+    return metrics.RANKING_METRICS[r.promote_metric].score(distances, same, r.promote_far)
 
 
 def improvement(params: Params, challenger: float, champion: float) -> float:
     """How much better the challenger is, in the metric's better direction (> 0: better)."""
     diff = challenger - champion
-    return -diff if params.register.promote_metric in LOWER_IS_BETTER else diff
-
-
-def _history(client, name: str) -> list[dict]:
-    raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
-    try:
-        return json.loads(raw) if raw else []
-    except json.JSONDecodeError:
-        return []
-
-
-def _move_champion(client, name: str, version: str, entry: dict) -> None:
-    """Set the champion alias and append the move to the registered model's history."""
-    client.set_registered_model_alias(name, CHAMPION, version)
-    history = (_history(client, name) + [entry])[-HISTORY_KEEP:]
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history, separators=(",", ":")))
-    log.info(
-        "alias %s of %s: %s -> v%s (%s)",
-        CHAMPION,
-        name,
-        f"v{entry['from']}" if entry.get("from") else "none",
-        version,
-        entry["action"],
-    )
-
-
-def _current(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def evaluation_problem(client, mv, key: str) -> str | None:
-    """Why the version's evaluation cannot be trusted, or None when it is complete."""
-    from mlflow.exceptions import MlflowException
-
-    from siamese.stages.register import REGISTRATION_TAG
-
-    if not mv.run_id:
-        return f"version {mv.version} has no MLflow run, so no evaluation"
-    if (mv.tags or {}).get(REGISTRATION_TAG, "complete") != "complete":
-        return (
-            f"version {mv.version} is an unfinished registration (its register stage was "
-            "interrupted); the next register run removes it"
-        )
-    try:
-        run = client.get_run(mv.run_id)
-    except MlflowException:
-        return f"the run {mv.run_id} of version {mv.version} no longer exists"
-    if run.info.status != "FINISHED":
-        return f"the run {mv.run_id} of version {mv.version} is {run.info.status}, not FINISHED"
-    if f"test.{key}" not in run.data.metrics:
-        return (
-            f"the run {mv.run_id} of version {mv.version} has no evaluation metric test.{key} "
-            "(its evaluation failed or never ran)"
-        )
-    return None
+    lower_is_better = metrics.RANKING_METRICS[params.register.promote_metric].lower_is_better
+    return -diff if lower_is_better else diff
 
 
 def _benchmark(prepared_dir: Path, pairs_dir: Path) -> tuple[np.ndarray, dict, str]:
-    from siamese.datamodule import load_pairs
-    from siamese.stages.prepare import PreparedData
 
     path = pairs_dir / "test.npz"
     if not path.is_file():
@@ -133,9 +74,6 @@ def _benchmark(prepared_dir: Path, pairs_dir: Path) -> tuple[np.ndarray, dict, s
 
 
 def _benchmark_score(params: Params, name: str, version: str, images, pairs) -> float:
-    import mlflow
-
-    from siamese.serving import pairs_frame
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     out = model.predict(pairs_frame(images, pairs["a"], pairs["b"]))
@@ -150,22 +88,21 @@ def run_promote(
     version: str | None = None,
 ) -> dict:
     """Promote the challenger (or ``version``) to champion if it wins on the benchmark pairs."""
-    import mlflow
 
     uri = tracking_uri()
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     name = params.register.model_name
     r = params.register
     key = metric_key(params)
     explicit = version is not None
     if version is None:
-        chal = _current(client, name, CHALLENGER)
+        chal = version_by_alias(client, name, CHALLENGER)
         if chal is None:
             raise PromotionError(f"model {name} has no {CHALLENGER} version; run register first")
     else:
         chal = client.get_model_version(name, str(version))
     version = str(chal.version)
-    champ = _current(client, name, CHAMPION)
+    champ = version_by_alias(client, name, CHAMPION)
     result = {
         "model_name": name,
         "version": version,
@@ -235,7 +172,7 @@ def run_promote(
         )
         decision = "promoted" if better else "kept"
     if decision == "promoted":
-        _move_champion(
+        move_champion(
             client,
             name,
             version,
@@ -257,12 +194,10 @@ def run_promote(
 
 def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
     """Move ``champion`` back to the version it replaced (the ``previous_champion`` tag)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri())
+    client = tracking.client()
     name = params.register.model_name
-    champ = _current(client, name, CHAMPION)
+    champ = version_by_alias(client, name, CHAMPION)
     if champ is None:
         raise PromotionError(f"model {name} has no {CHAMPION}; nothing to roll back")
     previous = champ.tags.get("previous_champion")
@@ -278,7 +213,7 @@ def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
             f"the previous {CHAMPION} of {name} v{champ.version}, v{previous}, no longer exists"
         ) from None
     at = _now()
-    _move_champion(
+    move_champion(
         client,
         name,
         previous,
@@ -296,9 +231,3 @@ def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
         with atomic_dir(out_dir) as tmp:
             write_json(tmp / "rollback.json", result)
     return result
-
-
-def champion_history(params: Params) -> list[dict]:
-    import mlflow
-
-    return _history(mlflow.MlflowClient(tracking_uri()), params.register.model_name)

@@ -13,24 +13,28 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 
-from siamese.config import Params, ServeParams
+from siamese.config import Params, ServeParams, flatten
 from siamese.io import atomic_dir, read_json, write_json
-from siamese.tracking import active_tracking_uri, tracking_uri
+from siamese.registry import tracking
+from siamese.registry.aliases import (
+    CHALLENGER,
+    PREVIOUS_CHALLENGER_TAG,
+    REGISTRATION_TAG,
+    alias_version,
+)
+from siamese.registry.package import build_package, pyfunc_kwargs
+from siamese.registry.tracking import active_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
-CHALLENGER = "challenger"
-# "pending" from the moment a version exists until its registration is whole ("complete"); a
-# version still pending was interrupted (a lost tracking server, a kill) and is removed by the
-# next register of the same run
-REGISTRATION_TAG = "siamese.registration"
-PREVIOUS_CHALLENGER_TAG = "siamese.previous_challenger"
 
 
 def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
     """Nested report -> dotted MLflow metric keys (CIs become e.g. test.ci.roc_auc.low)."""
-    from siamese.config import flatten
 
     out = {}
     for k, v in flatten(report, prefix).items():
@@ -42,7 +46,6 @@ def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
 
 
 def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir: Path) -> None:
-    from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
     values = {"calibration.threshold": calibration["threshold"]}
@@ -64,9 +67,6 @@ def _log_run_results(client, run_id: str, calibration: dict, test: dict, eval_di
 def _log_model(run_id: str, model_dir: Path, calibration_path: Path, serve: ServeParams) -> str:
     """Log the pyfunc into the run as a model from code: safetensors weights, preprocessing and
     calibration JSON, the siamese package as code; returns its URI."""
-    import mlflow
-
-    from siamese.serving import build_package, pyfunc_kwargs
 
     calibration = read_json(calibration_path)
     image_size = read_json(model_dir / "model.json")["image_size"]
@@ -79,17 +79,7 @@ def _log_model(run_id: str, model_dir: Path, calibration_path: Path, serve: Serv
     return info.model_uri
 
 
-def _alias_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def _ensure_registered_model(client, name: str) -> None:
-    from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
@@ -102,7 +92,6 @@ def _ensure_registered_model(client, name: str) -> None:
 def remove_unfinished_versions(client, name: str, run_id: str) -> list[str]:
     """Delete the versions of ``run_id`` that an interrupted register left pending, giving the
     challenger alias back to the version it had before; the versions removed."""
-    from mlflow.exceptions import MlflowException
 
     try:
         versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
@@ -119,7 +108,7 @@ def remove_unfinished_versions(client, name: str, run_id: str) -> list[str]:
         log.warning("removing %s v%s: an interrupted registration of this run", name, mv.version)
         client.delete_model_version(name, mv.version)
         previous = tags.get(PREVIOUS_CHALLENGER_TAG)
-        if had_alias and previous and _alias_version(client, name, CHALLENGER) is None:
+        if had_alias and previous and alias_version(client, name, CHALLENGER) is None:
             with contextlib.suppress(MlflowException):  # the previous one may be gone too
                 client.set_registered_model_alias(name, CHALLENGER, previous)
         removed.append(str(mv.version))
@@ -135,11 +124,10 @@ def run_register(
     eval_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
-    import mlflow
 
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     uri = tracking_uri()
-    client = mlflow.MlflowClient(uri)
+    client = tracking.client(uri)
     name = params.register.model_name
     run_id = read_json(model_dir / "run.json")["run_id"]
     calibration_path = Path(calibration_dir) / "calibration.json"
@@ -151,7 +139,7 @@ def run_register(
     with active_tracking_uri(uri):
         model_uri = _log_model(run_id, model_dir, calibration_path, params.serve)
     _ensure_registered_model(client, name)
-    previous_challenger = _alias_version(client, name, CHALLENGER)
+    previous_challenger = alias_version(client, name, CHALLENGER)
     run = client.get_run(run_id)
     version_tags = {
         "git_commit": run.data.tags.get("git_commit", "unknown"),

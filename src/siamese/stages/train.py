@@ -16,35 +16,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
 
-from siamese.config import Params, flatten
+from siamese.config import MONITORS, Params, flatten
 from siamese.errors import TrainingFault
-from siamese.io import atomic_dir, read_json, write_json
-from siamese.tracking import (
+from siamese.io import atomic_dir, dir_md5, read_json, write_json
+from siamese.registry import tracking
+from siamese.registry.tracking import (
     active_tracking_uri,
-    dir_md5,
     dvc_lock_hashes,
     ensure_experiment,
     git_info,
     is_tracking_unreachable,
     tracking_uri,
 )
+from siamese.training.datamodule import SiameseDataModule
+from siamese.training.module import SiameseModule, check_embedding_spread
 
 if TYPE_CHECKING:
-    from siamese.datamodule import SiameseDataModule
+    from siamese.training.datamodule import SiameseDataModule
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
 RESUME_ENV = "SIAMESE_RESUME_CKPT"
 RESUME_STATE = "resume.json"  # in the scratch dir: the MLflow run and the inputs' fingerprint
-# train.monitor -> (logged metric, direction); "last" keeps no best checkpoint and never stops early
-MONITORS = {
-    "roc_auc": ("val/roc_auc", "max"),
-    "pair_loss": ("val/pair_loss", "min"),
-    "last": (None, "max"),
-}
 
 
 def _is_launcher() -> bool:
@@ -52,10 +52,8 @@ def _is_launcher() -> bool:
 
 
 def start_run(params: Params, prepared_md5: str, pairs_md5: str, run_name: str | None) -> str:
-    import mlflow
-    from mlflow.entities import Param
 
-    client = mlflow.MlflowClient(tracking_uri())
+    client = tracking.client()
     exp_id = ensure_experiment(params.register.experiment)
     tags = {**git_info(), "stage": "train", "mlflow.runName": run_name or "siamese-train"}
     tags["data.prepared_md5"] = prepared_md5
@@ -77,7 +75,6 @@ class SaveLastCheckpoint(Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        from siamese.module import check_embedding_spread
 
         # this hook runs before the module's own collapse check: never save a collapsed epoch
         # as the checkpoint a rerun would resume from
@@ -132,11 +129,9 @@ def _resumable(scratch: Path, fingerprint: str) -> tuple[str, Path] | None:
     if saved.get("fingerprint") != fingerprint:
         log.info("discarding the interrupted training in %s: params or data changed", scratch)
         return None
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     try:
-        run = mlflow.MlflowClient(tracking_uri()).get_run(saved["run_id"])
+        run = tracking.client().get_run(saved["run_id"])
     except MlflowException as err:
         if is_tracking_unreachable(err):
             raise
@@ -149,7 +144,6 @@ def _resumable(scratch: Path, fingerprint: str) -> tuple[str, Path] | None:
 
 def _begin(params: Params, prepared_dir: Path, pairs_dir: Path, scratch: Path, run_name) -> dict:
     """Start a fresh training (new MLflow run, empty scratch) or resume an interrupted one."""
-    import mlflow
 
     prepared_md5, pairs_md5 = dir_md5(prepared_dir), dir_md5(pairs_dir)
     fingerprint = _resume_fingerprint(params, prepared_md5, pairs_md5)
@@ -157,7 +151,7 @@ def _begin(params: Params, prepared_dir: Path, pairs_dir: Path, scratch: Path, r
     if found is not None:
         run_id, ckpt = found
         epoch, _ = checkpoint_progress(ckpt)
-        client = mlflow.MlflowClient(tracking_uri())
+        client = tracking.client()
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "resumed_after_epoch", str(epoch))
         log.warning(
@@ -179,7 +173,6 @@ def validate_training_data(
 ) -> SiameseDataModule:
     """The data module, loaded and checked (see ``check_training_labels``). Runs before anything
     is recorded, so bad data, or a K that no identity can fill, leaves no failed MLflow run."""
-    from siamese.datamodule import SiameseDataModule
 
     for path, stage in (
         (prepared_dir / "data.npz", "prepare"),
@@ -205,7 +198,6 @@ def run_train(
     """Fit the encoder and export it to ``out_dir`` (atomically, at the end). Checkpoints go to
     the scratch directory after every epoch; a rerun after a crash, a kill or an unreachable
     tracking server resumes from the last one (``train.resume``)."""
-    import pytorch_lightning as pl
 
     prepared_dir, pairs_dir, out_dir = Path(prepared_dir), Path(pairs_dir), Path(out_dir)
     pl.seed_everything(params.seed, workers=True, verbose=False)
@@ -239,11 +231,6 @@ def _fit(
     scratch: Path,
     launcher: bool,
 ) -> dict:
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    from siamese.module import SiameseModule
 
     run_id = os.environ[RUN_ID_ENV]
     resume_from = os.environ.get(RESUME_ENV) or None
@@ -324,12 +311,11 @@ def _fit(
 
 def _mark_failed(run_id: str, err: BaseException) -> None:
     """Best effort: an unreachable tracking server must not hide the original error."""
-    import mlflow
 
     if is_tracking_unreachable(err):
         return
     try:
-        mlflow.MlflowClient(tracking_uri()).set_terminated(run_id, "FAILED")
+        tracking.client().set_terminated(run_id, "FAILED")
     except Exception as mark_err:  # the server went away meanwhile
         log.warning("could not mark MLflow run %s as FAILED: %s", run_id, mark_err)
 
@@ -339,9 +325,8 @@ def _finish(
 ) -> None:
     """Every tracking call first, then the files: if the server fails here the scratch (and so
     the resume point) is still there and nothing downstream sees a finished training."""
-    import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri())
+    client = tracking.client()
     for k, v in summary.items():
         if np.isfinite(v):
             client.log_metric(run_id, f"train.{k}", float(v))

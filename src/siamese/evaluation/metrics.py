@@ -7,6 +7,7 @@ numbers agree with scikit-learn's ``roc_curve`` exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,22 @@ def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> float:
     """Highest true accept rate with false accept rate <= far."""
     fpr, tpr, _ = roc_curve(distances, same)
     return _tar_of(fpr, tpr, far)
+
+
+@dataclass(frozen=True)
+class RankingMetric:
+    """A threshold-free metric two models can be compared on (register.promote_metric)."""
+
+    score: Callable[[np.ndarray, np.ndarray, float], float]  # (distances, same, far) -> value
+    lower_is_better: bool = False
+
+
+# register.promote_metric: the config's allowed values
+RANKING_METRICS: dict[str, RankingMetric] = {
+    "roc_auc": RankingMetric(lambda d, y, far: roc_auc(d, y)),
+    "eer": RankingMetric(lambda d, y, far: eer(d, y), lower_is_better=True),
+    "tar_at_far": RankingMetric(tar_at_far),
+}
 
 
 def accuracy_at(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:

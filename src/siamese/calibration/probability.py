@@ -3,33 +3,46 @@ policies, plus the measures of how honest that probability is (Brier score, ECE)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-METHODS = ("none", "platt", "isotonic")
+
+def _fit_none(d: np.ndarray, y: np.ndarray) -> dict:
+    return {"method": "none"}
+
+
+def _fit_platt(d: np.ndarray, y: np.ndarray) -> dict:
+    from sklearn.linear_model import LogisticRegression  # sklearn is slow to import
+
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(d[:, None], y)
+    return {"method": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+
+
+def _fit_isotonic(d: np.ndarray, y: np.ndarray) -> dict:
+    from sklearn.isotonic import IsotonicRegression  # sklearn is slow to import
+
+    iso = IsotonicRegression(increasing=False, out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    iso.fit(d, y)
+    return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
+
+
+# calibrate.probability: each fits a JSON-serialisable map; the config's allowed values
+METHODS: dict[str, Callable[[np.ndarray, np.ndarray], dict]] = {
+    "none": _fit_none,
+    "platt": _fit_platt,
+    "isotonic": _fit_isotonic,
+}
 
 
 def fit_probability_map(distances: np.ndarray, same: np.ndarray, method: str) -> dict:
     """A JSON-serialisable map, fitted on the validation pairs."""
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown probability calibration {method!r}; allowed: {', '.join(METHODS)}"
+        )
     d = np.asarray(distances, dtype=np.float64)
-    y = np.asarray(same).astype(int)
-    if method == "none":
-        return {"method": "none"}
-    if method == "platt":
-        from sklearn.linear_model import LogisticRegression
-
-        lr = LogisticRegression(C=1e6, max_iter=1000).fit(d[:, None], y)
-        return {"method": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
-    if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
-
-        iso = IsotonicRegression(increasing=False, out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        iso.fit(d, y)
-        return {
-            "method": "isotonic",
-            "x": iso.X_thresholds_.tolist(),
-            "y": iso.y_thresholds_.tolist(),
-        }
-    raise ValueError(f"unknown probability calibration {method!r}; allowed: {METHODS}")
+    return METHODS[method](d, np.asarray(same).astype(int))
 
 
 def apply_probability_map(pmap: dict, distances: np.ndarray) -> np.ndarray | None:

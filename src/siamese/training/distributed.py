@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather
 
 
 def world_size() -> int:
@@ -22,7 +23,6 @@ def gather_batch(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     """Global (embeddings, labels) in rank order; embeddings keep their autograd graph."""
     if world_size() == 1:
         return emb, labels
-    from torch.distributed.nn.functional import all_gather
 
     all_emb = torch.cat(all_gather(emb.contiguous()))
     parts = [torch.empty_like(labels) for _ in range(world_size())]

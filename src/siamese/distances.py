@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+# train.distance: the config's allowed values (a learned head reports its own, see models)
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
 

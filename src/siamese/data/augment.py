@@ -8,6 +8,8 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
+from torch.utils.data import get_worker_info
 
 
 class Step(NamedTuple):
@@ -68,7 +70,7 @@ def resolve_steps(augment: list | str) -> list:
 
 
 def _transform_class(name: str) -> Any:
-    import albumentations as A
+    import albumentations as A  # lazy: slow to import (~2.5 s), only training needs it
 
     cls = getattr(A, name, None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, A.BasicTransform):
@@ -93,7 +95,7 @@ def build_augment(steps: list | str, seed: int) -> Any | None:
     steps = resolve_steps(steps)
     if not steps:
         return None
-    import albumentations as A
+    import albumentations as A  # lazy: slow to import (~2.5 s), only training needs it
 
     return A.Compose([_transform_class(s.name)(**s.params) for s in steps], seed=seed)
 
@@ -108,8 +110,6 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: give each worker its own augmentation stream (torch seeds each
     worker differently, and deterministically once the main process is seeded); without it every
     worker would replay the same augmentations."""
-    import torch
-    from torch.utils.data import get_worker_info
 
     info = get_worker_info()
     seed = torch.initial_seed() % 2**32

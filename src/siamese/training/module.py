@@ -9,24 +9,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from siamese import metrics
+from siamese.calibration.thresholds import max_accuracy_threshold
 from siamese.config import Params
-from siamese.errors import TrainingFault
-from siamese.losses.distributed import gather_batch
+from siamese.errors import EmbeddingCollapseError, NonFiniteLossError
+from siamese.evaluation import metrics
 from siamese.losses.losses import MetricLoss, contrastive_pair_loss
-from siamese.losses.miners import label_masks
+from siamese.mining.online import label_masks
 from siamese.models.encoders import SiameseEncoder
 from siamese.models.heads import balanced_bce
-from siamese.thresholds import max_accuracy_threshold
-
-
-class NonFiniteLossError(TrainingFault):
-    """Training produced NaN/inf; stopping keeps the last good checkpoint intact."""
-
-
-class EmbeddingCollapseError(TrainingFault):
-    """Every input maps to (nearly) the same embedding: the metric has degenerated."""
-
+from siamese.training.distributed import gather_batch
 
 COLLAPSE_SPREAD = 1e-3  # mean in-batch distance below this = a collapsed embedding
 

@@ -9,12 +9,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from siamese.augment import apply_augment, build_augment, seed_worker
 from siamese.config import Params
-from siamese.data.sources import DatasetError
+from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.data.augment import apply_augment, build_augment, seed_worker
+from siamese.errors import DatasetError
+from siamese.mining.sampler import PKBatchSampler
 from siamese.models.encoders import preprocess
-from siamese.sampler import PKBatchSampler
-from siamese.stages.prepare import PreparedData
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -70,11 +70,6 @@ def check_training_labels(params: Params, labels: np.ndarray) -> None:
             f"(the largest has {largest}), so every batch would only repeat images: set "
             f"train.images_per_identity to at most {largest}, or add images per identity"
         )
-
-
-def load_pairs(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in ("a", "b", "y")}
 
 
 class SiameseDataModule(pl.LightningDataModule):

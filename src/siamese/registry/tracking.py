@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
+import requests
 import yaml
 
 DEFAULT_DB = "mlflow.db"
@@ -33,10 +34,15 @@ def tracking_uri(project_dir: str | Path = ".") -> str:
     return f"sqlite:///{(Path(project_dir).resolve() / DEFAULT_DB)}"
 
 
+def client(uri: str | None = None) -> mlflow.MlflowClient:
+    """The one way this project talks to the tracking store and model registry: an MlflowClient
+    on ``uri``, by default the project's (see :func:`tracking_uri`)."""
+    return mlflow.MlflowClient(uri or tracking_uri())
+
+
 def is_tracking_unreachable(err: BaseException) -> bool:
     """Whether ``err`` (or what caused it) is a failure to reach the tracking server, as opposed
     to the server answering with an error."""
-    import requests
 
     seen = set()
     while err is not None and id(err) not in seen:
@@ -73,19 +79,17 @@ def _first_line(err: BaseException) -> str:
 
 def ensure_experiment(name: str, project_dir: str | Path = ".") -> str:
     """Experiment id for ``name``, created with local artefacts when using the local store."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri(project_dir))
-    exp = client.get_experiment_by_name(name)
+    mlflow_client = client(tracking_uri(project_dir))
+    exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
     if "MLFLOW_TRACKING_URI" not in os.environ:
         location = (Path(project_dir).resolve() / DEFAULT_ARTIFACTS).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return mlflow_client.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
+        exp = mlflow_client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
@@ -103,24 +107,6 @@ def git_info(project_dir: str | Path = ".") -> dict[str, str]:
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
-
-
-def file_md5(path: str | Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def dir_md5(path: str | Path) -> str:
-    """Content hash of a directory (file names and bytes), stable across machines."""
-    path = Path(path)
-    h = hashlib.md5()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(file_md5(f).encode())
-    return h.hexdigest()
 
 
 def dvc_lock_hashes(project_dir: str | Path = ".") -> dict[str, str]:
@@ -146,8 +132,6 @@ def dvc_lock_hashes(project_dir: str | Path = ".") -> dict[str, str]:
 def active_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at ``uri`` for a block only. ``mlflow.set_tracking_uri`` also
     exports MLFLOW_TRACKING_URI, which would leak into every later stage of this process."""
-    import mlflow
-
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:

@@ -31,6 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from siamese.data.images import read_image
+from siamese.distances import pairwise_distance
+from siamese.io import atomic_dir
+from siamese.models.loading import embed
+
 CI_Z = 1.96  # 95% normal interval, as reported in few-shot papers
 
 
@@ -39,7 +44,6 @@ def support_distances(encoder, queries: np.ndarray, supports: np.ndarray) -> np.
 
     ``encoder`` is the trained model (its own metric, learned head included) or, for tests on
     raw embeddings, a distance name such as ``"euclidean"``."""
-    from siamese.losses.distances import pairwise_distance
 
     q = torch.from_numpy(np.asarray(queries, np.float64))
     s = torch.from_numpy(np.asarray(supports, np.float64))
@@ -238,8 +242,6 @@ def read_runs(folder: str | Path) -> list[OneShotRun]:
 
 def score_runs(encoder, runs: list[OneShotRun]) -> dict:
     """Share of test items whose nearest training image under ``encoder`` is the listed one."""
-    from siamese.data.images import read_image
-    from siamese.embedding import embed
 
     size = encoder.config["image_size"]
     per_run, correct, total = {}, 0, 0
@@ -300,7 +302,6 @@ def build_runs(
     with fewer than ``ways`` characters are left out). Source is the official zip
     (``images_background/<Alphabet>/<characterNN>/<id>_<nn>.png``) or its extracted folder. The
     image bytes are copied unchanged. Returns the run names."""
-    from siamese.io import atomic_dir
 
     index = _background_index(source)
     if not index:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from siamese.data.artifacts import PreparedData, load_pairs
 from siamese.io import read_json
 from siamese.models.encoders import SiameseEncoder, preprocess
 
@@ -32,14 +34,11 @@ def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
     when present, else ``model.pt`` through ``torch.load(weights_only=True)``."""
     model_dir = Path(model_dir)
     if (model_dir / WEIGHTS_SAFETENSORS).is_file():
-        from safetensors.torch import load_file
-
         return load_file(model_dir / WEIGHTS_SAFETENSORS, device="cpu")
     return torch.load(model_dir / WEIGHTS_TORCH, map_location="cpu", weights_only=True)
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
 
@@ -52,30 +51,6 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
     # NHWC convolutions (oneDNN) run ~1.8x faster on CPU; every consumer (calibrate, evaluate,
     # register, serving) loads through here and embeds through embed(), so all see one numerics
     return enc.to(memory_format=torch.channels_last)
-
-
-def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:
-    """The encoder of a logged or registered model: ``models:/NAME@alias``, ``models:/NAME/3``,
-    ``runs:/RUN/model``, or a local folder (a training output with model.json, or a downloaded
-    pyfunc model holding ``artifacts/encoder``). Remote URIs resolve against ``tracking_uri``
-    (default: the project's, see :func:`siamese.tracking.tracking_uri`)."""
-    import tempfile
-
-    local = Path(str(uri))
-    if "://" not in str(uri) and not str(uri).startswith(("models:", "runs:")):
-        for candidate in (local, local / "artifacts" / "encoder"):
-            if (candidate / "model.json").is_file():
-                return load_encoder(candidate)
-        raise FileNotFoundError(f"{uri}: neither a model URI nor a folder holding model.json")
-    import mlflow
-
-    from siamese.tracking import tracking_uri as default_tracking_uri
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=str(uri), dst_path=tmp, tracking_uri=tracking_uri or default_tracking_uri()
-        )
-        return load_encoder(Path(path) / "artifacts" / "encoder")
 
 
 @torch.no_grad()
@@ -116,8 +91,6 @@ def split_pair_distances(
     prepared_dir: str | Path, pairs_dir: str | Path, model_dir: str | Path, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(distances, same) of the fixed ``split`` pairs under the trained encoder."""
-    from siamese.datamodule import load_pairs
-    from siamese.stages.prepare import PreparedData
 
     data = PreparedData(prepared_dir)
     pairs = load_pairs(Path(pairs_dir) / f"{split}.npz")

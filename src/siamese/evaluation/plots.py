@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from siamese.evaluation import metrics
+
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: slow to import, only the report figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -24,7 +26,6 @@ def _save(fig, path: Path) -> Path:
 
 
 def roc_figure(d: np.ndarray, y: np.ndarray, path: Path) -> Path:
-    from siamese import metrics
 
     plt = _plt()
     fpr, tpr, _ = metrics.roc_curve(d, y)
@@ -38,9 +39,7 @@ def roc_figure(d: np.ndarray, y: np.ndarray, path: Path) -> Path:
 
 def det_figure(d: np.ndarray, y: np.ndarray, path: Path) -> Path:
     """DET curve on normal-deviate axes, as verification reports draw it."""
-    from scipy.stats import norm
-
-    from siamese import metrics
+    from scipy.stats import norm  # lazy: scipy is slow to import
 
     plt = _plt()
     fpr, tpr, _ = metrics.roc_curve(d, y)

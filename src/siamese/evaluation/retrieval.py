@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from siamese.evaluation.oneshot import support_distances
+
 
 def retrieval_metrics(
     encoder, embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024
 ) -> dict:
     """precision_at_1, r_precision and map_at_r of leave-one-out retrieval, plus the query count.
 
-    ``encoder`` is what :func:`siamese.oneshot.support_distances` takes (the model, or a distance
+    ``encoder`` is what :func:`siamese.evaluation.oneshot.support_distances` takes (the model,
+    or a distance
     name for raw embeddings)."""
-    from siamese.oneshot import support_distances
 
     labels = np.asarray(labels)
     emb = np.asarray(embeddings)

@@ -15,11 +15,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from siamese.errors import DownloadError
+
 _OMNIGLOT = "https://github.com/brendenlake/omniglot/raw/master/python"
-
-
-class DownloadError(RuntimeError):
-    """A download failed or did not verify; the message says which file and why."""
 
 
 @dataclass(frozen=True)

@@ -18,41 +18,17 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from siamese.data.images import decode_image
+from siamese.data.sources import load_folder_dataset
+from siamese.errors import BadImageError, GalleryError
 from siamese.io import atomic_dir, read_json, write_json
+from siamese.registry.loading import load_served_model, resolve_model_uri
 
 GALLERY_FILE, INDEX_FILE, EMBEDDINGS_FILE = "gallery.json", "index.faiss", "embeddings.npy"
 DEFAULT_IVF_ABOVE = 10_000
 FORMAT_VERSION = 1
-
-
-class GalleryError(ValueError):
-    """A gallery cannot be built, read or searched; the message says why."""
-
-
-def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
-    """``models:/NAME@alias`` -> ``models:/NAME/VERSION``, so a gallery stays tied to the exact
-    version that embedded it even after the alias moves."""
-    if not uri.startswith("models:/") or "@" not in uri:
-        return uri
-    import mlflow
-
-    from siamese.tracking import tracking_uri as default_tracking_uri
-
-    name, alias = uri.removeprefix("models:/").split("@", 1)
-    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
-    return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
-
-
-def load_served_model(uri: str, tracking_uri: str | None = None):
-    """The served model object (siamese.serving.SiameseModel) of a model URI or folder."""
-    import mlflow
-
-    from siamese.tracking import active_tracking_uri
-    from siamese.tracking import tracking_uri as default_tracking_uri
-
-    with active_tracking_uri(tracking_uri or default_tracking_uri()):
-        return mlflow.pyfunc.load_model(str(uri)).unwrap_python_model()
 
 
 def index_kind(distance: str, n: int, ivf_above: int) -> str:
@@ -64,14 +40,14 @@ def index_kind(distance: str, n: int, ivf_above: int) -> str:
 def _faiss_vectors(emb: np.ndarray, distance: str) -> np.ndarray:
     x = np.ascontiguousarray(emb, dtype=np.float32)
     if distance == "cosine":
-        import faiss
+        import faiss  # lazy: only index building and search need it
 
         faiss.normalize_L2(x)
     return x
 
 
 def _build_faiss(x: np.ndarray, distance: str, kind: str, nlist: int) -> object:
-    import faiss
+    import faiss  # lazy: only index building and search need it
 
     d = x.shape[1]
     metric = faiss.METRIC_INNER_PRODUCT if distance == "cosine" else faiss.METRIC_L2
@@ -105,7 +81,6 @@ def build_gallery(
 ) -> dict:
     """Embed every image under ``root`` (``<identity>/<image>``, or any layout prepare reads) and
     write the gallery folder ``out`` atomically; returns its summary."""
-    from siamese.data.sources import load_folder_dataset
 
     resolved = resolve_model_uri(model_uri, tracking_uri)
     model = load_served_model(resolved, tracking_uri)
@@ -139,7 +114,7 @@ def build_gallery(
     with atomic_dir(out) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, emb.astype(np.float32))
         if index is not None:
-            import faiss
+            import faiss  # lazy: only index building and search need it
 
             faiss.write_index(index, str(tmp / INDEX_FILE))
         write_json(tmp / GALLERY_FILE, meta)
@@ -167,8 +142,6 @@ def search_embeddings(
     n = meta["count"]
     ids, paths = meta["identities"], meta["paths"]
     if meta["index"] == "brute":
-        import torch
-
         if encoder is None:
             raise GalleryError("a learned-distance gallery needs the model's encoder to search")
         gallery = np.load(path / EMBEDDINGS_FILE).astype(np.float64)
@@ -179,7 +152,7 @@ def search_embeddings(
         order = np.argsort(dist, axis=1, kind="stable")
         rows = [(order[i], dist[i, order[i]]) for i in range(len(query))]
     else:
-        import faiss
+        import faiss  # lazy: only index building and search need it
 
         index = faiss.read_index(str(path / INDEX_FILE))
         if meta["index"] == "ivf":
@@ -215,7 +188,6 @@ def search_image(
     tracking_uri: str | None = None,
 ) -> list[dict]:
     """The ``k`` nearest identities to one image file, under the gallery's model."""
-    from siamese.data.images import BadImageError, decode_image
 
     meta = read_gallery(path)
     model = load_served_model(model_uri or meta["model"], tracking_uri)

@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from siamese.metrics import Sweep, sweep
-
-STRATEGIES = ("max_accuracy", "max_f1", "eer", "target_far", "target_frr")
+from siamese.evaluation.metrics import Sweep, sweep
 
 
 def _operating_points(s: Sweep) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +65,8 @@ def _target_frr(s: Sweep, target: float | None) -> int:
     return int(ok[0])  # i = G always qualifies
 
 
-_PICK: dict[str, Callable[[Sweep, float | None], int]] = {
+# calibrate.strategy: each picks an operating point of the sweep; the config's allowed values
+STRATEGIES: dict[str, Callable[[Sweep, float | None], int]] = {
     "max_accuracy": _max_accuracy,
     "max_f1": _max_f1,
     "eer": _eer,
@@ -88,9 +87,11 @@ def max_accuracy_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[flo
 def choose_threshold(
     distances: np.ndarray, same: np.ndarray, strategy: str, target: float | None = None
 ) -> float:
-    if strategy not in _PICK:
-        raise ValueError(f"unknown threshold strategy {strategy!r}; allowed: {STRATEGIES}")
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown threshold strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}"
+        )
     if strategy.startswith("target_") and target is None:
         raise ValueError(f"strategy {strategy} needs a target rate")
     s = sweep(distances, same)
-    return _threshold_for(s, _PICK[strategy](s, target))
+    return _threshold_for(s, STRATEGIES[strategy](s, target))

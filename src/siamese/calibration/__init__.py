@@ -1,0 +1,2 @@
+"""Calibration: decision-threshold strategies and distance -> probability maps, fitted on
+validation pairs."""

@@ -1,0 +1,2 @@
+"""Evaluation: verification metrics, bootstrap intervals, retrieval, one-shot episodes and
+runs, plots."""

@@ -1,0 +1,154 @@
+"""The served model's package: the plain-data artifacts (safetensors weights, preprocessing and
+calibration JSON), the signature and input example, and the arguments that log or save it as an
+MLflow "model from code" (``model_code.py`` plus the siamese package as code)."""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from siamese.data.images import encode_png
+from siamese.io import read_json, write_json
+from siamese.models.loading import load_state_dict, save_safetensors
+from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
+
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/siamese: shipped as the model's code
+# what siamese.models.encoders.preprocess does; stored in the package and checked on load
+
+
+def preprocessing_spec(
+    image_size: int, max_pixels: int | None, max_request_bytes: int | None = None
+) -> dict:
+    return {
+        "image_size": int(image_size),
+        "input": "encoded image bytes (PNG, JPEG, PGM, BMP, TIFF, GIF), base64 strings, or "
+        "arrays (H, W) / (H, W, 3|4), uint8 or float in [0, 1]",
+        "color": "grayscale: PIL mode L (ITU-R 601-2 luma), alpha composited on white, "
+        "16-bit scaled by its maximum",
+        "resize": "bilinear to image_size x image_size",
+        "dtype": "uint8",
+        "normalization": dict(NORMALIZATION),
+        "max_pixels": None if max_pixels is None else int(max_pixels),
+        # HTTP request bodies (mlflow models serve) over this many bytes are answered with 413
+        "max_request_bytes": None if max_request_bytes is None else int(max_request_bytes),
+    }
+
+
+def calibration_spec(calibration: dict) -> dict:
+    keys = ("strategy", "target", "threshold", "threshold_ci", "probability")
+    return {k: calibration.get(k) for k in keys}
+
+
+def build_package(
+    model_dir: str | Path,
+    calibration: dict,
+    max_pixels: int | None,
+    dest: str | Path,
+    *,
+    max_request_bytes: int | None = None,
+) -> dict[str, str]:
+    """Write the package's artifacts under ``dest``; returns the pyfunc ``artifacts`` map."""
+
+    model_dir, dest = Path(model_dir), Path(dest)
+    enc = dest / "encoder"
+    enc.mkdir(parents=True, exist_ok=True)
+    config = read_json(model_dir / "model.json")
+    save_safetensors(load_state_dict(model_dir), enc / "model.safetensors")
+    write_json(enc / "model.json", config)
+    write_json(
+        dest / "preprocessing.json",
+        preprocessing_spec(config["image_size"], max_pixels, max_request_bytes),
+    )
+    write_json(dest / "calibration.json", calibration_spec(calibration))
+    return {
+        "encoder": str(enc),
+        "preprocessing": str(dest / "preprocessing.json"),
+        "calibration": str(dest / "calibration.json"),
+    }
+
+
+def signature():
+
+    return ModelSignature(
+        inputs=Schema(
+            [
+                ColSpec("binary", "image_a", required=False),
+                ColSpec("binary", "image_b", required=False),
+                ColSpec("binary", EMBED_COLUMN, required=False),
+            ]
+        ),
+        # mode "pair"; mode "embed" answers one column, embedding (a list of floats per row)
+        outputs=Schema(
+            [
+                ColSpec("double", "distance"),
+                ColSpec("double", "similarity"),
+                ColSpec("double", "probability"),
+                ColSpec("boolean", "match"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("mode", "string", "pair")]),
+    )
+
+
+def example_frame(image_size: int) -> pd.DataFrame:
+    """A one-pair input example (two synthetic gradients at the model's size)."""
+    ramp = np.linspace(0, 255, image_size, dtype=np.float64)
+    a = np.add.outer(ramp, ramp) / 2
+    return pd.DataFrame(
+        {
+            "image_a": [encode_png(a.astype(np.uint8))],
+            "image_b": [encode_png(a.T[::-1].astype(np.uint8))],
+        }
+    )
+
+
+def pip_requirements() -> list[str]:
+
+    out = []
+    for name in ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors"):
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def pyfunc_kwargs(artifacts: dict[str, str], image_size: int) -> dict:
+    """Arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a built package."""
+    return {
+        "python_model": str(MODEL_CODE),
+        "artifacts": artifacts,
+        "code_paths": [str(PACKAGE_DIR)],
+        "signature": signature(),
+        "input_example": example_frame(image_size),
+        "pip_requirements": pip_requirements(),
+    }
+
+
+def save_package(
+    path: str | Path,
+    model_dir: str | Path,
+    calibration: dict,
+    max_pixels: int | None,
+    *,
+    max_request_bytes: int | None = None,
+) -> Path:
+    """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
+
+    image_size = read_json(Path(model_dir) / "model.json")["image_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = build_package(
+            model_dir, calibration, max_pixels, tmp, max_request_bytes=max_request_bytes
+        )
+        mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image_size))
+    return Path(path)

@@ -1,0 +1,166 @@
+"""The MLflow pyfunc model: what production serves. It takes image pairs and returns the distance,
+a similarity score, the calibrated probability and the match decision at the calibrated threshold,
+using exactly the encoder, preprocessing and threshold that were evaluated; or, with the param
+``mode="embed"``, the embedding of single images.
+
+The package is a "model from code" (``model_code.py`` plus the siamese package as code), never a
+pickled object. Its artifacts are plain data:
+
+* ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
+* ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit,
+  request size limit;
+* ``calibration.json``: threshold strategy, threshold, distance -> probability map.
+
+Bad input (not an image, a decompression bomb, too many pixels, wrong columns or mode) raises an
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve`` answers with
+HTTP 400 and the message. Inside ``mlflow models serve`` the model also guards the scoring
+server's request handling (see :func:`siamese.registry.guard.guard_scoring_server`): a request
+without a Content-Type gets 415, a body over ``max_request_bytes`` 413, and error messages
+are cut to a bounded size."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from siamese.calibration.probability import apply_probability_map
+from siamese.data.images import array_image, decode_image
+from siamese.errors import BadImageError
+from siamese.io import read_json
+from siamese.models.loading import embed, embedding_distances, load_encoder
+from siamese.registry.guard import guard_scoring_server, set_serving_threads
+
+INPUT_COLUMNS = ("image_a", "image_b")
+EMBED_COLUMN = "image"
+MODES = ("pair", "embed")
+# what siamese.models.encoders.preprocess does; stored in the package and checked on load
+NORMALIZATION = {"divide": 127.5, "subtract": 1.0}
+
+
+def invalid_input(message: str):
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _decode(value: Any, size: int, name: str, max_pixels: int | None) -> np.ndarray:
+
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return array_image(value, size, name=name, max_pixels=max_pixels)
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadImageError(f"{name}: string input is not valid base64") from None
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise BadImageError(f"{name}: missing image")
+    if not isinstance(value, bytes):
+        raise BadImageError(
+            f"{name}: expected an encoded image (bytes or base64 string) or an array, "
+            f"got {type(value).__name__}"
+        )
+    return decode_image(value, size, name=name, max_pixels=max_pixels)
+
+
+class SiameseModel(mlflow.pyfunc.PythonModel):
+    """The served model. ``load_context`` reads the package's artifacts (weights-only)."""
+
+    def load_context(self, context) -> None:
+
+        arts = context.artifacts
+        encoder = load_encoder(arts["encoder"])
+        self.setup(encoder, read_json(arts["preprocessing"]), read_json(arts["calibration"]))
+        set_serving_threads()
+        guard_scoring_server(self.max_request_bytes)
+
+    def setup(self, encoder, preprocessing: dict, calibration: dict) -> SiameseModel:
+        if preprocessing.get("normalization") != NORMALIZATION:
+            raise ValueError(
+                f"unsupported normalisation {preprocessing.get('normalization')}; this code "
+                f"applies {NORMALIZATION}"
+            )
+        if preprocessing["image_size"] != encoder.config["image_size"]:
+            raise ValueError("preprocessing.image_size differs from the encoder's image size")
+        self.encoder = encoder
+        self.preprocessing = preprocessing
+        self.calibration = calibration
+        self.threshold = float(calibration["threshold"])
+        self.probability_map = calibration.get("probability") or {"method": "none"}
+        self.image_size = int(preprocessing["image_size"])
+        self.max_pixels = preprocessing.get("max_pixels")
+        self.max_request_bytes = preprocessing.get("max_request_bytes")
+        return self
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+
+        mode = (params or {}).get("mode", "pair")
+        if mode not in MODES:
+            raise invalid_input(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        if not isinstance(model_input, pd.DataFrame):
+            raise invalid_input(
+                f"expected a table with columns {self._columns(mode)}, "
+                f"got {type(model_input).__name__}"
+            )
+        missing = [c for c in self._columns(mode) if c not in model_input.columns]
+        if missing:
+            raise invalid_input(
+                f"input is missing column(s) {missing}; mode {mode!r} expects "
+                f"{self._columns(mode)} (got {[str(c) for c in model_input.columns]})"
+            )
+        try:
+            if mode == "embed":
+                return self._embed(model_input)
+            return self._pairs(model_input)
+        except BadImageError as err:
+            raise invalid_input(str(err)) from None
+
+    @staticmethod
+    def _columns(mode: str) -> list[str]:
+        return [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
+
+    def _images(self, frame: pd.DataFrame, columns) -> np.ndarray:
+        imgs = [
+            _decode(v, self.image_size, f"row {i} {col}", self.max_pixels)
+            for col in columns
+            for i, v in enumerate(frame[col].tolist())
+        ]
+        if not imgs:
+            return np.zeros((0, self.image_size, self.image_size), np.uint8)
+        return np.stack(imgs)
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 -> float64 (N, D) embeddings, exactly as evaluated."""
+
+        return embed(self.encoder, images).astype(np.float64)
+
+    def _embed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        emb = self.embeddings(self._images(frame, [EMBED_COLUMN]))
+        return pd.DataFrame({"embedding": [row.tolist() for row in emb]})
+
+    def _pairs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        n = len(frame)
+        return self.score(self.embeddings(self._images(frame, INPUT_COLUMNS)), n)
+
+    def score(self, emb: np.ndarray, n: int) -> pd.DataFrame:
+        """Pair outputs from the stacked embeddings of n ``image_a`` then n ``image_b``."""
+
+        d = embedding_distances(self.encoder, emb[:n], emb[n:]) if n else np.zeros(0)
+        prob = apply_probability_map(self.probability_map, d)
+        return pd.DataFrame(
+            {
+                "distance": d,
+                "similarity": 1.0 / (1.0 + d),
+                "probability": np.full(n, np.nan) if prob is None else prob,
+                "match": d <= self.threshold,
+            }
+        )

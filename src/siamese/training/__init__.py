@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the DataModule, callbacks, resume and the distributed gather."""
