@@ -110,7 +110,7 @@ def framework_loop(params, tmp: Path, epochs: int) -> float:
 
     pl.seed_everything(params.seed, verbose=False)
     dm = SiameseDataModule(params, tmp / "prepared", tmp / "pairs")
-    module = SiameseModule(params.model_dump(mode="json"))
+    module = SiameseModule(params)
     clock = _clock()
     tr = params.trainer
     trainer = pl.Trainer(

@@ -234,7 +234,7 @@ def _fit(
 
     run_id = os.environ[RUN_ID_ENV]
     resume_from = os.environ.get(RESUME_ENV) or None
-    module = SiameseModule(params.model_dump(mode="json"), dm.val_pairs, dm.val_images)
+    module = SiameseModule(params, dm.val_pairs, dm.val_images)
     t, tr = params.train, params.trainer
     # which weights are exported: the best validation epoch by AUC or pair loss, or the last
     # (AUC saturates at 1.0 on a handful of validation identities, and ties never improve)

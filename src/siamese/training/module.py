@@ -34,10 +34,11 @@ def check_embedding_spread(spread: float, epoch: int) -> None:
 
 
 class SiameseModule(pl.LightningModule):
-    def __init__(self, params: dict, val_pairs: dict | None = None, val_images=None):
+    def __init__(self, params: Params, val_pairs: dict | None = None, val_images=None):
         super().__init__()
-        self.save_hyperparameters("params", logger=False)
-        self.p = Params.model_validate(params)
+        # recorded in checkpoints as plain JSON types, so they load with weights_only=True
+        self.save_hyperparameters({"params": params.model_dump(mode="json")}, logger=False)
+        self.p = params
         m = self.p.model
         t = self.p.train
         self.uses_head = t.loss == "bce"
