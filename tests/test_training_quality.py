@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from siamese import paths
 from siamese.config import load_params
 from siamese.data.artifacts import PreparedData, load_pairs
-from siamese.evaluation import metrics, paths
+from siamese.evaluation import metrics
 from siamese.models.encoders import SiameseEncoder
 from siamese.models.loading import load_encoder, pair_distances
 from siamese.params_file import set_params

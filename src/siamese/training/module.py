@@ -36,8 +36,6 @@ def check_embedding_spread(spread: float, epoch: int) -> None:
 class SiameseModule(pl.LightningModule):
     def __init__(self, params: Params, val_pairs: dict | None = None, val_images=None):
         super().__init__()
-        # recorded in checkpoints as plain JSON types, so they load with weights_only=True
-        self.save_hyperparameters({"params": params.model_dump(mode="json")}, logger=False)
         self.p = params
         m = self.p.model
         t = self.p.train
@@ -71,6 +69,10 @@ class SiameseModule(pl.LightningModule):
     def _online_miner(self) -> str:
         miner = self.p.train.miner
         return "all_pairs" if miner == "offline_pairs" else miner
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the params a checkpoint was trained with, as plain JSON types (loads weights_only)
+        checkpoint["siamese_params"] = self.p.model_dump(mode="json")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
