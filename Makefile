@@ -22,8 +22,8 @@ test: $(STAMP)  ## the default (fast) test suite
 test-slow: $(STAMP)  ## the long tests (real-data training proofs, kill/outage/concurrency runs), also run by CI
 	$(BIN)/python -m pytest -q -m slow
 
-lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: $(STAMP)  ## style, and the architecture's import contracts (pyproject.toml [tool.importlinter])
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
