@@ -20,12 +20,13 @@ from siamese.config import load_params, validate_params
 from siamese.errors import ParamsError, PromotionError
 from siamese.params_file import set_params
 from siamese.registry.aliases import HISTORY_TAG
+from siamese.registry.promotion import improvement
 from siamese.registry.tracking import tracking_uri
 from siamese.stages.calibrate import run_calibrate
 from siamese.stages.evaluate import run_evaluate
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
-from siamese.stages.promote import improvement, run_rollback
+from siamese.stages.promote import run_rollback
 from siamese.stages.train import run_train
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from siamese.evaluation.bootstrap import bootstrap_ci
 from siamese.evaluation.metrics import Sweep, sweep
 
 
@@ -95,3 +96,19 @@ def choose_threshold(
         raise ValueError(f"strategy {strategy} needs a target rate")
     s = sweep(distances, same)
     return _threshold_for(s, STRATEGIES[strategy](s, target))
+
+
+def threshold_interval(
+    d: np.ndarray,
+    same: np.ndarray,
+    strategy: str,
+    target: float | None,
+    n: int,
+    level: float,
+    seed: int,
+) -> dict[str, float] | None:
+    """Percentile CI of the chosen threshold over stratified resamples of the validation pairs."""
+    if n == 0:
+        return None
+    choose = {"threshold": lambda dd, yy: choose_threshold(dd, yy, strategy, target)}
+    return bootstrap_ci(d, same, choose, n, level, seed)["threshold"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from siamese.data.artifacts import PreparedData
 from siamese.errors import DatasetError
 
 
@@ -135,3 +136,46 @@ def skilled_forgery_pairs(
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(every), size=n_pairs, replace=False))
     return every[pick].astype(np.int64)
+
+
+def with_hard_negatives(
+    pairs: dict, data: PreparedData, reference: dict, fraction: float, seed: int
+) -> dict:
+    """Replace a fraction of the random negative pairs by the reference model's hardest ones
+    (``reference``: the indices and embeddings of the training images under that model)."""
+    neg = np.flatnonzero(pairs["y"] == 0)
+    n_hard = int(round(len(neg) * fraction))
+    hard = hard_negative_pairs(
+        reference["indices"], data.labels, reference["embeddings"], n_hard, seed
+    )
+    reference["count"] = len(hard)
+    replace = neg[: len(hard)]
+    pairs = {k: v.copy() for k, v in pairs.items()}
+    pairs["a"][replace], pairs["b"][replace] = hard[:, 0], hard[:, 1]
+    return pairs
+
+
+def with_skilled_forgeries(
+    pairs: dict, data: PreparedData, split: str, wanted: int | None, seed: int
+) -> tuple[dict, int]:
+    """Add (genuine, forged) pairs of one writer as negatives of kind SKILLED_FORGERY, so
+    evaluation can report the skilled-forgery error apart from the random-forgery one."""
+    idx = data.indices(split)
+    if not data.forged[idx].any() or wanted == 0:
+        return pairs, 0
+    if wanted is None:  # as many as the random negatives, at most every pair there is
+        lab, fg = data.labels[idx], data.forged[idx]
+        available = sum(
+            int(((lab == c) & ~fg).sum()) * int(((lab == c) & fg).sum()) for c in np.unique(lab)
+        )
+        wanted = min(int((pairs["y"] == 0).sum()), available)
+    extra = skilled_forgery_pairs(idx, data.labels, data.forged, wanted, seed)
+    n = len(extra)
+    merged = {
+        "a": np.r_[pairs["a"], extra[:, 0]],
+        "b": np.r_[pairs["b"], extra[:, 1]],
+        "y": np.r_[pairs["y"], np.zeros(n, np.int8)].astype(np.int8),
+        "kind": np.r_[pairs["kind"], np.full(n, SKILLED_FORGERY, np.int8)].astype(np.int8),
+    }
+    order = np.random.default_rng([seed, SKILLED_FORGERY]).permutation(len(merged["y"]))
+    return {k: v[order] for k, v in merged.items()}, n

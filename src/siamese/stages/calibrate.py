@@ -5,31 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from siamese.calibration.probability import fit_probability_map
-from siamese.calibration.thresholds import choose_threshold
+from siamese.calibration.thresholds import choose_threshold, threshold_interval
 from siamese.config import Params
 from siamese.evaluation import metrics
-from siamese.evaluation.bootstrap import bootstrap_ci
 from siamese.io import atomic_dir, write_json
 from siamese.models.loading import split_pair_distances
-
-
-def threshold_interval(
-    d: np.ndarray,
-    same: np.ndarray,
-    strategy: str,
-    target: float | None,
-    n: int,
-    level: float,
-    seed: int,
-) -> dict[str, float] | None:
-    """Percentile CI of the chosen threshold over stratified resamples of the validation pairs."""
-    if n == 0:
-        return None
-    choose = {"threshold": lambda dd, yy: choose_threshold(dd, yy, strategy, target)}
-    return bootstrap_ci(d, same, choose, n, level, seed)["threshold"]
 
 
 def run_calibrate(

@@ -14,10 +14,9 @@ from siamese.errors import DatasetError
 from siamese.io import atomic_dir, write_json
 from siamese.mining.offline import (
     RANDOM_NEGATIVE,
-    SKILLED_FORGERY,
     balanced_pairs,
-    hard_negative_pairs,
-    skilled_forgery_pairs,
+    with_hard_negatives,
+    with_skilled_forgeries,
 )
 from siamese.models.loading import embed
 from siamese.registry.loading import load_registered_encoder
@@ -44,46 +43,6 @@ def _reference_embeddings(uri: str, data: PreparedData) -> dict | None:
     return {"uri": uri, "indices": idx, "embeddings": embed(encoder, images), "count": 0}
 
 
-def _with_hard_negatives(pairs: dict, data: PreparedData, reference: dict, params, seed) -> dict:
-    """Replace a fraction of the random negative pairs by the reference model's hardest ones."""
-    neg = np.flatnonzero(pairs["y"] == 0)
-    n_hard = int(round(len(neg) * params.mine.hard_negative_fraction))
-    hard = hard_negative_pairs(
-        reference["indices"], data.labels, reference["embeddings"], n_hard, seed
-    )
-    reference["count"] = len(hard)
-    replace = neg[: len(hard)]
-    pairs = {k: v.copy() for k, v in pairs.items()}
-    pairs["a"][replace], pairs["b"][replace] = hard[:, 0], hard[:, 1]
-    return pairs
-
-
-def _with_skilled_forgeries(
-    pairs: dict, data: PreparedData, split: str, wanted: int | None, seed: int
-) -> tuple[dict, int]:
-    """Add (genuine, forged) pairs of one writer as negatives of kind SKILLED_FORGERY, so
-    evaluation can report the skilled-forgery error apart from the random-forgery one."""
-    idx = data.indices(split)
-    if not data.forged[idx].any() or wanted == 0:
-        return pairs, 0
-    if wanted is None:  # as many as the random negatives, at most every pair there is
-        lab, fg = data.labels[idx], data.forged[idx]
-        available = sum(
-            int(((lab == c) & ~fg).sum()) * int(((lab == c) & fg).sum()) for c in np.unique(lab)
-        )
-        wanted = min(int((pairs["y"] == 0).sum()), available)
-    extra = skilled_forgery_pairs(idx, data.labels, data.forged, wanted, seed)
-    n = len(extra)
-    merged = {
-        "a": np.r_[pairs["a"], extra[:, 0]],
-        "b": np.r_[pairs["b"], extra[:, 1]],
-        "y": np.r_[pairs["y"], np.zeros(n, np.int8)].astype(np.int8),
-        "kind": np.r_[pairs["kind"], np.full(n, SKILLED_FORGERY, np.int8)].astype(np.int8),
-    }
-    order = np.random.default_rng([seed, SKILLED_FORGERY]).permutation(len(merged["y"]))
-    return {k: v[order] for k, v in merged.items()}, n
-
-
 def run_mine(params: Params, prepared_dir: str | Path, out_dir: str | Path) -> dict:
     """Pairs of genuine images (forgeries are never positives) with a ``kind`` per pair:
     0 genuine positive, 1 random negative (two identities), 2 skilled forgery (genuine vs forged
@@ -104,12 +63,14 @@ def run_mine(params: Params, prepared_dir: str | Path, out_dir: str | Path) -> d
             except DatasetError as err:
                 raise DatasetError(f"mine.{split}_pairs={n} on the {split} split: {err}") from None
             if split == "train" and reference is not None:
-                pairs = _with_hard_negatives(pairs, data, reference, params, seed)
+                pairs = with_hard_negatives(
+                    pairs, data, reference, params.mine.hard_negative_fraction, seed
+                )
                 summary["train_hard_negatives"] = int(reference["count"])
                 summary["reference_model"] = reference["uri"]
             pairs["kind"] = np.where(pairs["y"] == 1, 0, RANDOM_NEGATIVE).astype(np.int8)
             if split != "train":
-                pairs, n_skilled = _with_skilled_forgeries(
+                pairs, n_skilled = with_skilled_forgeries(
                     pairs, data, split, params.mine.skilled_forgery_pairs, seed
                 )
                 if n_skilled:

@@ -20,14 +20,12 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
 from siamese.config import Params
 from siamese.data.artifacts import PreparedData, load_pairs
 from siamese.errors import PromotionError
-from siamese.evaluation import metrics
 from siamese.io import atomic_dir, file_md5, write_json
 from siamese.registry import tracking
 from siamese.registry.aliases import (
@@ -37,7 +35,7 @@ from siamese.registry.aliases import (
     move_champion,
     version_by_alias,
 )
-from siamese.registry.client import pairs_frame
+from siamese.registry.promotion import benchmark_score, improvement, metric_key
 from siamese.registry.tracking import active_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -47,37 +45,12 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def metric_key(params: Params) -> str:
-    """The key of the promotion metric in evaluate's metrics.json (and ``test.<key>`` on runs)."""
-    r = params.register
-    return f"tar_at_far_{r.promote_far:g}" if r.promote_metric == "tar_at_far" else r.promote_metric
-
-
-def score(params: Params, distances: np.ndarray, same: np.ndarray) -> float:
-    r = params.register
-    return metrics.RANKING_METRICS[r.promote_metric].score(distances, same, r.promote_far)
-
-
-def improvement(params: Params, challenger: float, champion: float) -> float:
-    """How much better the challenger is, in the metric's better direction (> 0: better)."""
-    diff = challenger - champion
-    lower_is_better = metrics.RANKING_METRICS[params.register.promote_metric].lower_is_better
-    return -diff if lower_is_better else diff
-
-
 def _benchmark(prepared_dir: Path, pairs_dir: Path) -> tuple[np.ndarray, dict, str]:
 
     path = pairs_dir / "test.npz"
     if not path.is_file():
         raise FileNotFoundError(f"benchmark pairs {path} not found; run `siamese mine` first")
     return PreparedData(prepared_dir).images, load_pairs(path), file_md5(path)
-
-
-def _benchmark_score(params: Params, name: str, version: str, images, pairs) -> float:
-
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    out = model.predict(pairs_frame(images, pairs["a"], pairs["b"]))
-    return score(params, out["distance"].to_numpy(dtype=np.float64), pairs["y"])
 
 
 def run_promote(
@@ -153,9 +126,9 @@ def run_promote(
     images, pairs, md5 = _benchmark(Path(prepared_dir), Path(pairs_dir))
     result["benchmark_md5"] = md5
     with active_tracking_uri(uri):
-        chal_value = _benchmark_score(params, name, version, images, pairs)
+        chal_value = benchmark_score(params, name, version, images, pairs)
         champ_value = (
-            _benchmark_score(params, name, str(champ.version), images, pairs) if champ else None
+            benchmark_score(params, name, str(champ.version), images, pairs) if champ else None
         )
     values = {"challenger_value": chal_value, "champion_value": champ_value}
     if champ is None:
