@@ -19,7 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, serve, task
+from prefect.runtime import flow_run
+from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from siamese import paths
 from siamese.config import load_params
@@ -174,7 +177,6 @@ def training_flow(
 
 
 def _training_run(project: Path, overrides: list[str] | None, push: bool, promote: bool) -> dict:
-    from prefect.runtime import flow_run
 
     params_path = project / paths.PARAMS
     # validate (and apply overrides to params.yaml) before any stage runs
@@ -234,8 +236,6 @@ def retraining_deployment(
     """A RunnerDeployment of ``retrain_and_promote`` on a cron schedule (defaults: ``schedule.*``
     in the project's params.yaml). The entrypoint is the module path, so a runner or worker can
     import it from any working directory where the package is installed."""
-    from prefect.schedules import Cron
-    from prefect.types.entrypoint import EntrypointType
 
     project = Path(project_dir).resolve()
     sched = load_params(project / paths.PARAMS).schedule
@@ -255,7 +255,6 @@ def retraining_deployment(
 def serve_retraining(deployment, limit: int = 1) -> None:
     """Register the deployment with the Prefect API and run a runner that executes its runs
     (blocks until interrupted; the schedule is paused when it stops)."""
-    from prefect import serve
 
     serve(deployment, limit=limit)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 
@@ -40,14 +41,11 @@ def index_kind(distance: str, n: int, ivf_above: int) -> str:
 def _faiss_vectors(emb: np.ndarray, distance: str) -> np.ndarray:
     x = np.ascontiguousarray(emb, dtype=np.float32)
     if distance == "cosine":
-        import faiss  # lazy: only index building and search need it
-
         faiss.normalize_L2(x)
     return x
 
 
 def _build_faiss(x: np.ndarray, distance: str, kind: str, nlist: int) -> object:
-    import faiss  # lazy: only index building and search need it
 
     d = x.shape[1]
     metric = faiss.METRIC_INNER_PRODUCT if distance == "cosine" else faiss.METRIC_L2
@@ -114,8 +112,6 @@ def build_gallery(
     with atomic_dir(out) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, emb.astype(np.float32))
         if index is not None:
-            import faiss  # lazy: only index building and search need it
-
             faiss.write_index(index, str(tmp / INDEX_FILE))
         write_json(tmp / GALLERY_FILE, meta)
     return {k: meta[k] for k in ("model", "distance", "index", "count", "dim") if k in meta} | {
@@ -152,8 +148,6 @@ def search_embeddings(
         order = np.argsort(dist, axis=1, kind="stable")
         rows = [(order[i], dist[i, order[i]]) for i in range(len(query))]
     else:
-        import faiss  # lazy: only index building and search need it
-
         index = faiss.read_index(str(path / INDEX_FILE))
         if meta["index"] == "ivf":
             index.nprobe = int(meta["nprobe"])
