@@ -54,7 +54,7 @@ def _zeroed_weights() -> None:
 
 
 def test_promotion_gate_history_rollback_and_refusal(project, caplog):
-    caplog.set_level(logging.INFO, logger="siamese.stages.promote")
+    caplog.set_level(logging.INFO, logger="siamese")
     params = set_params(project / "params.yaml", QUICK)
     name = params.register.model_name
     run_prepare(params, paths.PREPARED)
