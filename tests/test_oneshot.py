@@ -327,8 +327,8 @@ def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, 
     arrays["forged"][test_idx[0]] = True
     save_npz(paths.PREPARED / "data.npz", **arrays)
     pairs = load_pairs(paths.PAIRS / "test.npz")
-    kind = np.where(pairs["y"] == 1, 0, 1 + np.arange(len(pairs["y"])) % 2).astype(np.int8)
-    save_npz(paths.PAIRS / "test.npz", **pairs, kind=kind)
+    pairs["kind"] = np.where(pairs["y"] == 1, 0, 1 + np.arange(len(pairs["y"])) % 2).astype(np.int8)
+    save_npz(paths.PAIRS / "test.npz", **pairs)
     again = run_evaluate(params, *stage_args)
     assert again["retrieval"]["queries"] == 8 * n_test - 1
     assert 0 <= again["eer_skilled_forgery"] <= 1 and 0 <= again["eer_random_forgery"] <= 1
