@@ -1,6 +1,6 @@
 """The served model's package: the plain-data artifacts (safetensors weights, preprocessing and
 calibration JSON), the signature and input example, and the arguments that log or save it as an
-MLflow "model from code" (``model_code.py`` plus the siamese package as code)."""
+MLflow "model from code" (``serving_model.py`` plus the siamese package as code)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from siamese.io import read_json, write_json
 from siamese.models.loading import load_state_dict, save_safetensors
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
 
-MODEL_CODE = Path(__file__).with_name("model_code.py")
+MODEL_CODE = Path(__file__).with_name("serving_model.py")
 
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/siamese: shipped as the model's code

@@ -3,7 +3,7 @@ a similarity score, the calibrated probability and the match decision at the cal
 using exactly the encoder, preprocessing and threshold that were evaluated; or, with the param
 ``mode="embed"``, the embedding of single images.
 
-The package is a "model from code" (``model_code.py`` plus the siamese package as code), never a
+The package is a "model from code" (``serving_model.py`` plus the siamese package as code), never a
 pickled object. Its artifacts are plain data:
 
 * ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
