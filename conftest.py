@@ -185,7 +185,7 @@ INTERRUPTIBLE = [
 def last_checkpoint(project: Path) -> Path:
     """The epoch checkpoint an interrupted training of ``project`` resumes from."""
     from siamese import paths
-    from siamese.stages.train import scratch_dir
+    from siamese.training.resume import scratch_dir
 
     return project / scratch_dir(paths.TRAIN) / "checkpoints" / "last.ckpt"
 

@@ -39,7 +39,7 @@ from siamese import paths
 from siamese.config import load_params
 from siamese.params_file import set_params
 from siamese.registry.tracking import tracking_uri
-from siamese.stages.train import scratch_dir
+from siamese.training.resume import scratch_dir
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

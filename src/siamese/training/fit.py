@@ -1,0 +1,136 @@
+"""Fitting the encoder: the Lightning Trainer built from ``params.trainer`` and ``params.train``,
+the fit itself, and the export of the best weights as a plain encoder state dict.
+
+The caller brings the Lightning logger (the stage builds an MLflow one), so training does not
+depend on a tracking backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers.logger import Logger  # the base class: any backend
+
+from siamese.config import MONITORS, Params
+from siamese.errors import TrainingFault
+from siamese.io import write_json
+from siamese.training.callbacks import SaveLastCheckpoint
+from siamese.training.datamodule import SiameseDataModule
+from siamese.training.module import SiameseModule
+from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def export_encoder(module: SiameseModule, out_dir: Path) -> None:
+    """Save the encoder alone as a plain state dict: loadable with weights_only=True."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}
+    torch.save(state, out_dir / "model.pt")
+    write_json(out_dir / "model.json", {**module.encoder.config, "preprocess": "uint8/127.5-1"})
+
+
+def build_trainer(
+    params: Params, scratch: Path, logger: Logger
+) -> tuple[pl.Trainer, ModelCheckpoint, SaveLastCheckpoint]:
+    """The Trainer, with the callback that keeps the best epoch and the one that saves every
+    epoch for resuming (both writing under ``scratch``)."""
+    t, tr = params.train, params.trainer
+    # which weights are exported: the best validation epoch by AUC or pair loss, or the last
+    # (AUC saturates at 1.0 on a handful of validation identities, and ties never improve)
+    monitor, mode = MONITORS[t.monitor]
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir(scratch), filename="best", monitor=monitor, mode=mode
+    )
+    last = SaveLastCheckpoint(last_checkpoint(scratch))
+    callbacks = [best, last]
+    if t.monitor != "last":
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping_patience)
+        )
+    trainer = pl.Trainer(
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        num_nodes=tr.num_nodes,
+        strategy=tr.strategy,
+        precision=tr.precision,
+        deterministic=tr.deterministic,
+        max_epochs=t.max_epochs,
+        max_time=None if t.max_minutes is None else {"minutes": t.max_minutes},
+        logger=logger,
+        callbacks=callbacks,
+        # the data module's samplers already give each rank its share of every epoch
+        use_distributed_sampler=False,
+        log_every_n_steps=tr.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        default_root_dir=str(scratch),
+    )
+    return trainer, best, last
+
+
+def fit_encoder(
+    params: Params,
+    dm: SiameseDataModule,
+    scratch: Path,
+    logger: Logger,
+    *,
+    resume_from: str | None,
+    launcher: bool,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> dict:
+    """Fit, resuming from the checkpoint ``resume_from`` if given, and export the best weights
+    (``model.pt``, ``model.json``) into ``scratch``; the summary of the fit.
+
+    Only the launching process (``launcher``) reports: it gets the summary, and on a failure
+    calls ``on_failure`` (the stage marks its tracking run failed) and says where the last good
+    checkpoint is kept. A DDP child it launched returns ``{}`` and lets its errors propagate."""
+    module = SiameseModule(params, dm.val_pairs, dm.val_images)
+    trainer, best_ckpt, last_ckpt = build_trainer(params, scratch, logger)
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    except BaseException as err:
+        if not launcher:
+            raise
+        if on_failure is not None:
+            on_failure(err)
+        if not last_ckpt.path.is_file():
+            raise
+        epoch, _ = checkpoint_progress(last_ckpt.path)
+        kept = (
+            f"the last good checkpoint (after epoch {epoch}) is kept at {last_ckpt.path}; a "
+            "rerun with the same params and data resumes from it"
+        )
+        if isinstance(err, TrainingFault):
+            raise type(err)(f"{err}; {kept}") from err
+        log.error("training stopped: %s", kept)
+        raise
+    if not trainer.is_global_zero or not launcher:
+        return {}
+
+    best_path = best_ckpt.best_model_path or str(last_ckpt.path)
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    # read progress from the checkpoint: under ddp_spawn this process's trainer never stepped
+    last_epoch, global_steps = checkpoint_progress(last_ckpt.path)
+    name = params.train.monitor
+    monitor = MONITORS[name][0]
+    score_key = f"best_val_{name}" if monitor else "last_val_roc_auc"
+    score = best_ckpt.best_model_score if monitor else trainer.callback_metrics.get("val/roc_auc")
+    summary = {
+        score_key: float(score) if score is not None else float("nan"),
+        "epochs_trained": last_epoch + 1,
+        "global_steps": global_steps,
+        "world_size": int(trainer.world_size),
+        "fit_seconds": round(time.perf_counter() - started, 1),
+    }
+    # the encoder is exported now; the stage publishes it once the tracking server has the run
+    export_encoder(module, scratch)
+    return summary
