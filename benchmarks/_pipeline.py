@@ -9,11 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
-
-from conftest import make_project  # noqa: E402
+from _common import SHARED_DATA, make_project
 
 
 def siamese(project: Path, *args: str, timeout: float = 3600) -> tuple[float, str]:

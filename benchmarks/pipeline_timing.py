@@ -5,35 +5,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from conftest import make_project  # noqa: E402
-
-
-def _timed_run(project: Path) -> tuple[float, str]:
-    siamese = Path(sys.executable).parent / "siamese"
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [str(siamese), "run"], cwd=project, capture_output=True, text=True, check=False
-    )
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"siamese run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return elapsed, proc.stdout
+from _common import make_project
+from _pipeline import siamese
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = make_project(Path(tmp) / "project")
-        full, out = _timed_run(project)
-        rerun, out2 = _timed_run(project)
+        full, out = siamese(project, "run")
+        rerun, out2 = siamese(project, "run")
         auc = float(re.search(r"ROC AUC ([0-9.]+)", out).group(1))
         result = {
             "benchmark": "pipeline_timing",

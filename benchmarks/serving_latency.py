@@ -22,12 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
-
-from tests.servers import background, free_port, wait_http  # noqa: E402
+from _common import SHARED_DATA, background, free_port, tool_env, wait_http
 
 
 def _images(n: int, size: int) -> list[bytes]:
@@ -134,13 +129,9 @@ def main() -> None:
         local_ms, local_d = local[args.serve_threads]
 
         port = free_port()
-        bindir = Path(sys.executable).parent
-        env = {
-            **os.environ,
-            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "SIAMESE_SERVE_THREADS": str(args.serve_threads),
-        }
-        cmd = [str(bindir / "mlflow"), "models", "serve", "-m", str(pkg), "--env-manager"]
+        env = tool_env(SIAMESE_SERVE_THREADS=str(args.serve_threads))
+        mlflow_exe = Path(sys.executable).parent / "mlflow"
+        cmd = [str(mlflow_exe), "models", "serve", "-m", str(pkg), "--env-manager"]
         cmd += ["local", "--host", "127.0.0.1", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
         log = tmp / "serve.log"

@@ -29,11 +29,19 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FACES_PARAMS, FAST_PARAMS, SHARED_DATA, make_project
 from siamese.cli import app
 from siamese.io import read_json
 from siamese.params_file import set_params
-from tests.images import corrupt_png, encode, gradient_16bit, png_header_only, reencode, rgba_square
+from tests.helpers.images import (
+    corrupt_png,
+    encode,
+    gradient_16bit,
+    png_header_only,
+    reencode,
+    rgba_square,
+)
+from tests.helpers.params import FACES_PARAMS, FAST_PARAMS
+from tests.helpers.project import SHARED_DATA, make_project
 
 runner = CliRunner()
 DATA = "data/faces"  # data.source of the base project: 8 real AT&T identities x 5 images

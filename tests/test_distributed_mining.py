@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from siamese.losses.losses import MetricLoss
 from siamese.training.distributed import gather_batch
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 CASES = [("contrastive", "hard_pairs"), ("triplet", "batch_hard"), ("triplet", "batch_all")]
 

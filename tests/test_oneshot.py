@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA
 from siamese.evaluation.oneshot import (
     build_runs,
     episode_accuracies,
@@ -23,6 +22,7 @@ from siamese.evaluation.oneshot import (
     sample_episodes,
 )
 from siamese.evaluation.retrieval import retrieval_metrics
+from tests.helpers.project import SHARED_DATA
 
 OMNIGLOT = SHARED_DATA / "omniglot" / "images_background.zip"
 
@@ -253,12 +253,12 @@ def omniglot_project(project, omniglot, tmp_path, monkeypatch):
 def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, project):
     from typer.testing import CliRunner
 
-    from conftest import register_and_promote, run_stages_until_evaluate
     from siamese import paths
     from siamese.cli import app
     from siamese.data.artifacts import PreparedData, load_pairs
     from siamese.io import save_npz
     from siamese.stages.evaluate import run_evaluate
+    from tests.helpers.stages import register_and_promote, run_stages_until_evaluate
 
     params = omniglot_project
     report = run_stages_until_evaluate(params)

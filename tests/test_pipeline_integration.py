@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import dvc_json
 from pipelines.flow import STAGES, format_summary, training_flow
 from siamese.data.images import encode_png
 from siamese.registry.tracking import tracking_uri
+from tests.helpers.project import dvc_json
 
 pytestmark = pytest.mark.integration
 

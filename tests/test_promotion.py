@@ -13,7 +13,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import QUICK, run_promote_stage, run_register_stage
 from siamese import paths
 from siamese.cli import app
 from siamese.config import load_params, validate_params
@@ -28,6 +27,8 @@ from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
 from siamese.stages.promote import run_rollback
 from siamese.stages.train import run_train
+from tests.helpers.params import QUICK
+from tests.helpers.stages import run_promote_stage, run_register_stage
 
 
 def _register(params) -> str:

@@ -21,25 +21,20 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import (
-    FAST_PARAMS,
-    INTERRUPTIBLE,
-    INTERRUPTIBLE_BATCHES,
-    INTERRUPTIBLE_EPOCHS,
-    QUICK,
-    ROOT,
-    dvc_json,
-    last_checkpoint,
-    make_project,
-    start_dvc,
-    tool_env,
-    wait_for_checkpoint,
-)
 from siamese import paths
 from siamese.config import load_params
 from siamese.params_file import set_params
 from siamese.registry.tracking import tracking_uri
 from siamese.training.resume import scratch_dir
+from tests.helpers.checkpoints import last_checkpoint, wait_for_checkpoint
+from tests.helpers.params import (
+    FAST_PARAMS,
+    INTERRUPTIBLE,
+    INTERRUPTIBLE_BATCHES,
+    INTERRUPTIBLE_EPOCHS,
+    QUICK,
+)
+from tests.helpers.project import ROOT, dvc_json, make_project, start_dvc, tool_env
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -68,7 +63,8 @@ def test_same_params_and_data_give_identical_model_thresholds_and_metrics(tmp_pa
     params = load_params(first / "params.yaml")
     assert params.augment and params.trainer.deterministic  # the randomness under test is on
     script = (
-        "from conftest import run_stages_until_evaluate; from siamese.config import load_params; "
+        "from tests.helpers.stages import run_stages_until_evaluate; "
+        "from siamese.config import load_params; "
         "run_stages_until_evaluate(load_params())"
     )
     env = tool_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo
 import mlflow
 import pytest
 
-from conftest import FAST_PARAMS, QUICK, make_project
 from siamese.registry.tracking import tracking_uri
-from tests.servers import background, free_port, log_tail, wait_http
+from tests.helpers.params import FAST_PARAMS, QUICK
+from tests.helpers.project import make_project
+from tests.helpers.servers import background, free_port, log_tail, wait_http
 
 # a real `prefect server` plus a triggered pipeline run (about 2 min): CI runs it with the slow set
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -20,7 +20,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FACES_PARAMS, FAST_PARAMS, SHARED_DATA, make_project
 from siamese.cli import app
 from siamese.config import validate_params
 from siamese.data.images import decode_image, encode_png
@@ -28,8 +27,10 @@ from siamese.errors import BadImageError, ParamsError
 from siamese.params_file import set_params
 from siamese.registry.client import b64, dataframe_split_json
 from siamese.registry.tracking import tracking_uri
-from tests.images import png_header_only
-from tests.servers import background, free_port, log_tail, wait_http
+from tests.helpers.images import png_header_only
+from tests.helpers.params import FACES_PARAMS, FAST_PARAMS
+from tests.helpers.project import SHARED_DATA, make_project
+from tests.helpers.servers import background, free_port, log_tail, wait_http
 
 NAME = "faces-serve"
 MAX_PIXELS = 50_000  # AT&T faces are 92 x 112 = 10 304 pixels
@@ -41,7 +42,11 @@ IDENTITIES, PER_IDENTITY, GALLERY_PER_IDENTITY = 8, 5, 4
 def served(tmp_path_factory):
     """A model trained on 8 real face identities, registered as NAME@champion in a fresh
     project (sqlite tracking), plus a gallery split: 4 images per person indexed, 1 held out."""
-    from conftest import run_promote_stage, run_register_stage, run_stages_until_evaluate
+    from tests.helpers.stages import (
+        run_promote_stage,
+        run_register_stage,
+        run_stages_until_evaluate,
+    )
 
     att = SHARED_DATA / "att_faces"
     if not att.exists():

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FACES_PARAMS, register_and_promote, run_all_stages, run_stages_until_evaluate
 from siamese import paths
 from siamese.errors import DatasetError
 from siamese.params_file import set_params
@@ -21,6 +20,8 @@ from siamese.stages.evaluate import run_evaluate
 from siamese.stages.mine import run_mine
 from siamese.stages.prepare import run_prepare
 from siamese.stages.train import run_train
+from tests.helpers.params import FACES_PARAMS
+from tests.helpers.stages import register_and_promote, run_all_stages, run_stages_until_evaluate
 
 
 def faces_params_root(params):

@@ -9,10 +9,11 @@ import uuid
 import mlflow
 import pytest
 
-from conftest import QUICK, run_promote_stage, run_register_stage, run_stages_until_evaluate
 from siamese.params_file import set_params
 from siamese.registry.tracking import active_tracking_uri
-from tests.servers import background, free_port, mlflow_server_cmd, wait_http
+from tests.helpers.params import QUICK
+from tests.helpers.servers import background, free_port, mlflow_server_cmd, wait_http
+from tests.helpers.stages import run_promote_stage, run_register_stage, run_stages_until_evaluate
 
 pytestmark = pytest.mark.integration
 

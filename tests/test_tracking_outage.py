@@ -18,21 +18,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import (
-    INTERRUPTIBLE,
-    INTERRUPTIBLE_BATCHES,
-    INTERRUPTIBLE_EPOCHS,
-    QUICK,
-    run_register_stage,
-    run_stages_until_evaluate,
-    start_dvc,
-    wait_for_checkpoint,
-)
 from siamese import paths
 from siamese.params_file import set_params
 from siamese.registry.aliases import REGISTRATION_TAG
 from siamese.registry.tracking import is_tracking_unreachable
-from tests.servers import free_port, launch, log_tail, mlflow_server_cmd, stop, wait_http
+from tests.helpers.checkpoints import wait_for_checkpoint
+from tests.helpers.params import INTERRUPTIBLE, INTERRUPTIBLE_BATCHES, INTERRUPTIBLE_EPOCHS, QUICK
+from tests.helpers.project import start_dvc
+from tests.helpers.servers import free_port, launch, log_tail, mlflow_server_cmd, stop, wait_http
+from tests.helpers.stages import run_register_stage, run_stages_until_evaluate
 
 # both start a real tracking server (twice); CI runs them with the slow tests
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
