@@ -3,15 +3,18 @@ Params)."""
 
 from __future__ import annotations
 
+from siamese import paths
+from siamese.stages.calibrate import run_calibrate
+from siamese.stages.evaluate import run_evaluate
+from siamese.stages.mine import run_mine
+from siamese.stages.prepare import run_prepare
+from siamese.stages.promote import run_promote
+from siamese.stages.register import run_register
+from siamese.stages.train import run_train
+
 
 def run_stages_until_evaluate(params) -> dict:
     """prepare -> mine -> train -> calibrate -> evaluate in the current project; the report."""
-    from siamese import paths
-    from siamese.stages.calibrate import run_calibrate
-    from siamese.stages.evaluate import run_evaluate
-    from siamese.stages.mine import run_mine
-    from siamese.stages.prepare import run_prepare
-    from siamese.stages.train import run_train
 
     run_prepare(params, paths.PREPARED)
     run_mine(params, paths.PREPARED, paths.PAIRS)
@@ -23,8 +26,6 @@ def run_stages_until_evaluate(params) -> dict:
 
 
 def run_register_stage(params) -> dict:
-    from siamese import paths
-    from siamese.stages.register import run_register
 
     return run_register(
         params,
@@ -38,8 +39,6 @@ def run_register_stage(params) -> dict:
 
 
 def run_promote_stage(params, version: str | None = None) -> dict:
-    from siamese import paths
-    from siamese.stages.promote import run_promote
 
     return run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION, version)
 
