@@ -34,11 +34,12 @@ MARGIN = 0.2
 
 
 def _ours(case: str):
-    from siamese.losses.losses import MetricLoss
+    from siamese.config import TrainParams
+    from siamese.losses import build_loss
 
     loss, miner = CASES[case]
     # PML's ContrastiveLoss is the linear form: d for positives, max(0, m - d) for negatives
-    crit = MetricLoss(loss, miner, MARGIN, contrastive_form="linear")
+    crit = build_loss(TrainParams(loss=loss, miner=miner, margin=MARGIN, contrastive_form="linear"))
     return lambda e, y: crit(e, y)[0]
 
 
