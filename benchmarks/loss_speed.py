@@ -34,11 +34,16 @@ MARGIN = 0.2
 
 
 def _ours(case: str):
-    from siamese.losses.losses import MetricLoss
+    from siamese.losses import ContrastiveLoss, MultiSimilarityLoss, TripletLoss
 
     loss, miner = CASES[case]
-    # PML's ContrastiveLoss is the linear form: d for positives, max(0, m - d) for negatives
-    crit = MetricLoss(loss, miner, MARGIN, contrastive_form="linear")
+    if loss == "contrastive":
+        # PML's ContrastiveLoss is the linear form: d for positives, max(0, m - d) for negatives
+        crit = ContrastiveLoss(miner, MARGIN, contrastive_form="linear")
+    elif loss == "triplet":
+        crit = TripletLoss(miner, MARGIN)
+    else:
+        crit = MultiSimilarityLoss()  # PML's defaults: alpha 2, beta 50, base 0.5
     return lambda e, y: crit(e, y)[0]
 
 

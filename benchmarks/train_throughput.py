@@ -43,7 +43,7 @@ def _setup(tmp: Path, image_size: int, batches: int):
 
 
 def plain_loop(params, tmp: Path, epochs: int) -> float:
-    from siamese.losses.losses import MetricLoss
+    from siamese.losses import build_loss
     from siamese.models.encoders import SiameseEncoder
     from siamese.training.datamodule import SiameseDataModule
 
@@ -52,19 +52,17 @@ def plain_loop(params, tmp: Path, epochs: int) -> float:
     dm = SiameseDataModule(params, tmp / "prepared", tmp / "pairs")
     dm.setup()
     m, t = params.model, params.train
+    crit = build_loss(t)
     enc = SiameseEncoder(
-        m.encoder, params.data.image_size, m.embedding_dim, m.channels, m.normalize, t.distance
+        m.encoder,
+        params.data.image_size,
+        m.embedding_dim,
+        m.channels,
+        m.normalize,
+        t.distance,
+        head=crit.head,
     )
     enc.train()
-    crit = MetricLoss(
-        t.loss,
-        t.miner,
-        t.margin,
-        t.distance,
-        t.contrastive_form,
-        t.soft_margin,
-        (t.ms_alpha, t.ms_beta, t.ms_base),
-    )
     opt = torch.optim.AdamW(enc.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.max_epochs)
     loader = dm.train_dataloader()
@@ -73,7 +71,7 @@ def plain_loop(params, tmp: Path, epochs: int) -> float:
     for epoch in range(epochs):
         loader.batch_sampler.set_epoch(epoch)
         for x, labels in loader:
-            loss, _ = crit(enc(x), labels)
+            loss, _ = crit(enc(x), labels, enc)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from siamese.losses.losses import MetricLoss
+from siamese.losses import LOSSES
 from siamese.training.distributed import gather_batch
 from tests.helpers.servers import free_port
 
@@ -39,7 +39,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     results = {}
     for loss_name, miner in CASES:
         model = torch.nn.parallel.DistributedDataParallel(_model())
-        crit = MetricLoss(loss_name, miner, 0.5)
+        crit = LOSSES[loss_name](miner, 0.5)
         emb, lab = gather_batch(model(xs), ls)
         loss, _ = crit(emb, lab)
         loss.backward()
@@ -57,7 +57,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     x, labels = _data()
     for loss_name, miner in CASES:
         model = _model()
-        loss, _ = MetricLoss(loss_name, miner, 0.5)(model(x), labels)
+        loss, _ = LOSSES[loss_name](miner, 0.5)(model(x), labels)
         loss.backward()
         for rank in (0, 1):
             r_loss, r_grads = torch.load(tmp_path / f"rank{rank}.pt")[f"{loss_name}-{miner}"]

@@ -7,8 +7,9 @@ import torch
 
 from siamese.config import validate_params
 from siamese.errors import ParamsError
+from siamese.losses.bce import balanced_bce
 from siamese.models.encoders import SiameseEncoder
-from siamese.models.heads import WeightedL1Head, balanced_bce, head_distance
+from siamese.models.heads import WeightedL1Head, head_distance
 
 
 def _pairs(seed=0, n=40, dim=16):

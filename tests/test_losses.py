@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from siamese.config import TrainParams
 from siamese.distances import pairwise_euclidean
-from siamese.losses.losses import MetricLoss
+from siamese.losses import LOSSES, ContrastiveLoss, MultiSimilarityLoss, TripletLoss, build_loss
 from siamese.mining.online import batch_all, batch_hard, hard_pairs
 
 
@@ -24,7 +25,7 @@ def test_distance_matrix_matches_cdist_with_finite_gradient_on_the_diagonal():
 
 def test_contrastive_loss_matches_the_formula():
     emb, labels = _batch()
-    loss, _ = MetricLoss("contrastive", "all_pairs", margin=0.7)(emb, labels)
+    loss, _ = ContrastiveLoss("all_pairs", margin=0.7)(emb, labels)
     d = torch.cdist(emb, emb).detach().numpy()
     same = (labels[:, None] == labels[None, :]).numpy()
     iu = np.triu_indices(len(labels), 1)
@@ -71,7 +72,7 @@ def test_hard_pairs_keeps_only_negatives_inside_the_margin():
 
 def test_single_identity_batch_gives_zero_triplet_loss_with_a_graph():
     emb = torch.randn(6, 4, requires_grad=True)
-    loss, stats = MetricLoss("triplet", "batch_hard", 0.2)(emb, torch.zeros(6, dtype=torch.long))
+    loss, stats = TripletLoss("batch_hard", 0.2)(emb, torch.zeros(6, dtype=torch.long))
     assert loss.item() == 0.0 and stats["mined_triplets"] == 0
     loss.backward()
 
@@ -82,7 +83,7 @@ def test_losses_decrease_when_optimised():
     labels = torch.arange(32) % 4
     x = x + labels[:, None].float()
     net = torch.nn.Linear(10, 4)
-    crit = MetricLoss("triplet", "batch_all", 0.2)
+    crit = TripletLoss("batch_all", 0.2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     first = None
     for _ in range(50):
@@ -134,7 +135,7 @@ FAST_CASES = [
     ("triplet", "semi_hard", {}),
     ("triplet", "semi_hard", {"soft_margin": True}),
     ("multi_similarity", "all_pairs", {}),
-    ("multi_similarity", "all_pairs", {"ms": (1.0, 10.0, 0.2)}),
+    ("multi_similarity", "all_pairs", {"ms_alpha": 1.0, "ms_beta": 10.0, "ms_base": 0.2}),
 ]
 
 
@@ -143,7 +144,7 @@ FAST_CASES = [
 @pytest.mark.parametrize("seed", range(3))
 def test_fast_path_equals_reference_path(loss, miner, kw, distance, seed):
     emb, labels = _awkward_batch(seed)
-    crit = MetricLoss(loss, miner, 0.8, distance=distance, **kw)
+    crit = build_loss(TrainParams(loss=loss, miner=miner, margin=0.8, distance=distance, **kw))
     results = []
     for fn in (crit.forward, crit.reference):
         e = emb.clone().requires_grad_(True)
@@ -161,7 +162,7 @@ def test_fast_path_counts_triplets_exactly_on_the_margin(miner):
     # d(a, p) = 1 and d(a, n) = 1.5: the gap is exactly the margin 0.5 (PML keeps such triplets)
     emb = torch.tensor([[0.0], [1.0], [1.5]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1])
-    crit = MetricLoss("triplet", miner, 0.5)
+    crit = TripletLoss(miner, 0.5)
     (a, p, n) = crit.miner(pairwise_euclidean(emb), labels, 0.5)
     assert (0, 1, 2) in set(zip(a.tolist(), p.tolist(), n.tolist(), strict=True))
     e = emb.clone().requires_grad_(True)
@@ -175,14 +176,14 @@ def test_fast_path_counts_triplets_exactly_on_the_margin(miner):
 def test_fast_path_with_float32_batches_and_no_pairs():
     emb = torch.randn(6, 4, requires_grad=True)
     for loss, miner in (("contrastive", "hard_pairs"), ("triplet", "batch_all")):
-        value, _ = MetricLoss(loss, miner, 0.2)(emb, torch.arange(6))  # no positive pair
+        value, _ = LOSSES[loss](miner, 0.2)(emb, torch.arange(6))  # no positive pair
         value.backward()
         assert value.item() == 0.0 and torch.isfinite(emb.grad).all()
 
 
 def test_multi_similarity_falls_back_to_log_sum_exp_when_exp_could_overflow():
     emb, labels = _awkward_batch(0)
-    crit = MetricLoss("multi_similarity", "all_pairs", 0.1, ms=(2.0, 400.0, 0.5))
+    crit = MultiSimilarityLoss(2.0, 400.0, 0.5, pair_margin=0.1)
     value, _ = crit(emb.float(), labels)  # beta * (1 - base) = 200: exp would overflow float32
     torch.testing.assert_close(value, crit.reference(emb.float(), labels)[0])
     assert torch.isfinite(value)
@@ -190,13 +191,13 @@ def test_multi_similarity_falls_back_to_log_sum_exp_when_exp_could_overflow():
 
 @pytest.mark.parametrize("miner", ["batch_all", "semi_hard"])
 def test_fast_triplet_reduction_in_several_chunks_equals_one(miner, monkeypatch):
-    from siamese.losses import losses
+    from siamese.mining import online
 
     emb, labels = _awkward_batch(1)
-    crit = MetricLoss("triplet", miner, 0.8)
+    crit = TripletLoss(miner, 0.8)
     results = []
     for chunk in (1 << 22, 3 * len(labels)):  # one step, then 3 (anchor, positive) rows a step
-        monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(online, "CHUNK_ELEMENTS", chunk)
         e = emb.clone().requires_grad_(True)
         value, stats = crit(e, labels)
         value.backward()
@@ -204,3 +205,44 @@ def test_fast_triplet_reduction_in_several_chunks_equals_one(miner, monkeypatch)
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-12, rtol=1e-10)
     assert results[0][2] == results[1][2]
+
+
+# The registries: the config's choices come from them, and each loss builds from validated params.
+
+
+def test_config_choices_come_from_the_loss_and_miner_registries():
+    from siamese import config
+    from siamese.mining import MINERS
+
+    assert config.LOSSES == tuple(LOSSES) and config.MINERS == tuple(MINERS)
+    for name, cls in LOSSES.items():
+        assert cls.name == name and set(cls.miners) <= set(MINERS)
+        assert config.LOSS_MINERS[name] == cls.miners
+        for miner in cls.miners:
+            crit = build_loss(TrainParams(loss=name, miner=miner))
+            assert isinstance(crit, cls) and not list(crit.state_dict())
+
+
+def test_bce_scores_every_pair_with_the_encoder_head():
+    from siamese.losses.bce import balanced_bce
+    from siamese.models.encoders import SiameseEncoder
+
+    crit = build_loss(TrainParams(loss="bce", miner="all_pairs"))
+    enc = SiameseEncoder("mlp", 8, 16, 4, True, head=crit.head).double()
+    emb, labels = _awkward_batch(0, dim=16)
+    loss, stats = crit(emb, labels, enc)
+    i, j = torch.triu_indices(len(emb), len(emb), 1)
+    same = labels[i] == labels[j]
+    torch.testing.assert_close(loss, balanced_bce(enc.pair_logits(emb[i], emb[j]), same))
+    assert stats == {"pairs_pos": int(same.sum()), "pairs_neg": int((~same).sum())}
+    with pytest.raises(ValueError, match="head"):
+        crit(emb, labels)
+
+
+def test_offline_pairs_train_through_the_pair_loss_only():
+    crit = build_loss(TrainParams(loss="contrastive", miner="offline_pairs"))
+    emb, labels = _awkward_batch(0)
+    with pytest.raises(ValueError, match="explicit pairs"):
+        crit(emb, labels)
+    with pytest.raises(ValueError, match="allowed for triplet: batch_all, batch_hard, semi_hard"):
+        TripletLoss("hard_pairs", 0.2)

@@ -11,7 +11,7 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers as pml_reducers
 
 from siamese.distances import pairwise_distance
-from siamese.losses.losses import MetricLoss
+from siamese.losses import LOSSES, ContrastiveLoss, MultiSimilarityLoss, TripletLoss
 from siamese.mining.online import batch_all, batch_hard, hard_pairs, semi_hard
 
 MEAN = pml_reducers.MeanReducer()
@@ -46,7 +46,7 @@ def _compare(ours_fn, theirs_fn, emb):
 @pytest.mark.parametrize("margin", [0.3, 1.0])
 def test_linear_contrastive_with_hard_pairs_equals_pml(seed, margin):
     emb, labels = _batch(seed)
-    ours = MetricLoss("contrastive", "hard_pairs", margin, contrastive_form="linear")
+    ours = ContrastiveLoss("hard_pairs", margin, contrastive_form="linear")
     miner = pml_miners.PairMarginMiner(pos_margin=0.0, neg_margin=margin, distance=_lp())
     theirs = pml_losses.ContrastiveLoss(
         pos_margin=0.0, neg_margin=margin, distance=_lp(), reducer=MEAN
@@ -64,7 +64,7 @@ def test_linear_contrastive_with_hard_pairs_equals_pml(seed, margin):
 def test_triplet_with_mined_triplets_equals_pml(seed, ours_miner, pml_type, soft):
     emb, labels = _batch(seed)
     margin = 0.2
-    ours = MetricLoss("triplet", ours_miner, margin, soft_margin=soft)
+    ours = TripletLoss(ours_miner, margin, soft_margin=soft)
     miner = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=pml_type, distance=_lp())
     theirs = pml_losses.TripletMarginLoss(
         margin=margin, distance=_lp(), reducer=MEAN, smooth_loss=soft
@@ -75,7 +75,7 @@ def test_triplet_with_mined_triplets_equals_pml(seed, ours_miner, pml_type, soft
 @pytest.mark.parametrize("seed", range(4))
 def test_batch_hard_triplet_equals_pml(seed):
     emb, labels = _batch(seed)
-    ours = MetricLoss("triplet", "batch_hard", 0.3)
+    ours = TripletLoss("batch_hard", 0.3)
     miner = pml_miners.BatchHardMiner(distance=_lp())
     theirs = pml_losses.TripletMarginLoss(margin=0.3, distance=_lp(), reducer=MEAN)
     _compare(lambda e: ours(e, labels)[0], lambda e: theirs(e, labels, miner(e, labels)), emb)
@@ -85,7 +85,7 @@ def test_batch_hard_triplet_equals_pml(seed):
 @pytest.mark.parametrize("alpha, beta, base", [(2.0, 50.0, 0.5), (1.0, 10.0, 0.2)])
 def test_multi_similarity_equals_pml(seed, alpha, beta, base):
     emb, labels = _batch(seed)
-    ours = MetricLoss("multi_similarity", "all_pairs", 0.1, ms=(alpha, beta, base))
+    ours = MultiSimilarityLoss(alpha, beta, base, pair_margin=0.1)
     theirs = pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base, reducer=MEAN)
     _compare(lambda e: ours(e, labels)[0], lambda e: theirs(e, labels), emb)
 
@@ -123,7 +123,7 @@ def test_mined_index_sets_equal_pml(seed):
 @pytest.mark.parametrize("loss, miner", [("triplet", "batch_all"), ("triplet", "batch_hard")])
 def test_edge_cases_match_pml(labels, loss, miner):
     emb, _ = _batch(9, b=8)
-    ours = MetricLoss(loss, miner, 0.2)
+    ours = LOSSES[loss](miner, 0.2)
     pml_miner = (
         pml_miners.BatchHardMiner(distance=_lp())
         if miner == "batch_hard"
@@ -137,7 +137,7 @@ def test_tied_distances_give_pml_equal_loss():
     # four copies of two points: every positive distance is 0, every negative distance ties
     emb = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1])
-    ours = MetricLoss("contrastive", "hard_pairs", 1.5, contrastive_form="linear")
+    ours = ContrastiveLoss("hard_pairs", 1.5, contrastive_form="linear")
     miner = pml_miners.PairMarginMiner(pos_margin=0.0, neg_margin=1.5, distance=_lp())
     theirs = pml_losses.ContrastiveLoss(
         pos_margin=0.0, neg_margin=1.5, distance=_lp(), reducer=MEAN

@@ -27,17 +27,15 @@ from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS
 from siamese.distances import DISTANCES
 from siamese.errors import ParamsError
 from siamese.evaluation.metrics import RANKING_METRICS
+from siamese.losses import LOSSES as LOSS_REGISTRY
+from siamese.losses.contrastive import FORMS as CONTRASTIVE_FORMS
+from siamese.mining import MINERS as MINER_REGISTRY
 from siamese.models.encoders import ENCODERS
 
-LOSSES = ("contrastive", "triplet", "multi_similarity", "bce")
-MINERS = ("batch_all", "batch_hard", "semi_hard", "hard_pairs", "all_pairs", "offline_pairs")
-LOSS_MINERS = {
-    "contrastive": ("all_pairs", "hard_pairs", "offline_pairs"),
-    "triplet": ("batch_all", "batch_hard", "semi_hard"),
-    "multi_similarity": ("all_pairs",),
-    # Koch et al.'s learned weighted-L1 head, trained with binary cross-entropy on pairs
-    "bce": ("all_pairs", "offline_pairs"),
-}
+# train.loss / train.miner: the registered losses, each naming the miners it works with
+LOSSES = tuple(LOSS_REGISTRY)
+MINERS = tuple(MINER_REGISTRY)
+LOSS_MINERS = {name: loss.miners for name, loss in LOSS_REGISTRY.items()}
 
 
 # train.monitor -> (the logged validation metric, its better direction); "last" keeps no best
@@ -161,7 +159,7 @@ class TrainParams(_Strict):
     miner: str = "hard_pairs"
     margin: float = Field(0.5, description="loss margin on the distance")
     distance: Literal[DISTANCES] = "euclidean"
-    contrastive_form: Literal["squared", "linear"] = "squared"
+    contrastive_form: Literal[CONTRASTIVE_FORMS] = "squared"
     soft_margin: bool = Field(False, description="triplet: softplus instead of hinge")
     ms_alpha: float = Field(2.0, gt=0, description="multi-similarity: positive weight")
     ms_beta: float = Field(50.0, gt=0, description="multi-similarity: negative weight")

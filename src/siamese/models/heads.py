@@ -47,21 +47,3 @@ def build_head(name: str | None, embedding_dim: int) -> nn.Module | None:
 def head_distance(logits: torch.Tensor) -> torch.Tensor:
     """``1 - sigmoid(logits)``, written so it keeps full precision for confident matches."""
     return torch.sigmoid(-logits)
-
-
-def balanced_bce(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy averaged separately over positive and negative pairs, then halved.
-
-    A P x K batch holds far more negative than positive pairs; weighting both classes equally
-    (as the contrastive loss here does) stops the head from learning "always different"."""
-    same = same.to(torch.bool)
-    terms = nn.functional.binary_cross_entropy_with_logits(
-        logits, same.to(logits.dtype), reduction="none"
-    )
-    loss = logits.sum() * 0.0
-    parts = 0
-    for mask in (same, ~same):
-        if mask.any():
-            loss = loss + terms[mask].mean()
-            parts += 1
-    return loss / max(parts, 1)

@@ -13,10 +13,9 @@ from siamese.calibration.thresholds import max_accuracy_threshold
 from siamese.config import Params
 from siamese.errors import EmbeddingCollapseError, NonFiniteLossError
 from siamese.evaluation import metrics
-from siamese.losses.losses import MetricLoss, contrastive_pair_loss
-from siamese.mining.online import label_masks
+from siamese.losses import build_loss
+from siamese.mining import MINERS
 from siamese.models.encoders import SiameseEncoder
-from siamese.models.heads import balanced_bce
 from siamese.training.distributed import gather_batch
 
 COLLAPSE_SPREAD = 1e-3  # mean in-batch distance below this = a collapsed embedding
@@ -39,7 +38,9 @@ class SiameseModule(pl.LightningModule):
         self.p = params
         m = self.p.model
         t = self.p.train
-        self.uses_head = t.loss == "bce"
+        # the loss and its miner, and the similarity head the loss trains (if any)
+        self.criterion = build_loss(t)
+        self.online_mining = MINERS[t.miner].online
         self.encoder = SiameseEncoder(
             m.encoder,
             self.p.data.image_size,
@@ -47,28 +48,11 @@ class SiameseModule(pl.LightningModule):
             m.channels,
             m.normalize,
             t.distance,
-            head="weighted_l1" if self.uses_head else None,
-        )
-        self.criterion = (
-            None
-            if self.uses_head
-            else MetricLoss(
-                t.loss,
-                self._online_miner(),
-                t.margin,
-                t.distance,
-                t.contrastive_form,
-                t.soft_margin,
-                (t.ms_alpha, t.ms_beta, t.ms_base),
-            )
+            head=self.criterion.head,
         )
         self.val_pairs = val_pairs
         self.val_images = None if val_images is None else np.asarray(val_images)
         self._val_emb: list[torch.Tensor] = []
-
-    def _online_miner(self) -> str:
-        miner = self.p.train.miner
-        return "all_pairs" if miner == "offline_pairs" else miner
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the params a checkpoint was trained with, as plain JSON types (loads weights_only)
@@ -77,35 +61,18 @@ class SiameseModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def _pair_loss(self, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
-        """The loss of explicit pairs: offline training pairs and the validation pairs."""
-        if self.uses_head:
-            return balanced_bce(self.encoder.pair_logits(a, b), same)
-        t = self.p.train
-        return contrastive_pair_loss(
-            self.encoder.pair_distance(a, b), same, t.margin, t.contrastive_form
-        )
-
-    def _batch_loss(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The loss of a labelled batch: mined tuples, or every pair for the head (BCE)."""
-        if not self.uses_head:
-            return self.criterion(emb, labels)
-        pos, neg = label_masks(labels)
-        i, j = torch.triu_indices(len(emb), len(emb), 1, device=emb.device)
-        loss = balanced_bce(self.encoder.pair_logits(emb[i], emb[j]), pos[i, j])
-        return loss, {"pairs_pos": int(pos[i, j].sum()), "pairs_neg": int(neg[i, j].sum())}
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.p.train.miner == "offline_pairs":
+        if not self.online_mining:  # batches of explicit (offline) pairs
             a, b, y = batch
             emb = self.encoder(torch.cat([a, b]))
-            loss, stats = self._pair_loss(emb[: len(a)], emb[len(a) :], y), {}
+            loss = self.criterion.pair_loss(self.encoder, emb[: len(a)], emb[len(a) :], y)
+            stats = {}
             n = len(a) * 2
         else:
             x, labels = batch
             # mine over the global batch: every rank sees all ranks' embeddings
             emb, labels = gather_batch(self.encoder(x), labels)
-            loss, stats = self._batch_loss(emb, labels)
+            loss, stats = self.criterion(emb, labels, self.encoder)
             n = len(emb)
             with torch.no_grad():  # mean distance of an embedding to the batch centre
                 spread = (emb - emb.mean(0)).norm(dim=1).mean()
@@ -144,7 +111,7 @@ class SiameseModule(pl.LightningModule):
         y = self.val_pairs["y"]
         with torch.no_grad():
             d = self.encoder.pair_distance(a, b).numpy().astype(np.float64)
-            loss = self._pair_loss(a, b, torch.from_numpy(y))
+            loss = self.criterion.pair_loss(self.encoder, a, b, torch.from_numpy(y))
         if not np.all(np.isfinite(d)):
             auc, acc, eer = 0.5, 0.5, 0.5
         else:

@@ -1,83 +1,34 @@
-"""Contrastive, triplet and multi-similarity losses over a labelled batch.
+"""The fused fast path of the losses: mining and reduction in one pass, gradient by hand.
 
-Reduction follows pytorch-metric-learning: the contrastive loss is the mean over mined positive
-pairs plus the mean over mined negative pairs (so the far more numerous negatives cannot drown
-the positives), and the triplet loss is the mean over mined triplets.
+Private to siamese.losses: each loss class picks one of these when it applies (euclidean and
+squared euclidean distances, multi-similarity; float32/float64) and falls back to its reference
+path (mined index tuples over an autograd distance matrix) otherwise. The tests hold the two
+paths, and pytorch-metric-learning, to the same values, gradients and mined counts.
 
-Two implementations of one definition:
-
-* the reference path mines index tuples (``miners``) on an autograd distance matrix and reduces
-  the gathered tuples; it serves the cosine distance and checks the fast path in the tests;
-* the fast path (euclidean and squared euclidean distances, multi-similarity) mines and reduces
-  with dense masked (B, B) reductions on a matrix computed without autograd, and writes the
-  gradient out by hand: every one of these losses is a sum over pairs of a function of the
-  pair's distance, so d loss / d embedding follows from the (B, B) matrix of d loss / d distance
-  in one matrix product (or, for batch-hard, from two gathered pairs per anchor). No index
-  tuples, no (B, B, B) tensor, no autograd graph over B^2 entries.
+Every one of these losses is a sum over pairs of a function of the pair's distance, so
+d loss / d embedding follows from the (B, B) matrix of d loss / d distance in one matrix product
+(or, for batch-hard, from two gathered pairs per anchor): dense masked (B, B) reductions on a
+matrix computed without autograd, no index tuples, no (B, B, B) tensor, no autograd graph over
+B^2 entries. Selection uses the miners' own definitions (siamese.mining.online: the same-label
+matrix, the chunk size).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from siamese.distances import pairwise_distance, squared_euclidean_matrix
-from siamese.mining.online import PAIR_MINERS, TRIPLET_MINERS, label_masks
+from siamese.distances import squared_euclidean_matrix
+from siamese.mining.online import rows_per_chunk, same_label
 
-# (anchor, positive) rows x batch columns per step of the batch-all / semi-hard reductions:
-# bounds the working set (16 MiB per float32 temporary) whatever the batch size, in few steps.
-_CHUNK_ELEMENTS = 1 << 22
+Stats = dict[str, int]
+Grad = Callable[[torch.Tensor], torch.Tensor]
+# compute(emb) -> (value, stats, grad), run without autograd; grad(g) = g * d value / d emb
+Compute = Callable[[torch.Tensor], tuple[torch.Tensor, Stats, Grad]]
 
-
-def contrastive_terms(
-    dist: torch.Tensor, same: torch.Tensor, margin: float, form: str = "squared"
-) -> torch.Tensor:
-    """Per-pair contrastive loss: Hadsell et al. 2006, ``(1-y)/2 d^2 + y/2 max(0, m-d)^2`` in
-    the squared form (y = 1 for different identities), ``d`` / ``max(0, m-d)`` in the linear."""
-    same = same.to(torch.bool)
-    hinge = (margin - dist).clamp_min(0)
-    if form == "squared":
-        return torch.where(same, dist.pow(2), hinge.pow(2)) * 0.5
-    return torch.where(same, dist, hinge)
-
-
-def contrastive_pair_loss(
-    dist: torch.Tensor, same: torch.Tensor, margin: float, form: str = "squared"
-) -> torch.Tensor:
-    """Mean positive term + mean negative term over given pairs (offline pairs, validation).
-    A side without pairs contributes 0; computed without host synchronisation."""
-    same = same.to(torch.bool)
-    terms = contrastive_terms(dist, same, margin, form)
-    n_pos = same.sum()
-    pos = torch.where(same, terms, 0.0).sum() / n_pos.clamp_min(1)
-    neg = torch.where(same, 0.0, terms).sum() / (len(same) - n_pos).clamp_min(1)
-    return pos + neg
-
-
-def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Row-wise log(1 + sum over mask of exp(x)), computed stably."""
-    x = x.masked_fill(~mask, float("-inf"))
-    zeros = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
-    return torch.logsumexp(torch.cat([zeros, x], dim=1), dim=1)
-
-
-def multi_similarity_loss(
-    emb: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, base: float
-) -> torch.Tensor:
-    """Wang et al. 2019 on cosine similarity: per anchor, a soft weighting of all positives and
-    negatives relative to ``base``; averaged over anchors."""
-
-    x = torch.nn.functional.normalize(emb, dim=1)
-    sim = x @ x.T
-    pos, neg = label_masks(labels)
-    pos_term = _log1p_sum_exp(-alpha * (sim - base), pos) / alpha
-    neg_term = _log1p_sum_exp(beta * (sim - base), neg) / beta
-    return (pos_term + neg_term).mean()
-
-
-# ------------------------------------------------------------------------------------------
-# fast path
+DTYPES = (torch.float32, torch.float64)  # what the hand-written gradients are checked in
 
 
 class _HandGradient(torch.autograd.Function):
@@ -98,17 +49,17 @@ class _HandGradient(torch.autograd.Function):
         return ctx.grad(g), None, None
 
 
+def run(emb: torch.Tensor, compute: Compute) -> tuple[torch.Tensor, Stats]:
+    """The loss value (differentiable in ``emb`` through the hand-written gradient) and the
+    mined counts."""
+    stats: Stats = {}
+    return _HandGradient.apply(emb, compute, stats), stats
+
+
 # Masks are kept as 0/1 tensors of the embeddings' dtype and applied by multiplication: on the
 # CPU, comparisons into a bool tensor, torch.where and masked_fill cost several times a
 # floating-point multiply, and a multiply by 0/1 is exact. Entries to exclude from a min are
 # pushed out of reach by adding a large constant (exact for the entries that stay, which get 0).
-
-
-def _same_label(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, B) 1/0 same-identity matrix (diagonal included), compared exactly in the labels'
-    own dtype and written straight into ``dtype``."""
-    out = torch.empty(len(labels), len(labels), dtype=dtype, device=labels.device)
-    return torch.eq(labels.unsqueeze(1), labels.unsqueeze(0), out=out)
 
 
 def _far(dtype: torch.dtype) -> float:
@@ -118,7 +69,7 @@ def _far(dtype: torch.dtype) -> float:
 
 def _dense_grad(
     e: torch.Tensor, dloss_ddist: torch.Tensor, dist: torch.Tensor, kind: str, symmetric: bool
-):
+) -> Grad:
     """Gradient of a loss given its (B, B) matrix dL/dD: with H_ij = dL/dD_ij dD_ij/de_i /
     (e_i - e_j) and S = H + H^T, d loss / d e = rowsum(S) e - S e (one matrix product)."""
     if kind == "euclidean":  # dD_ij/de_i = (e_i - e_j) / D_ij, taken as 0 at D_ij = 0
@@ -140,13 +91,15 @@ def _distances(e: torch.Tensor, kind: str) -> torch.Tensor:
     return sq.sqrt_() if kind == "euclidean" else sq
 
 
-def _fast_contrastive(labels, margin: float, kind: str, form: str, all_negatives: bool):
+def contrastive(
+    labels: torch.Tensor, margin: float, kind: str, form: str, all_negatives: bool
+) -> Compute:
     """Every positive pair plus the negatives inside the margin (hard_pairs) or all negatives
     (all_pairs), both orders of each pair, which leaves the two means unchanged."""
 
     def compute(e):
         d = _distances(e, kind)
-        pos = _same_label(labels, d.dtype)
+        pos = same_label(labels, d.dtype)
         # max(0, m - d) on negative pairs, 0 on same-identity ones (pushed beyond the margin)
         hinge = torch.rsub(torch.add(d, pos, alpha=_far(d.dtype)), margin).clamp_min_(0.0)
         active = torch.sign(hinge)  # 1 where hinge > 0, i.e. on negatives with d < m
@@ -170,10 +123,13 @@ def _fast_contrastive(labels, margin: float, kind: str, form: str, all_negatives
     return compute
 
 
-def _fast_batch_hard(labels, margin: float, kind: str, soft: bool):
+def batch_hard(labels: torch.Tensor, margin: float, kind: str, soft: bool) -> Compute:
+    """Per anchor its farthest positive and nearest negative (the batch_hard miner), reduced
+    as the mean hinge (or softplus) over the anchors that have both."""
+
     def compute(e):
         sq = squared_euclidean_matrix(e, diagonal=-1.0)  # self is never the hardest positive
-        same = _same_label(labels, sq.dtype)
+        same = same_label(labels, sq.dtype)
         far = _far(sq.dtype)
         pos_sq, hp = torch.addcmul(same - 1.0, sq, same).max(1)  # -1 off the positives
         neg_sq, hn = torch.add(sq, same, alpha=far).min(1)  # far on the non-negatives
@@ -207,14 +163,16 @@ def _fast_batch_hard(labels, margin: float, kind: str, soft: bool):
     return compute
 
 
-def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool):
+def triplets(
+    labels: torch.Tensor, margin: float, kind: str, soft: bool, semi_hard: bool
+) -> Compute:
     """Batch-all (every triplet with d_an - d_ap <= margin) or semi-hard (0 < d_an - d_ap <=
     margin), as pytorch-metric-learning's TripletMarginMiner, reduced densely: per
     (anchor, positive) row over all batch columns, in chunks of rows."""
 
     def compute(e):
         d = _distances(e, kind)
-        same = _same_label(labels, d.dtype)
+        same = same_label(labels, d.dtype)
         d_neg = torch.add(d, same, alpha=_far(d.dtype))  # non-negatives never pass the test
         same.fill_diagonal_(0.0)
         a_all, p_all = same.nonzero(as_tuple=True)
@@ -222,7 +180,7 @@ def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool
         dl_neg = torch.zeros_like(d)  # N * d loss / d D_an, accumulated per anchor
         # per-step counts are exact in float32 (< 2^24); their sum is kept in float64
         dl_pos, total, count = [], d.new_zeros(()), torch.zeros((), dtype=torch.float64)
-        chunk = max(1, _CHUNK_ELEMENTS // len(labels))
+        chunk = rows_per_chunk(len(labels))
         for s in range(0, len(a_all), chunk):
             a = a_all[s : s + chunk]
             t = torch.sub(d_ap[s : s + chunk], d_neg.index_select(0, a))  # d_ap - d_an, as in PML
@@ -248,11 +206,13 @@ def _fast_triplets(labels, margin: float, kind: str, soft: bool, semi_hard: bool
     return compute
 
 
-def _fast_multi_similarity(labels, alpha: float, beta: float, base: float):
+def multi_similarity(labels: torch.Tensor, alpha: float, beta: float, base: float) -> Compute:
+    """Wang et al. 2019 over every pair, with plain sums of exponentials (see exp_is_safe)."""
+
     def compute(e):
         norm = torch.linalg.vector_norm(e, dim=1, keepdim=True)
         x = e / norm.clamp_min(1e-12)  # torch.nn.functional.normalize
-        same = _same_label(labels, e.dtype)
+        same = same_label(labels, e.dtype)
         neg = torch.rsub(same, 1.0)
         # exponent -alpha (s - base) on same-identity pairs, beta (s - base) on the others
         expo = (x @ x.T).sub_(base).mul_(same.mul(-(alpha + beta)).add_(beta)).exp_()
@@ -272,79 +232,8 @@ def _fast_multi_similarity(labels, alpha: float, beta: float, base: float):
     return compute
 
 
-def _exp_is_safe(alpha: float, beta: float, base: float, dtype: torch.dtype, batch: int) -> bool:
+def exp_is_safe(alpha: float, beta: float, base: float, dtype: torch.dtype, batch: int) -> bool:
     """Cosine similarities lie in [-1, 1], so the largest exponent is bounded: when the sums of
     exponentials cannot overflow, they need no max-subtraction (log-sum-exp) pass."""
     bound = max(alpha * (1 + base), -alpha * (1 - base), beta * (1 - base), -beta * (1 + base))
     return bound + math.log(max(batch, 1)) < 0.9 * math.log(torch.finfo(dtype).max)
-
-
-class MetricLoss(torch.nn.Module):
-    """A loss over a labelled batch of embeddings: mine tuples, then reduce their losses."""
-
-    def __init__(
-        self,
-        loss: str,
-        miner: str,
-        margin: float,
-        distance: str = "euclidean",
-        contrastive_form: str = "squared",
-        soft_margin: bool = False,
-        ms: tuple[float, float, float] = (2.0, 50.0, 0.5),
-        fast: bool = True,
-    ):
-        super().__init__()
-        self.loss, self.miner_name, self.margin = loss, miner, margin
-        self.distance, self.form, self.soft = distance, contrastive_form, soft_margin
-        self.ms = ms
-        if loss == "multi_similarity":
-            self.miner = None
-        elif loss == "contrastive":
-            self.miner = PAIR_MINERS[miner]
-        elif loss == "triplet":
-            self.miner = TRIPLET_MINERS[miner]
-        else:
-            raise ValueError(f"unknown loss {loss!r}")
-        # the hand-written gradients cover the euclidean distances (and multi-similarity)
-        self.fast = fast and (loss == "multi_similarity" or distance != "cosine")
-
-    def _fast_compute(self, labels: torch.Tensor, emb: torch.Tensor):
-        m, kind = self.margin, self.distance
-        if emb.dtype not in (torch.float32, torch.float64):
-            return None
-        if self.loss == "multi_similarity":
-            if not _exp_is_safe(*self.ms, emb.dtype, len(labels)):
-                return None
-            return _fast_multi_similarity(labels, *self.ms)
-        if self.loss == "contrastive":
-            all_negatives = self.miner_name == "all_pairs"
-            return _fast_contrastive(labels, m, kind, self.form, all_negatives)
-        if self.miner_name == "batch_hard":
-            return _fast_batch_hard(labels, m, kind, self.soft)
-        return _fast_triplets(labels, m, kind, self.soft, self.miner_name == "semi_hard")
-
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        compute = self._fast_compute(labels, emb) if self.fast else None
-        if compute is None:
-            return self.reference(emb, labels)
-        stats: dict = {}
-        return _HandGradient.apply(emb, compute, stats), stats
-
-    def reference(self, emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Mined index tuples over an autograd distance matrix (any distance)."""
-        if self.loss == "multi_similarity":
-            return multi_similarity_loss(emb, labels, *self.ms), {}
-        dist = pairwise_distance(emb, kind=self.distance)
-        loss = emb.sum() * 0.0  # keeps the graph connected when nothing is mined
-        if self.loss == "contrastive":
-            (pi, pj), (ni, nj) = self.miner(dist, labels, self.margin)
-            d = torch.cat([dist[pi, pj], dist[ni, nj]])
-            same = torch.arange(len(d), device=emb.device) < len(pi)
-            loss = loss + contrastive_pair_loss(d, same, self.margin, self.form)
-            return loss, {"mined_pos": len(pi), "mined_neg": len(ni)}
-        a, p, n = self.miner(dist, labels, self.margin)
-        if len(a) == 0:
-            return loss, {"mined_triplets": 0}
-        violation = dist[a, p] - dist[a, n] + self.margin
-        per = torch.nn.functional.softplus(violation) if self.soft else violation.clamp_min(0)
-        return loss + per.mean(), {"mined_triplets": len(a)}
