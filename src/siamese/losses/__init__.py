@@ -8,16 +8,11 @@ criterion with ``build_loss``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from siamese.losses.base import Loss
+from siamese.losses.base import Loss, LossSettings
 from siamese.losses.bce import BalancedBCELoss
 from siamese.losses.contrastive import ContrastiveLoss
 from siamese.losses.multi_similarity import MultiSimilarityLoss
 from siamese.losses.triplet import TripletLoss
-
-if TYPE_CHECKING:
-    from siamese.config import TrainParams
 
 # train.loss: the config's allowed values, in the order its messages list them
 LOSSES: dict[str, type[Loss]] = {
@@ -25,7 +20,7 @@ LOSSES: dict[str, type[Loss]] = {
 }
 
 
-def build_loss(train: TrainParams) -> Loss:
+def build_loss(train: LossSettings) -> Loss:
     """The criterion that validated ``train`` params name (loss, miner and their settings)."""
     return LOSSES[train.loss].from_params(train)
 

@@ -8,17 +8,29 @@ the registry the config reads."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
 from siamese.losses import _fused
 from siamese.mining import MINERS
 
-if TYPE_CHECKING:
-    from siamese.config import TrainParams
-
 Stats = dict[str, int]
+
+
+class LossSettings(Protocol):
+    """The settings a loss is built from: the ``train`` section of the validated params
+    (siamese.config.TrainParams) satisfies it; losses never import the config."""
+
+    loss: str
+    miner: str
+    margin: float
+    distance: str
+    contrastive_form: str
+    soft_margin: bool
+    ms_alpha: float
+    ms_beta: float
+    ms_base: float
 
 
 class PairScorer(Protocol):
@@ -52,7 +64,7 @@ class Loss(torch.nn.Module):
         self.miner = MINERS[miner].mine  # None for offline pairs: pair_loss only
 
     @classmethod
-    def from_params(cls, train: TrainParams) -> Loss:
+    def from_params(cls, train: LossSettings) -> Loss:
         """The loss configured by validated ``train`` params."""
         raise NotImplementedError
 

@@ -6,16 +6,13 @@ the encoder, on every pair of a batch (the all_pairs selection) or on offline pa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from siamese.losses.base import Loss, PairScorer, Stats
+from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
 from siamese.mining.online import every_pair
-
-if TYPE_CHECKING:
-    from siamese.config import TrainParams
 
 
 def balanced_bce(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
@@ -48,7 +45,7 @@ class BalancedBCELoss(Loss):
         super().__init__(miner)
 
     @classmethod
-    def from_params(cls, train: TrainParams) -> BalancedBCELoss:
+    def from_params(cls, train: LossSettings) -> BalancedBCELoss:
         return cls(train.miner)
 
     def reference(

@@ -7,17 +7,14 @@ trained on a fixed distance)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from siamese.distances import pairwise_distance
 from siamese.losses import _fused
-from siamese.losses.base import Loss, PairScorer, Stats
+from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
 from siamese.mining.online import PairIndices
-
-if TYPE_CHECKING:
-    from siamese.config import TrainParams
 
 # train.contrastive_form: the config's allowed values
 FORMS = ("squared", "linear")
@@ -80,7 +77,7 @@ class ContrastiveLoss(Loss):
         self.margin, self.distance, self.form = margin, distance, contrastive_form
 
     @classmethod
-    def from_params(cls, train: TrainParams) -> ContrastiveLoss:
+    def from_params(cls, train: LossSettings) -> ContrastiveLoss:
         return cls(train.miner, train.margin, train.distance, train.contrastive_form)
 
     def _fused(self, emb: torch.Tensor, labels: torch.Tensor) -> _fused.Compute | None:

@@ -3,17 +3,14 @@ selection), on cosine similarity, as pytorch-metric-learning's MultiSimilarityLo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from siamese.losses import _fused
-from siamese.losses.base import Loss, PairScorer, Stats
+from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
 from siamese.losses.contrastive import contrastive_pair_loss
 from siamese.mining.online import label_masks
-
-if TYPE_CHECKING:
-    from siamese.config import TrainParams
 
 
 def _log1p_sum_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,7 +56,7 @@ class MultiSimilarityLoss(Loss):
         self.pair_margin, self.pair_form = pair_margin, pair_form
 
     @classmethod
-    def from_params(cls, train: TrainParams) -> MultiSimilarityLoss:
+    def from_params(cls, train: LossSettings) -> MultiSimilarityLoss:
         return cls(
             train.ms_alpha,
             train.ms_beta,

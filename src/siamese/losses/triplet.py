@@ -5,18 +5,15 @@ with ``soft_margin``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from siamese.distances import pairwise_distance
 from siamese.losses import _fused
-from siamese.losses.base import Loss, PairScorer, Stats
+from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
 from siamese.losses.contrastive import contrastive_pair_loss
 from siamese.mining.online import TripletIndices
-
-if TYPE_CHECKING:
-    from siamese.config import TrainParams
 
 
 def mined_triplet_loss(
@@ -50,7 +47,7 @@ class TripletLoss(Loss):
         self.pair_form = pair_form
 
     @classmethod
-    def from_params(cls, train: TrainParams) -> TripletLoss:
+    def from_params(cls, train: LossSettings) -> TripletLoss:
         return cls(
             train.miner, train.margin, train.distance, train.soft_margin, train.contrastive_form
         )
