@@ -400,8 +400,8 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _offline_pairs_need_mined_pairs(self) -> Params:
-        if self.train.miner == "offline_pairs" and self.mine.train_pairs == 0:
-            raise ValueError("train.miner=offline_pairs needs mine.train_pairs > 0")
+        if not MINER_REGISTRY[self.train.miner].online and self.mine.train_pairs == 0:
+            raise ValueError(f"train.miner={self.train.miner} needs mine.train_pairs > 0")
         return self
 
     @field_validator("augment", mode="before")

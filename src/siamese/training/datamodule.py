@@ -13,6 +13,7 @@ from siamese.config import Params
 from siamese.data.artifacts import PreparedData, load_pairs
 from siamese.data.augment import apply_augment, build_augment, seed_worker
 from siamese.errors import DatasetError
+from siamese.mining import MINERS
 from siamese.mining.sampler import PKBatchSampler
 from siamese.models.encoders import preprocess
 
@@ -55,7 +56,7 @@ def check_training_labels(params: Params, labels: np.ndarray) -> None:
     training labels: fewer than 2 identities, or no identity with K images (an identity with
     fewer than K is sampled with replacement, but if every one is, each batch repeats images)."""
     t = params.train
-    if t.miner == "offline_pairs":  # batches of mined pairs: no P x K sampler
+    if not MINERS[t.miner].online:  # batches of mined pairs: no P x K sampler
         return
     _, counts = np.unique(labels, return_counts=True)
     if len(counts) < 2:
@@ -100,7 +101,7 @@ class SiameseDataModule(pl.LightningDataModule):
             worker_init_fn=seed_worker,
             persistent_workers=t.num_workers > 0,
         )
-        if t.miner == "offline_pairs":
+        if not MINERS[t.miner].online:  # the mine stage's training pairs
             pairs = load_pairs(self.pairs_dir / "train.npz")
             ds = PairDataset(self.data.images, pairs, transform)
             g = torch.Generator().manual_seed(p.seed)
