@@ -65,6 +65,15 @@ def test_loss_trains_far_beyond_an_untrained_encoder_on_digits(project, loss):
     assert 1 - trained <= 0.6 * (1 - untrained), (trained, untrained)
 
 
+
+@pytest.mark.parametrize("loss", ["contrastive", "bce"])
+def test_offline_mined_pairs_train_the_encoder(project, loss):
+    # train.miner=offline_pairs: batches of the mine stage's (a, b, same) pairs, no P x K sampler
+    overrides = [f"train.loss={loss}", "train.miner=offline_pairs", "mine.train_pairs=2000"]
+    trained, untrained = trained_vs_untrained_auc(QUICK + overrides + ["train.max_epochs=2"])
+    assert np.isfinite(trained) and trained > untrained, (trained, untrained)
+
+
 OMNIGLOT_QUICK = [
     "data.image_size=28",
     "data.layout=grouped",
