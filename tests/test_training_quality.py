@@ -65,7 +65,6 @@ def test_loss_trains_far_beyond_an_untrained_encoder_on_digits(project, loss):
     assert 1 - trained <= 0.6 * (1 - untrained), (trained, untrained)
 
 
-
 @pytest.mark.parametrize("loss", ["contrastive", "bce"])
 def test_offline_mined_pairs_train_the_encoder(project, loss):
     # train.miner=offline_pairs: batches of the mine stage's (a, b, same) pairs, no P x K sampler
