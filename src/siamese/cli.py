@@ -12,7 +12,6 @@ from pathlib import Path
 import typer
 
 from siamese import paths
-from siamese.config import apply_overrides, load_params, read_params_file, validate_params
 from siamese.data.downloads import ARCHIVES, download
 from siamese.errors import (
     BadImageError,
@@ -26,11 +25,11 @@ from siamese.errors import (
 )
 from siamese.io import write_json
 from siamese.locking import project_lock
-from siamese.params_file import preset_overrides
 
-# Commands import their stage, the registry, pandas and the Prefect flows inside the function:
-# Lightning (~5 s), MLflow (~2.5 s) and Prefect (~2 s) load only for the commands that use them,
-# so `siamese --help`, `check` and the light commands start fast. Everything else is above.
+# Commands import the params (siamese.config reads the registries of the components it
+# configures, which loads torch, ~2 s), their stage, the registry, pandas and the Prefect flows
+# inside the function: Lightning (~5 s), MLflow (~2.5 s) and Prefect (~2 s) load only for the
+# commands that use them, so `siamese --help` and the light commands start fast.
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(
     no_args_is_help=True, help="Bring a dataset under DVC, or download a benchmark."
@@ -51,6 +50,7 @@ EXIT_UNREACHABLE, EXIT_TRAINING_FAULT = 4, 5
 
 
 def _run_stage(fn, params_path: Path, *args) -> None:
+    from siamese.config import load_params
     from siamese.registry.tracking import is_tracking_unreachable, unreachable_message
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -203,6 +203,8 @@ TrackingOpt = typer.Option(
 
 
 def _default_model(model: str | None, params_path: Path) -> str:
+    from siamese.config import load_params
+
     if model:
         return model
     try:
@@ -339,6 +341,8 @@ def oneshot_runs(
 @app.command()
 def check(params: Path = ParamsOpt) -> None:
     """Validate params.yaml and exit (non-zero with the bad keys named)."""
+    from siamese.config import load_params
+
     try:
         load_params(params)
     except ParamsError as err:
@@ -360,6 +364,8 @@ def run(
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
     from pipelines.flow import format_summary, training_flow
+    from siamese.config import apply_overrides, read_params_file, validate_params
+    from siamese.params_file import preset_overrides
 
     try:  # fail fast, before an orchestrator is even started
         if preset:
@@ -426,6 +432,7 @@ def deploy(
 
     Creates or updates the deployment on the Prefect server and runs its runner until stopped:
     each scheduled (or manually triggered) run trains, then promotes if the gate allows."""
+    from siamese.config import apply_overrides, read_params_file, validate_params
 
     try:
         params_path = project / paths.PARAMS
