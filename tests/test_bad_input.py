@@ -551,3 +551,88 @@ def test_bad_input(proj, case):
     }
     if case.check is not None:
         case.check(proj)
+
+
+# ------------------------------------------------- entries that would read without bounds
+# A device, a FIFO, a huge file or a zip bomb is refused before it is read, naming the entry: run
+# as a real `siamese prepare` process with a timeout and a memory bound (before the check, a
+# link to /dev/zero grew the process by ~300 MB/s until killed and a FIFO blocked forever).
+
+PEAK_RSS_BOUND_KB = 2_000_000  # the prepare process (torch imported) stays far below this
+
+
+def _zip_dataset(proj: Path, bomb: bytes) -> None:
+    """data.source: a zip of the same faces plus one image entry of ``bomb``."""
+    import zipfile
+
+    archive = proj / "data" / "faces.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted((proj / DATA).rglob("*.pgm")):
+            zf.write(path, path.relative_to(proj / DATA).as_posix())
+        zf.writestr("s1/bomb.png", bomb)
+    set_params(proj / "params.yaml", ["data.source=data/faces.zip"])
+
+
+UNBOUNDED = {
+    "symlink-to-dev-zero": (
+        lambda proj: (proj / DATA / "s1" / "zero.png").symlink_to("/dev/zero"),
+        [f"{DATA}/s1/zero.png", "a character device (a symlink to /dev/zero)", "remove it"],
+    ),
+    "fifo": (
+        lambda proj: os.mkfifo(proj / DATA / "s1" / "pipe.png"),
+        [f"{DATA}/s1/pipe.png", "a FIFO (named pipe)", "not an image file"],
+    ),
+    "file-over-the-cap": (
+        lambda proj: (
+            set_params(proj / "params.yaml", ["data.max_file_bytes=20000"]),
+            put(proj, "s1/big.png", os.urandom(50_000)),
+        ),
+        [f"{DATA}/s1/big.png", "50000 bytes, over the limit of 20000", "data.max_file_bytes"],
+    ),
+    "zip-bomb-entry": (
+        lambda proj: _zip_dataset(proj, bytes(50_000_000)),
+        ["data/faces.zip:s1/bomb.png", "refused as a zip bomb"],
+    ),
+    "zip-entry-over-the-cap": (
+        lambda proj: (
+            _zip_dataset(proj, os.urandom(300_000)),
+            set_params(proj / "params.yaml", ["data.max_file_bytes=200000"]),
+        ),
+        ["data/faces.zip:s1/bomb.png", "300000 bytes, over the limit of 200000"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNBOUNDED))
+def test_entries_that_read_without_bounds_are_refused_before_reading(proj, name):
+    import resource
+    import subprocess
+    import sys
+
+    setup, says = UNBOUNDED[name]
+    setup(proj)
+    params_before = (proj / "params.yaml").read_bytes()
+    artifacts_before = snapshot(proj / "artifacts")
+    exe = Path(sys.executable).with_name("siamese")
+    result = subprocess.run(
+        [str(exe), "prepare"], cwd=proj, capture_output=True, text=True, timeout=300
+    )
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr[result.stderr.index("error: ") :].split())
+    for text in says:
+        assert text in message, message
+    assert "Traceback" not in result.stderr
+    assert peak_kb < PEAK_RSS_BOUND_KB, peak_kb
+    assert snapshot(proj / "artifacts") == artifacts_before
+    assert (proj / "params.yaml").read_bytes() == params_before
+
+
+def test_a_fifo_is_skipped_and_counted_when_bad_images_are_skipped(proj):
+    set_params(proj / "params.yaml", ["data.on_bad_image=skip"])
+    os.mkfifo(proj / DATA / "s1" / "pipe.png")
+    result = runner.invoke(app, ["prepare"])
+    assert result.exit_code == 0, _explain(result)
+    skipped = read_json(proj / "artifacts/prepared/skipped.json")
+    assert [s for s in skipped["images"] if "pipe.png" in s], skipped
+    assert read_json(proj / "artifacts/prepared/summary.json")["skipped_images"] == 1

@@ -99,3 +99,13 @@ def test_data_add_refuses_a_bad_dataset_and_adds_nothing(project, small_faces):
     result = runner.invoke(app, ["data", "add", str(small_faces)])
     assert result.exit_code == 2 and "identity 'zz_lonely'" in result.output
     assert not (project / "data" / "faces").exists()
+
+
+def test_data_add_refuses_a_device_link_before_reading_or_copying_it(project, small_faces):
+    (small_faces / "s1" / "zero.png").symlink_to("/dev/zero")
+    result = runner.invoke(app, ["data", "add", str(small_faces)])
+    assert result.exit_code == 2, result.output
+    assert "zero.png: a character device (a symlink to /dev/zero)" in " ".join(
+        result.output.split()
+    )
+    assert not (project / "data" / "faces").exists()

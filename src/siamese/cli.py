@@ -13,6 +13,7 @@ import typer
 
 from siamese import paths
 from siamese.data.downloads import ARCHIVES, download
+from siamese.data.files import read_file
 from siamese.errors import (
     BadImageError,
     DatasetError,
@@ -230,8 +231,8 @@ def verify(
 
     uri = _default_model(model, params)
     try:
-        data = [p.read_bytes() for p in (image_a, image_b)]
-    except OSError as err:
+        data = [read_file(p) for p in (image_a, image_b)]
+    except BadImageError as err:
         _fail(f"cannot read image: {err}")
     try:
         served = load_served_model(uri, tracking_uri)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from siamese.calibration.probability import METHODS as PROBABILITY_MAPS
 from siamese.calibration.thresholds import STRATEGIES
 from siamese.data.augment import check_steps, resolve_steps
+from siamese.data.files import DEFAULT_MAX_FILE_BYTES
 from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS
 from siamese.distances import DISTANCES
 from siamese.errors import ParamsError
@@ -87,6 +88,12 @@ class DataParams(_Strict):
         description="the same image (identical bytes) under two identities is label noise and "
         "leaks between the splits; error: fail naming both copies; skip: leave out every copy "
         "(counted in artifacts/prepared); keep: use them as they are",
+    )
+    max_file_bytes: int = Field(
+        DEFAULT_MAX_FILE_BYTES,
+        ge=1_000,
+        description="the largest image file (or zip entry) read; larger ones, and entries that "
+        "are not regular files (devices, FIFOs), are refused before they are read",
     )
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from siamese.data.files import read_file
 from siamese.errors import BadImageError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -75,12 +76,7 @@ def decode_image(
 
 
 def read_image(path: str | Path, size: int) -> np.ndarray:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise BadImageError(f"{path}: cannot be read ({err})") from None
-    return decode_image(data, size, name=str(path))
+    return decode_image(read_file(path), size, name=str(path))
 
 
 def resize_array(arr: np.ndarray, size: int) -> np.ndarray:

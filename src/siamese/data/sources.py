@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from siamese.data.files import DEFAULT_MAX_FILE_BYTES, read_file, read_zip_entry
 from siamese.data.images import IMAGE_EXTENSIONS, decode_image, resize_array
 from siamese.errors import BadImageError, DatasetError
 
@@ -102,7 +103,7 @@ def _printable(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def _directory_tree(root: Path) -> _Tree:
+def _directory_tree(root: Path, max_file_bytes: int) -> _Tree:
     """Every image file and folder under ``root``. Symlinked folders are followed (data is often
     linked in), but a folder reached twice (a loop, or two links to one folder) is an error."""
     files: list[tuple[str, ...]] = []
@@ -157,22 +158,13 @@ def _directory_tree(root: Path) -> _Tree:
     visit(root, (), frozenset())
 
     def read(parts: tuple[str, ...]) -> bytes:
-        path = root.joinpath(*parts)
-        try:
-            return path.read_bytes()
-        except OSError as err:
-            if path.is_symlink() and not path.exists():
-                raise BadImageError(
-                    f"{path}: broken symlink (it points to {os.readlink(path)}, which does not "
-                    "exist)"
-                ) from None
-            raise BadImageError(f"{path}: cannot be read ({err.strerror or err})") from None
+        return read_file(root.joinpath(*parts), max_file_bytes)
 
     return _Tree(sorted(files), sorted(folders), read, where)
 
 
 @contextmanager
-def _zip_tree(path: Path) -> Iterator[_Tree]:
+def _zip_tree(path: Path, max_file_bytes: int) -> Iterator[_Tree]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
@@ -187,25 +179,25 @@ def _zip_tree(path: Path) -> Iterator[_Tree]:
                 folders.add(parts[:i])
             if not info.is_dir() and _is_image(parts[-1]):
                 files.append(parts)
-                names[parts] = info.filename
+                names[parts] = info
 
         def read(parts: tuple[str, ...]) -> bytes:
-            return zf.read(names[parts])
+            return read_zip_entry(zf, names[parts], f"{path}:{'/'.join(parts)}", max_file_bytes)
 
         yield _Tree(sorted(files), sorted(folders), read, lambda p: f"{path}:{'/'.join(p)}")
 
 
 @contextmanager
-def _open_tree(source: Path) -> Iterator[_Tree]:
+def _open_tree(source: Path, max_file_bytes: int) -> Iterator[_Tree]:
     if not source.exists():
         raise DatasetError(
             f"dataset path {source} does not exist; set data.source to 'digits', to a directory "
             "of identity folders root/<identity>/<image>, or to a zip archive of one"
         )
     if source.is_dir():
-        yield _directory_tree(source)
+        yield _directory_tree(source, max_file_bytes)
     elif zipfile.is_zipfile(source):
-        with _zip_tree(source) as tree:
+        with _zip_tree(source, max_file_bytes) as tree:
             yield tree
     else:
         raise DatasetError(
@@ -288,11 +280,13 @@ def load_folder_dataset(
     layout: str = "auto",
     identity_depth: int | None = None,
     on_duplicate_image: str = "error",
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> LoadedDataset:
     """Read identity folders from a directory or a zip archive of one (layouts: module doc).
 
     ``on_duplicate_image``: what to do with an image whose bytes occur under two or more
-    identities (error, skip every copy, or keep)."""
+    identities (error, skip every copy, or keep). ``max_file_bytes``: the largest file (or zip
+    entry) read; anything that is not a regular file is refused before it is read."""
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     if on_duplicate_image not in DUPLICATE_POLICIES:
@@ -301,7 +295,7 @@ def load_folder_dataset(
             f"{', '.join(DUPLICATE_POLICIES)}"
         )
     root = Path(root)
-    with _open_tree(root) as tree:
+    with _open_tree(root, max_file_bytes) as tree:
         loose = [f for f in tree.files if len(f) == 1]
         if loose:  # images beside the identity folders belong to no identity
             log.warning("ignoring %d image(s) at the top of %s", len(loose), root)
@@ -485,6 +479,7 @@ def load_source(
     layout: str = "auto",
     identity_depth: int | None = None,
     on_duplicate_image: str = "error",
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> LoadedDataset:
     if source == "digits":  # the digits hold no image twice
         return load_digits_dataset(size)
@@ -497,4 +492,5 @@ def load_source(
         layout,
         identity_depth,
         on_duplicate_image,
+        max_file_bytes,
     )

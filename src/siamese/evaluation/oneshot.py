@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from siamese.data.files import read_file, read_zip_entry
 from siamese.data.images import read_image
 from siamese.distances import pairwise_distance
 from siamese.io import atomic_dir
@@ -318,7 +319,9 @@ def build_runs(
     zf = zipfile.ZipFile(source) if Path(source).is_file() else None
 
     def read(name: str) -> bytes:
-        return zf.read(name) if zf is not None else Path(name).read_bytes()
+        if zf is None:
+            return read_file(name)
+        return read_zip_entry(zf, zf.getinfo(name), f"{source}:{name}")
 
     names = []
     try:

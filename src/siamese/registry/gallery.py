@@ -21,9 +21,10 @@ import faiss
 import numpy as np
 import torch
 
+from siamese.data.files import read_file
 from siamese.data.images import decode_image
 from siamese.data.sources import load_folder_dataset
-from siamese.errors import BadImageError, GalleryError
+from siamese.errors import GalleryError
 from siamese.io import atomic_dir, read_json, write_json
 from siamese.registry.loading import load_served_model, resolve_model_uri
 
@@ -190,10 +191,7 @@ def search_image(
             f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
             "its config differs"
         )
-    try:
-        data = Path(image).read_bytes()
-    except OSError as err:
-        raise BadImageError(f"{image}: cannot be read ({err})") from None
+    data = read_file(image)
     arr = decode_image(data, model.image_size, name=str(image), max_pixels=model.max_pixels)
     query = model.embeddings(arr[None])
     return search_embeddings(path, meta, query, k, model.encoder)[0]

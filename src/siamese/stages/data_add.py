@@ -7,6 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from siamese import paths
+from siamese.config import load_params
+from siamese.data.files import DEFAULT_MAX_FILE_BYTES
 from siamese.data.sources import load_folder_dataset
 from siamese.params_file import set_params
 
@@ -22,8 +25,11 @@ def _remove(path: Path) -> None:
 
 def add_dataset(source: Path, project: Path, name: str | None = None, use: bool = True) -> Path:
     source, project = Path(source).resolve(), Path(project).resolve()
-    # validate before copying anything so a bad dataset leaves the project untouched
-    load_folder_dataset(source, size=16)
+    # validate before copying anything so a bad dataset leaves the project untouched (reads are
+    # bounded by the project's data.max_file_bytes: a device or FIFO is refused, never copied)
+    params_file = project / paths.PARAMS
+    cap = load_params(params_file).data.max_file_bytes if params_file.is_file() else None
+    load_folder_dataset(source, size=16, max_file_bytes=cap or DEFAULT_MAX_FILE_BYTES)
     rel = DATA_DIR / (name or source.name)
     target = project / rel
     if target.exists():

@@ -69,6 +69,7 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         d.layout,
         d.identity_depth,
         d.on_duplicate_image,
+        d.max_file_bytes,
     )
     split_by = d.split_by
     if split_by == "auto":
