@@ -177,7 +177,6 @@ def training_flow(
 
 
 def _training_run(project: Path, overrides: list[str] | None, push: bool, promote: bool) -> dict:
-
     params_path = project / paths.PARAMS
     # validate (and apply overrides to params.yaml) before any stage runs
     if overrides:

@@ -356,7 +356,6 @@ class ScheduleParams(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, v: str) -> str:
-
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):

@@ -26,7 +26,6 @@ def run_stages_until_evaluate(params) -> dict:
 
 
 def run_register_stage(params) -> dict:
-
     return run_register(
         params,
         paths.PREPARED,
@@ -39,7 +38,6 @@ def run_register_stage(params) -> dict:
 
 
 def run_promote_stage(params, version: str | None = None) -> dict:
-
     return run_promote(params, paths.PREPARED, paths.PAIRS, paths.PROMOTION, version)
 
 

@@ -114,7 +114,7 @@ def array_image(
 
 
 def encode_png(image: np.ndarray) -> bytes:
-
+    """A uint8 image as PNG bytes: how the package's input example and request clients send it."""
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()

@@ -26,7 +26,6 @@ def _save(fig, path: Path) -> Path:
 
 
 def roc_figure(d: np.ndarray, y: np.ndarray, path: Path) -> Path:
-
     plt = _plt()
     fpr, tpr, _ = metrics.roc_curve(d, y)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))

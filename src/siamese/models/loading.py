@@ -39,7 +39,6 @@ def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
-
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
 
 

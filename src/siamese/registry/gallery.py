@@ -47,7 +47,6 @@ def _faiss_vectors(emb: np.ndarray, distance: str) -> np.ndarray:
 
 
 def _build_faiss(x: np.ndarray, distance: str, kind: str, nlist: int) -> object:
-
     d = x.shape[1]
     metric = faiss.METRIC_INNER_PRODUCT if distance == "cosine" else faiss.METRIC_L2
     if kind == "flat":

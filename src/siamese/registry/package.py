@@ -78,7 +78,6 @@ def build_package(
 
 
 def signature():
-
     return ModelSignature(
         inputs=Schema(
             [
@@ -113,7 +112,6 @@ def example_frame(image_size: int) -> pd.DataFrame:
 
 
 def pip_requirements() -> list[str]:
-
     out = []
     for name in ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors"):
         try:

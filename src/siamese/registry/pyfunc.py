@@ -45,12 +45,10 @@ NORMALIZATION = {"divide": 127.5, "subtract": 1.0}
 
 
 def invalid_input(message: str):
-
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _decode(value: Any, size: int, name: str, max_pixels: int | None) -> np.ndarray:
-
     if isinstance(value, np.ndarray) and value.dtype != object:
         return array_image(value, size, name=name, max_pixels=max_pixels)
     if isinstance(value, str):
@@ -74,7 +72,6 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
     """The served model. ``load_context`` reads the package's artifacts (weights-only)."""
 
     def load_context(self, context) -> None:
-
         arts = context.artifacts
         encoder = load_encoder(arts["encoder"])
         self.setup(encoder, read_json(arts["preprocessing"]), read_json(arts["calibration"]))
@@ -100,7 +97,6 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         return self
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-
         mode = (params or {}).get("mode", "pair")
         if mode not in MODES:
             raise invalid_input(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")

@@ -41,7 +41,6 @@ def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
 
 
 def log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir: Path) -> None:
-
     ts = int(time.time() * 1000)
     values = {"calibration.threshold": calibration["threshold"]}
     values.update(_flat_metrics("calibration.threshold_ci.", calibration.get("threshold_ci") or {}))
@@ -75,7 +74,6 @@ def log_model(run_id: str, model_dir: Path, calibration_path: Path, serve: Serve
 
 
 def ensure_registered_model(client, name: str) -> None:
-
     try:
         client.get_registered_model(name)
     except MlflowException:

@@ -69,7 +69,6 @@ def run_evaluate(
     calibration_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
-
     e = params.evaluate
     # loaded once: the distances and the hardest-pairs sheet both need images and pairs
     data = PreparedData(prepared_dir)

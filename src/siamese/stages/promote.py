@@ -46,7 +46,6 @@ def _now() -> str:
 
 
 def _benchmark(prepared_dir: Path, pairs_dir: Path) -> tuple[np.ndarray, dict, str]:
-
     path = pairs_dir / "test.npz"
     if not path.is_file():
         raise FileNotFoundError(f"benchmark pairs {path} not found; run `siamese mine` first")

@@ -39,7 +39,6 @@ def run_register(
     eval_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
-
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     uri = tracking_uri()
     client = tracking.client(uri)
