@@ -4,12 +4,17 @@ policies, plus the measures of how honest that probability is (Brier score, ECE)
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 
-def _fit_none(d: np.ndarray, y: np.ndarray) -> dict:
-    return {"method": "none"}
+class ProbabilityMap(NamedTuple):
+    """A ``calibrate.probability`` method: ``fit`` makes a JSON-serialisable map from validation
+    distances and labels; ``apply`` turns distances into P(same) with it (None: no probability)."""
+
+    fit: Callable[[np.ndarray, np.ndarray], dict]
+    apply: Callable[[dict, np.ndarray], np.ndarray | None]
 
 
 def _fit_platt(d: np.ndarray, y: np.ndarray) -> dict:
@@ -17,6 +22,11 @@ def _fit_platt(d: np.ndarray, y: np.ndarray) -> dict:
 
     lr = LogisticRegression(C=1e6, max_iter=1000).fit(d[:, None], y)
     return {"method": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+
+
+def _apply_platt(pmap: dict, d: np.ndarray) -> np.ndarray:
+    z = pmap["a"] * d + pmap["b"]
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
 
 def _fit_isotonic(d: np.ndarray, y: np.ndarray) -> dict:
@@ -27,11 +37,11 @@ def _fit_isotonic(d: np.ndarray, y: np.ndarray) -> dict:
     return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
 
-# calibrate.probability: each fits a JSON-serialisable map; the config's allowed values
-METHODS: dict[str, Callable[[np.ndarray, np.ndarray], dict]] = {
-    "none": _fit_none,
-    "platt": _fit_platt,
-    "isotonic": _fit_isotonic,
+# calibrate.probability: the config's allowed values
+METHODS: dict[str, ProbabilityMap] = {
+    "none": ProbabilityMap(lambda d, y: {"method": "none"}, lambda pmap, d: None),
+    "platt": ProbabilityMap(_fit_platt, _apply_platt),
+    "isotonic": ProbabilityMap(_fit_isotonic, lambda pmap, d: np.interp(d, pmap["x"], pmap["y"])),
 }
 
 
@@ -42,17 +52,13 @@ def fit_probability_map(distances: np.ndarray, same: np.ndarray, method: str) ->
             f"unknown probability calibration {method!r}; allowed: {', '.join(METHODS)}"
         )
     d = np.asarray(distances, dtype=np.float64)
-    return METHODS[method](d, np.asarray(same).astype(int))
+    return METHODS[method].fit(d, np.asarray(same).astype(int))
 
 
 def apply_probability_map(pmap: dict, distances: np.ndarray) -> np.ndarray | None:
-    d = np.asarray(distances, dtype=np.float64)
-    if pmap["method"] == "platt":
-        z = pmap["a"] * d + pmap["b"]
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
-    if pmap["method"] == "isotonic":
-        return np.interp(d, pmap["x"], pmap["y"])
-    return None
+    """P(same) of each distance under a fitted map; None for ``none`` (or a method not known)."""
+    method = METHODS.get(pmap["method"])
+    return None if method is None else method.apply(pmap, np.asarray(distances, np.float64))
 
 
 def brier_score(prob: np.ndarray, same: np.ndarray) -> float:
