@@ -9,11 +9,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from siamese.data.artifacts import PreparedData, load_pairs
-from siamese.io import read_json
+from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
+from siamese.io import read_json, write_json
 from siamese.models.encoders import SiameseEncoder, preprocess
 
 WEIGHTS_SAFETENSORS, WEIGHTS_TORCH = "model.safetensors", "model.pt"
+CONFIG_FILE = "model.json"  # the architecture an encoder is rebuilt from
+TRAINING_OUTPUT = (WEIGHTS_TORCH, CONFIG_FILE)  # what save_encoder writes
 
 
 def encoder_from_config(cfg: dict) -> SiameseEncoder:
@@ -42,9 +44,18 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
 
 
+def save_encoder(encoder: SiameseEncoder, out_dir: str | Path) -> None:
+    """The training output ``load_encoder`` reads: the encoder alone as a plain state dict
+    (loadable with weights_only=True) and its architecture config."""
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    torch.save(state, out_dir / WEIGHTS_TORCH)
+    write_json(out_dir / CONFIG_FILE, {**encoder.config, "preprocess": "uint8/127.5-1"})
+
+
 def load_encoder(model_dir: str | Path) -> SiameseEncoder:
     model_dir = Path(model_dir)
-    enc = encoder_from_config(read_json(model_dir / "model.json"))
+    enc = encoder_from_config(read_json(model_dir / CONFIG_FILE))
     enc.load_state_dict(load_state_dict(model_dir))
     enc.eval()
     # NHWC convolutions (oneDNN) run ~1.8x faster on CPU; every consumer (calibrate, evaluate,
@@ -92,5 +103,5 @@ def split_pair_distances(
     """(distances, same) of the fixed ``split`` pairs under the trained encoder."""
 
     data = PreparedData(prepared_dir)
-    pairs = load_pairs(Path(pairs_dir) / f"{split}.npz")
+    pairs = load_pairs(pairs_path(pairs_dir, split))
     return pair_distances(load_encoder(model_dir), data.images, pairs), pairs["y"].astype(bool)

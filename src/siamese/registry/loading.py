@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 
 from siamese.models.encoders import SiameseEncoder
-from siamese.models.loading import load_encoder
+from siamese.models.loading import CONFIG_FILE, load_encoder
 from siamese.registry.tracking import active_tracking_uri, client
 from siamese.registry.tracking import tracking_uri as default_tracking_uri
 
@@ -38,7 +38,7 @@ def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) ->
     local = Path(str(uri))
     if "://" not in str(uri) and not str(uri).startswith(("models:", "runs:")):
         for candidate in (local, local / "artifacts" / "encoder"):
-            if (candidate / "model.json").is_file():
+            if (candidate / CONFIG_FILE).is_file():
                 return load_encoder(candidate)
         raise FileNotFoundError(f"{uri}: neither a model URI nor a folder holding model.json")
     with tempfile.TemporaryDirectory() as tmp:

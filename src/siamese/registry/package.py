@@ -16,7 +16,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from siamese.data.images import encode_png
 from siamese.io import read_json, write_json
-from siamese.models.loading import load_state_dict, save_safetensors
+from siamese.models.loading import CONFIG_FILE, load_state_dict, save_safetensors
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
 
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
@@ -62,9 +62,9 @@ def build_package(
     model_dir, dest = Path(model_dir), Path(dest)
     enc = dest / "encoder"
     enc.mkdir(parents=True, exist_ok=True)
-    config = read_json(model_dir / "model.json")
+    config = read_json(model_dir / CONFIG_FILE)
     save_safetensors(load_state_dict(model_dir), enc / "model.safetensors")
-    write_json(enc / "model.json", config)
+    write_json(enc / CONFIG_FILE, config)
     write_json(
         dest / "preprocessing.json",
         preprocessing_spec(config["image_size"], max_pixels, max_request_bytes),
@@ -143,7 +143,7 @@ def save_package(
 ) -> Path:
     """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
 
-    image_size = read_json(Path(model_dir) / "model.json")["image_size"]
+    image_size = read_json(Path(model_dir) / CONFIG_FILE)["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = build_package(
             model_dir, calibration, max_pixels, tmp, max_request_bytes=max_request_bytes

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from siamese.config import ServeParams, flatten
 from siamese.io import read_json
+from siamese.models.loading import CONFIG_FILE
 from siamese.registry.aliases import (
     CHALLENGER,
     PREVIOUS_CHALLENGER_TAG,
@@ -63,7 +64,7 @@ def log_model(run_id: str, model_dir: Path, calibration_path: Path, serve: Serve
     calibration JSON, the siamese package as code; returns its URI."""
 
     calibration = read_json(calibration_path)
-    image_size = read_json(model_dir / "model.json")["image_size"]
+    image_size = read_json(model_dir / CONFIG_FILE)["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = build_package(
             model_dir, calibration, serve.max_pixels, tmp, max_request_bytes=serve.max_request_bytes

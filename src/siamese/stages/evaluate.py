@@ -19,7 +19,7 @@ from siamese.calibration.probability import (
 )
 from siamese.calibration.thresholds import choose_threshold
 from siamese.config import Params
-from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.evaluation import metrics
 from siamese.evaluation.bootstrap import bootstrap_ci, kfold_accuracy
 from siamese.evaluation.oneshot import evaluate_episodes
@@ -72,7 +72,7 @@ def run_evaluate(
     e = params.evaluate
     # loaded once: the distances and the hardest-pairs sheet both need images and pairs
     data = PreparedData(prepared_dir)
-    pairs = load_pairs(Path(pairs_dir) / "test.npz")
+    pairs = load_pairs(pairs_path(pairs_dir, "test"))
     encoder = load_encoder(model_dir)
     d = pair_distances(encoder, data.images, pairs)
     y = pairs["y"].astype(bool)

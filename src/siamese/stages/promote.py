@@ -24,7 +24,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from siamese.config import Params
-from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.errors import PromotionError
 from siamese.io import atomic_dir, file_md5, write_json
 from siamese.registry import tracking
@@ -46,7 +46,7 @@ def _now() -> str:
 
 
 def _benchmark(prepared_dir: Path, pairs_dir: Path) -> tuple[np.ndarray, dict, str]:
-    path = pairs_dir / "test.npz"
+    path = pairs_path(pairs_dir, "test")
     if not path.is_file():
         raise FileNotFoundError(f"benchmark pairs {path} not found; run `siamese mine` first")
     return PreparedData(prepared_dir).images, load_pairs(path), file_md5(path)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from siamese.config import Params
-from siamese.data.artifacts import PreparedData, load_pairs
+from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.data.augment import apply_augment, build_augment, seed_worker
 from siamese.errors import DatasetError
 from siamese.mining import MINERS
@@ -81,7 +81,7 @@ class SiameseDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.data = PreparedData(self.prepared_dir)
-        self.val_pairs = load_pairs(self.pairs_dir / "val.npz")
+        self.val_pairs = load_pairs(pairs_path(self.pairs_dir, "val"))
         # validation embeds each image that occurs in a val pair once
         self.val_images = np.unique(np.r_[self.val_pairs["a"], self.val_pairs["b"]])
         # skilled forgeries carry their writer's label but are never positives: not trained on
@@ -102,7 +102,7 @@ class SiameseDataModule(pl.LightningDataModule):
             persistent_workers=t.num_workers > 0,
         )
         if not MINERS[t.miner].online:  # the mine stage's training pairs
-            pairs = load_pairs(self.pairs_dir / "train.npz")
+            pairs = load_pairs(pairs_path(self.pairs_dir, "train"))
             ds = PairDataset(self.data.images, pairs, transform)
             g = torch.Generator().manual_seed(p.seed)
             sampler = torch.utils.data.distributed.DistributedSampler(

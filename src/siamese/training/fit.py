@@ -19,20 +19,13 @@ from pytorch_lightning.loggers.logger import Logger  # the base class: any backe
 
 from siamese.config import MONITORS, Params
 from siamese.errors import TrainingFault
-from siamese.io import write_json
+from siamese.models.loading import save_encoder
 from siamese.training.callbacks import SaveLastCheckpoint
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.module import SiameseModule
 from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def export_encoder(module: SiameseModule, out_dir: Path) -> None:
-    """Save the encoder alone as a plain state dict: loadable with weights_only=True."""
-    state = {k: v.detach().cpu().contiguous() for k, v in module.encoder.state_dict().items()}
-    torch.save(state, out_dir / "model.pt")
-    write_json(out_dir / "model.json", {**module.encoder.config, "preprocess": "uint8/127.5-1"})
 
 
 def build_trainer(
@@ -132,5 +125,5 @@ def fit_encoder(
         "fit_seconds": round(time.perf_counter() - started, 1),
     }
     # the encoder is exported now; the stage publishes it once the tracking server has the run
-    export_encoder(module, scratch)
+    save_encoder(module.encoder, scratch)
     return summary

@@ -18,10 +18,10 @@ import torch
 
 from siamese.config import Params
 from siamese.io import atomic_dir, read_json, write_json
+from siamese.models.loading import TRAINING_OUTPUT
 
 log = logging.getLogger(__name__)
 RESUME_STATE = "resume.json"  # in the scratch dir: the MLflow run and the inputs' fingerprint
-EXPORTED = ("model.pt", "model.json")  # what the training exports beside its checkpoints
 
 
 def scratch_dir(out_dir: str | Path) -> Path:
@@ -93,6 +93,6 @@ def publish(scratch: Path, out_dir: Path, run_record: dict) -> None:
     encoder and ``run.json`` (``run_record``). Downstream stages never see half of it."""
     with atomic_dir(out_dir) as tmp:
         shutil.move(str(checkpoint_dir(scratch)), tmp / "checkpoints")
-        for name in EXPORTED:
+        for name in TRAINING_OUTPUT:  # the exported encoder
             shutil.move(str(scratch / name), tmp / name)
         write_json(tmp / "run.json", run_record)
