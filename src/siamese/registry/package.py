@@ -20,10 +20,7 @@ from siamese.models.loading import CONFIG_FILE, load_state_dict, save_safetensor
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
 
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
-
-
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/siamese: shipped as the model's code
-# what siamese.models.encoders.preprocess does; stored in the package and checked on load
 
 
 def preprocessing_spec(

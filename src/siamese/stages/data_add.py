@@ -28,8 +28,10 @@ def add_dataset(source: Path, project: Path, name: str | None = None, use: bool 
     # validate before copying anything so a bad dataset leaves the project untouched (reads are
     # bounded by the project's data.max_file_bytes: a device or FIFO is refused, never copied)
     params_file = project / paths.PARAMS
-    cap = load_params(params_file).data.max_file_bytes if params_file.is_file() else None
-    load_folder_dataset(source, size=16, max_file_bytes=cap or DEFAULT_MAX_FILE_BYTES)
+    cap = DEFAULT_MAX_FILE_BYTES
+    if params_file.is_file():
+        cap = load_params(params_file).data.max_file_bytes
+    load_folder_dataset(source, size=16, max_file_bytes=cap)
     rel = DATA_DIR / (name or source.name)
     target = project / rel
     if target.exists():
