@@ -48,7 +48,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             [p.grad.clone() for p in model.parameters()],
         )
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    dist.barrier()  # both ranks' results are written
+    # exit without the gloo teardown: destroy_process_group in a worker spawned from a long
+    # pytest process sometimes deadlocks (a thread waiting for the GIL, seen with gdb, on the
+    # code before and after the layout change); the results are already on disk
+    os._exit(0)
 
 
 @pytest.mark.timeout(300)
