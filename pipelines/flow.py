@@ -67,11 +67,33 @@ def stale_stages(project_dir: str) -> list[str]:
     return [name.split(":")[-1] for name in status if not name.endswith(".dvc")]
 
 
+@task(name="data-provenance")
+def check_data_source(project_dir: str, source: str, max_file_bytes: int) -> dict:
+    """``data.source`` against DVC before any stage runs (siamese.data.provenance): a stale DVC
+    record fails the run (``DatasetError``), an unversioned source is warned about on every run,
+    and a source outside ``data/`` whose content differs from what prepare last read makes
+    prepare re-run (DVC cannot see it). Returns ``data`` (a line for the summary), ``warning``
+    and ``changed`` (the unwatched source changed since prepare read it)."""
+    from siamese.data.provenance import changed_since_prepared, source_state
+
+    project = Path(project_dir)
+    state = source_state(source, project, max_file_bytes)
+    if state.warning:
+        get_run_logger().warning("%s", state.warning)
+    changed = changed_since_prepared(state, project / paths.PREPARED)
+    if changed:
+        get_run_logger().info(
+            "data.source %s changed since prepare last read it: re-running prepare", source
+        )
+    return {"data": state.describe(), "warning": state.warning, "changed": changed}
+
+
 @task(name="stage")
-def repro_stage(project_dir: str, stage: str) -> str:
-    """``dvc repro --single-item STAGE``: runs the stage only if DVC finds it changed."""
+def repro_stage(project_dir: str, stage: str, force: bool = False) -> str:
+    """``dvc repro --single-item STAGE``: runs the stage only if DVC finds it changed
+    (``force``: in any case, for a change DVC cannot see)."""
     logger = get_run_logger()
-    proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
+    proc = _dvc(Path(project_dir), "repro", "--single-item", *(["--force"] if force else []), stage)
     output = (proc.stdout or "") + (proc.stderr or "")
     for line in output.strip().splitlines()[-40:]:
         logger.info("%s | %s", stage, line)
@@ -180,10 +202,13 @@ def _training_run(project: Path, overrides: list[str] | None, push: bool, promot
     params_path = project / paths.PARAMS
     # validate (and apply overrides to params.yaml) before any stage runs
     if overrides:
-        set_params(params_path, list(overrides))
+        params = set_params(params_path, list(overrides))
     else:
-        load_params(params_path)
+        params = load_params(params_path)
+    source = check_data_source(str(project), params.data.source, params.data.max_file_bytes)
     stale = set(stale_stages(str(project)))
+    if source["changed"]:
+        stale.add("prepare")
     statuses: dict[str, str] = {}
     upstream_changed = False
     for stage in STAGES:
@@ -191,7 +216,8 @@ def _training_run(project: Path, overrides: list[str] | None, push: bool, promot
             run = repro_stage.with_options(
                 name=f"stage-{stage}", retries=STAGE_RETRIES.get(stage, 0), retry_delay_seconds=5
             )
-            statuses[stage] = run(str(project), stage)
+            force = stage == "prepare" and source["changed"]
+            statuses[stage] = run(str(project), stage, force=force)
             upstream_changed = upstream_changed or statuses[stage] == "ran"
         else:
             statuses[stage] = "skipped"
@@ -199,6 +225,8 @@ def _training_run(project: Path, overrides: list[str] | None, push: bool, promot
     registration = json.loads((project / paths.REGISTRATION / "registration.json").read_text())
     return {
         "stages": statuses,
+        "data": source["data"],
+        "data_warning": source["warning"],
         "registration": registration,
         "promotion": promotion_flow(str(project)) if promote else None,
         "push": pushed,
@@ -274,6 +302,7 @@ def format_summary(summary: dict) -> str:
         "",
         "== siamese run summary ==",
         "stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()),
+        *([f"data: {summary['data']}"] if summary.get("data") else []),
         f"registered model: {reg['model_name']} version {reg['version']} "
         f"aliases: {', '.join(aliases)}" + note,
         f"test pairs: {test['n_pairs']}  ROC AUC {test['roc_auc']:.4f}  EER {test['eer']:.4f}  "

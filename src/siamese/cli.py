@@ -372,14 +372,21 @@ def run(
         if preset:
             set_ = preset_overrides(preset, project) + list(set_)
         params_path = project / paths.PARAMS
-        validate_params(apply_overrides(read_params_file(params_path), set_), str(params_path))
-    except ParamsError as err:
+        params = validate_params(
+            apply_overrides(read_params_file(params_path), set_), str(params_path)
+        )
+        # data changed since its DVC record: refused here, before Prefect (which would log the
+        # refusal with a traceback); the flow checks again for scheduled runs
+        from siamese.data.provenance import source_state
+
+        source_state(params.data.source, project, params.data.max_file_bytes, fingerprint=False)
+    except (ParamsError, DatasetError) as err:
         _fail(str(err))
     try:
         summary = training_flow(
             project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
         )
-    except ParamsError as err:
+    except (ParamsError, DatasetError) as err:  # e.g. data changed since its DVC record
         _fail(str(err))
     except RuntimeError as err:
         _fail(str(err), code=1)

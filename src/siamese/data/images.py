@@ -9,14 +9,46 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from siamese.data.files import read_file
 from siamese.errors import BadImageError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif"}
-)
+# The raster formats a dataset may hold: every one Pillow decodes by itself here (the codec-backed
+# ones only where this Pillow was built with the codec). Pillow also registers formats it only
+# identifies (stubs such as HDF5, GRIB, WMF off Windows), needs an outside program for (EPS:
+# Ghostscript) or that are not pictures (MPEG, FITS, icons, PSD layers); a file of those, like any
+# other file, is not read and is counted and named by the scanner instead of being decoded.
+_RASTER_FORMATS = {
+    "PNG": None,
+    "JPEG": None,
+    "PPM": None,
+    "BMP": None,
+    "DIB": None,
+    "TIFF": None,
+    "GIF": None,
+    "TGA": None,
+    "PCX": None,
+    "SGI": None,
+    "QOI": None,
+    "WEBP": "webp",
+    "AVIF": "avif",
+    "JPEG2000": "jpg_2000",
+}
+
+
+def _image_extensions() -> frozenset[str]:
+    Image.init()
+    return frozenset(
+        ext
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in _RASTER_FORMATS
+        and fmt in Image.OPEN
+        and (_RASTER_FORMATS[fmt] is None or features.check(_RASTER_FORMATS[fmt]))
+    )
+
+
+IMAGE_EXTENSIONS = _image_extensions()  # lower case, with the dot: .png, .jpg, .webp, ...
 
 
 # refuse anything larger before decoding (serving lowers it with serve.max_pixels)
@@ -49,9 +81,11 @@ def _to_gray_array(img: Image.Image, size: int) -> np.ndarray:
 def decode_image(
     data: bytes, size: int, name: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Decode encoded image bytes to a (size, size) uint8 grayscale array. The pixel count
-    declared in the header is checked against ``max_pixels`` (and PIL's decompression-bomb
-    limit) before any pixel data is decoded."""
+    """Decode encoded image bytes to a (size, size) uint8 grayscale array, upright (an EXIF
+    orientation is applied). The pixel count declared in the header is checked against
+    ``max_pixels`` (and PIL's decompression-bomb limit) before any pixel data is decoded. Every
+    image input goes through here: prepare, ``data add``, galleries, ``verify`` and the served
+    model."""
     if not data:
         raise BadImageError(f"{name}: empty file (0 bytes)")
     try:
@@ -60,6 +94,9 @@ def decode_image(
             with Image.open(io.BytesIO(data)) as img:  # reads the header only
                 _check_pixels(img.size[0], img.size[1], max_pixels, name)
                 img.load()
+                # a camera stores a rotated photo's pixels as shot and its orientation in EXIF;
+                # applied here, training, galleries and serving all see the photo upright
+                ImageOps.exif_transpose(img, in_place=True)
                 if min(img.size) < 2:
                     raise BadImageError(
                         f"{name}: image is {img.size[0]}x{img.size[1]} pixels, too small"

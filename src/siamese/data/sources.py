@@ -38,6 +38,17 @@ LAYOUTS = ("auto", "flat", "grouped", "signatures")
 SIGNATURE_KINDS = ("genuine", "forged")
 DUPLICATE_POLICIES = ("error", "skip", "keep")  # data.on_duplicate_image
 _IGNORED_DIRS = {"__MACOSX"}
+# what a dataset left out, by kind (skipped.json; summary.json counts each as skipped_<kind>):
+# images: unreadable (on_bad_image: skip); identities: too few images (on_small_identity: skip);
+# duplicates: filed under two identities (on_duplicate_image: skip); copies: byte-identical copies
+# of an image of the same identity (always left out, one copy kept: a positive pair of an image
+# with itself teaches nothing and inflates the metrics); ignored: files not read at all (not an
+# image format this reads, or an image outside any identity folder)
+SKIP_KINDS = ("images", "identities", "duplicates", "copies", "ignored")
+
+
+def _no_skips() -> dict[str, list[str]]:
+    return {kind: [] for kind in SKIP_KINDS}
 
 
 @dataclass
@@ -46,9 +57,7 @@ class LoadedDataset:
     identities: list[str]  # per image
     sources: list[str]  # per image: relative path or "digits:<index>"
     hashes: list[str]  # per image: sha256 of the source content
-    skipped: dict[str, list[str]] = field(
-        default_factory=lambda: {"images": [], "identities": [], "duplicates": []}
-    )
+    skipped: dict[str, list[str]] = field(default_factory=_no_skips)
     groups: list[str | None] | None = None  # per image: the identity's group, None: no groups
     forged: list[bool] | None = None  # per image: a skilled forgery of the identity's signature
     layout: str = "flat"
@@ -88,6 +97,7 @@ class _Tree:
     folders: list[tuple[str, ...]]  # path parts of every folder (to report empty identities)
     read: Callable[[tuple[str, ...]], bytes]
     describe: Callable[[tuple[str, ...]], str]  # a path a user can find
+    ignored: list[str] = field(default_factory=list)  # files not read: not an image format read
 
 
 def _hidden(part: str) -> bool:
@@ -108,6 +118,7 @@ def _directory_tree(root: Path, max_file_bytes: int) -> _Tree:
     linked in), but a folder reached twice (a loop, or two links to one folder) is an error."""
     files: list[tuple[str, ...]] = []
     folders: list[tuple[str, ...]] = []
+    ignored: list[str] = []
     seen: dict[str, tuple[str, ...]] = {}  # real path -> the parts it was first reached by
 
     def where(parts: tuple[str, ...]) -> str:
@@ -143,6 +154,7 @@ def _directory_tree(root: Path, max_file_bytes: int) -> _Tree:
             child = (*parts, entry.name)
             is_dir = entry.is_dir()  # follows symlinks; a dangling link is no folder
             if not is_dir and not _is_image(entry.name):
+                ignored.append("/".join(map(_printable, child)))
                 continue
             if _printable(entry.name) != entry.name:
                 raise DatasetError(
@@ -160,7 +172,7 @@ def _directory_tree(root: Path, max_file_bytes: int) -> _Tree:
     def read(parts: tuple[str, ...]) -> bytes:
         return read_file(root.joinpath(*parts), max_file_bytes)
 
-    return _Tree(sorted(files), sorted(folders), read, where)
+    return _Tree(sorted(files), sorted(folders), read, where, sorted(ignored))
 
 
 @contextmanager
@@ -170,21 +182,42 @@ def _zip_tree(path: Path, max_file_bytes: int) -> Iterator[_Tree]:
     except (zipfile.BadZipFile, OSError) as err:
         raise DatasetError(f"dataset archive {path} is not a readable zip file ({err})") from None
     with zf:
-        files, folders, names = [], set(), {}
+        files, folders, names, ignored = [], set(), {}, []
         for info in zf.infolist():
+            # normalised: "/s1/1.pgm", "./s1/1.pgm" and "s1//1.pgm" all name s1/1.pgm
             parts = tuple(p for p in PurePosixPath(info.filename).parts if p not in ("", "/"))
-            if not parts or any(_hidden(p) or p == ".." for p in parts):
+            if not parts or any(_hidden(p) for p in parts):
+                continue
+            if ".." in parts:  # would lie outside the archive's tree
+                if not info.is_dir():
+                    ignored.append(info.filename)
                 continue
             for i in range(1, len(parts) if not info.is_dir() else len(parts) + 1):
                 folders.add(parts[:i])
-            if not info.is_dir() and _is_image(parts[-1]):
-                files.append(parts)
-                names[parts] = info
+            if info.is_dir():
+                continue
+            if not _is_image(parts[-1]):
+                ignored.append("/".join(parts))
+                continue
+            if parts in names:
+                raise DatasetError(
+                    f"dataset archive {path}: the entries {names[parts].filename!r} and "
+                    f"{info.filename!r} are both {'/'.join(parts)}, so one would be read for "
+                    "both; remove one of them from the archive (or rename it)"
+                )
+            files.append(parts)
+            names[parts] = info
 
         def read(parts: tuple[str, ...]) -> bytes:
             return read_zip_entry(zf, names[parts], f"{path}:{'/'.join(parts)}", max_file_bytes)
 
-        yield _Tree(sorted(files), sorted(folders), read, lambda p: f"{path}:{'/'.join(p)}")
+        yield _Tree(
+            sorted(files),
+            sorted(folders),
+            read,
+            lambda p: f"{path}:{'/'.join(p)}",
+            sorted(ignored),
+        )
 
 
 @contextmanager
@@ -281,12 +314,15 @@ def load_folder_dataset(
     identity_depth: int | None = None,
     on_duplicate_image: str = "error",
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    drop_copies: bool = True,
 ) -> LoadedDataset:
     """Read identity folders from a directory or a zip archive of one (layouts: module doc).
 
     ``on_duplicate_image``: what to do with an image whose bytes occur under two or more
     identities (error, skip every copy, or keep). ``max_file_bytes``: the largest file (or zip
-    entry) read; anything that is not a regular file is refused before it is read."""
+    entry) read; anything that is not a regular file is refused before it is read.
+    ``drop_copies``: keep one of an identity's byte-identical copies of an image (what training
+    and evaluation need: no pair of an image with itself); a gallery keeps every file."""
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     if on_duplicate_image not in DUPLICATE_POLICIES:
@@ -298,8 +334,18 @@ def load_folder_dataset(
     with _open_tree(root, max_file_bytes) as tree:
         loose = [f for f in tree.files if len(f) == 1]
         if loose:  # images beside the identity folders belong to no identity
-            log.warning("ignoring %d image(s) at the top of %s", len(loose), root)
+            tree.ignored = sorted([*tree.ignored, *(f[0] for f in loose)])
             tree.files = [f for f in tree.files if len(f) > 1]
+        if tree.ignored:
+            shown = ", ".join(tree.ignored[:3]) + (", ..." if len(tree.ignored) > 3 else "")
+            log.warning(
+                "ignoring %d file(s) under %s that are not images in a format read here (%s) "
+                "or lie outside any identity folder: %s (listed in skipped.json)",
+                len(tree.ignored),
+                root,
+                ", ".join(sorted(IMAGE_EXTENSIONS)),
+                shown,
+            )
         if not tree.files:
             raise DatasetError(
                 f"dataset path {root} holds no identity folders with images "
@@ -317,7 +363,41 @@ def load_folder_dataset(
             depth,
             strip,
             on_duplicate_image,
+            drop_copies,
         )
+
+
+def _drop_copies(
+    rows_of: dict[str, list[tuple[np.ndarray, str, str, bool]]], skipped: dict[str, list[str]]
+) -> dict[str, int]:
+    """Keep one of each identity's byte-identical copies of an image (a genuine one before a
+    forgery, else the first read): a copy would pair the image with itself as a positive, in
+    offline mining, in the online miners and in the val/test pairs. Returns how many images each
+    identity lost; the copies left out are named in ``skipped["copies"]``."""
+    dropped: dict[str, int] = {}
+    examples: list[str] = []
+    for name, rows in rows_of.items():
+        keep: dict[str, int] = {}  # sha256 -> index of the copy kept
+        for i, (_, _, digest, forged) in enumerate(rows):
+            if digest not in keep or (rows[keep[digest]][3] and not forged):
+                keep[digest] = i
+        if len(keep) == len(rows):
+            continue
+        kept = set(keep.values())
+        for i, row in enumerate(rows):
+            if i not in kept:
+                skipped["copies"].append(row[1])
+                examples.append(f"{row[1]} = {rows[keep[row[2]]][1]}")
+        rows_of[name] = [row for i, row in enumerate(rows) if i in kept]
+        dropped[name] = len(rows) - len(kept)
+    if examples:
+        log.warning(
+            "using %d image(s) once: byte-identical copies of an image of the same identity "
+            "were left out (%s; listed in skipped.json as copies)",
+            len(examples),
+            "; ".join(examples[:3]) + ("; ..." if len(examples) > 3 else ""),
+        )
+    return dropped
 
 
 def _handle_duplicates(
@@ -381,6 +461,7 @@ def _read_images(
     depth: int,
     strip: int,
     on_duplicate_image: str = "error",
+    drop_copies: bool = True,
 ) -> LoadedDataset:
     # identity -> list of (parts, group, forged); every identity folder is listed, even empty
     by_identity: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
@@ -411,7 +492,8 @@ def _read_images(
         by_identity.setdefault(name, []).append((parts, forged))
         group_of[name] = group
 
-    skipped: dict[str, list[str]] = {"images": [], "identities": [], "duplicates": []}
+    skipped = _no_skips()
+    skipped["ignored"] = list(tree.ignored)
     # identity -> (image, relative path, sha256 of the file, forged) of every readable image
     read: dict[str, list[tuple[np.ndarray, str, str, bool]]] = {}
     for name in sorted(by_identity):
@@ -431,7 +513,9 @@ def _read_images(
                     "files"
                 ) from None
             rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged))
-    dropped = _handle_duplicates(read, on_duplicate_image, tree, skipped)
+    dropped = _drop_copies(read, skipped) if drop_copies else {}
+    for name, n in _handle_duplicates(read, on_duplicate_image, tree, skipped).items():
+        dropped[name] = dropped.get(name, 0) + n
 
     images: list[np.ndarray] = []
     identities: list[str] = []
@@ -494,3 +578,30 @@ def load_source(
         on_duplicate_image,
         max_file_bytes,
     )
+
+
+def source_fingerprint(source: str | Path, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
+    """A sha256 of what ``load_folder_dataset`` would read from ``source``: the archive's bytes,
+    or every candidate image file's path and content (an unreadable one by its error) plus the
+    names of the files not read. Recorded by prepare for a source DVC does not watch (outside
+    ``data/``), so a rerun notices when it changed."""
+    source = Path(source)
+    digest = hashlib.sha256()
+    if source.is_file():
+        try:
+            with open(source, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as err:
+            raise DatasetError(f"dataset path {source} cannot be read ({err})") from None
+        return digest.hexdigest()
+    with _open_tree(source, max_file_bytes) as tree:
+        for parts in tree.files:
+            try:
+                content = hashlib.sha256(tree.read(parts)).hexdigest()
+            except (BadImageError, OSError) as err:
+                content = f"unreadable: {err}"
+            digest.update(f"{'/'.join(parts)}\0{content}\n".encode())
+        for name in tree.ignored:
+            digest.update(f"{name}\0ignored\n".encode())
+    return digest.hexdigest()

@@ -82,8 +82,11 @@ def build_gallery(
 
     resolved = resolve_model_uri(model_uri, tracking_uri)
     model = load_served_model(resolved, tracking_uri)
-    # a gallery is searched, not trained on: an image filed under two identities is kept
-    data = load_folder_dataset(root, model.image_size, min_images=1, on_duplicate_image="keep")
+    # a gallery is searched, not trained on: an image filed under two identities, or twice
+    # under one, is kept (every file is a gallery entry)
+    data = load_folder_dataset(
+        root, model.image_size, min_images=1, on_duplicate_image="keep", drop_copies=False
+    )
     emb = model.embeddings(data.images)
     distance = model.encoder.config["distance"]
     n = len(emb)

@@ -11,17 +11,13 @@ import numpy as np
 
 from siamese.config import Params
 from siamese.data.artifacts import write_prepared
-from siamese.data.sources import load_source
+from siamese.data.provenance import source_state
+from siamese.data.sources import SKIP_KINDS, load_source
 from siamese.data.split import SPLITS, split_groups, split_identities
 from siamese.errors import DatasetError
 from siamese.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
-
-
-def _inside_data_dir(source: str) -> bool:
-    data_dir = Path("data").resolve()
-    return Path(source).resolve().is_relative_to(data_dir)
 
 
 def add_rotation_classes(ds, assignment: dict[str, str], degrees: list[int]) -> int:
@@ -53,13 +49,10 @@ def add_rotation_classes(ds, assignment: dict[str, str], degrees: list[int]) -> 
 
 def run_prepare(params: Params, out_dir: str | Path) -> dict:
     d = params.data
-    if d.source != "digits" and not _inside_data_dir(d.source):
-        log.warning(
-            "data.source %s is outside the project's data/ folder, so DVC does not version it; "
-            "run `siamese data add %s` to track it",
-            d.source,
-            d.source,
-        )
+    # before any work: refuse data whose DVC record is stale, warn about unversioned data
+    state = source_state(d.source, ".", d.max_file_bytes)
+    if state.warning:
+        log.warning("%s", state.warning)
     ds = load_source(
         d.source,
         d.image_size,
@@ -109,6 +102,8 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
 
     summary = {
         "source": d.source,
+        "source_record": state.record,  # the DVC record of the source (None: unversioned)
+        "source_fingerprint": state.fingerprint,  # a source outside data/: its content hash
         "image_size": d.image_size,
         "images": int(len(labels)),
         "identities": len(names),
@@ -117,9 +112,7 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         "groups": len(group_names),
         "forged_images": int(forged.sum()),
         "rotated_images": rotated,
-        "skipped_images": len(ds.skipped["images"]),
-        "skipped_identities": len(ds.skipped["identities"]),
-        "skipped_duplicates": len(ds.skipped.get("duplicates", [])),
+        **{f"skipped_{kind}": len(ds.skipped.get(kind, [])) for kind in SKIP_KINDS},
     }
     for s_idx, s in enumerate(SPLITS):
         summary[f"{s}_images"] = int((split == s_idx).sum())
@@ -128,11 +121,10 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
             summary[f"{s}_groups"] = len(set(groups[split == s_idx].tolist()))
     if any(ds.skipped.values()):
         log.warning(
-            "skipped %d unreadable image(s), %d identity(ies) with too few images and %d "
-            "image(s) filed under two or more identities (listed in skipped.json)",
-            summary["skipped_images"],
-            summary["skipped_identities"],
-            summary["skipped_duplicates"],
+            "skipped %d unreadable image(s), %d identity(ies) with too few images, %d "
+            "image(s) filed under two or more identities, %d byte-identical copy(ies) within an "
+            "identity and %d file(s) not read (listed in skipped.json)",
+            *(summary[f"skipped_{kind}"] for kind in SKIP_KINDS),
         )
     with atomic_dir(out_dir) as tmp:
         write_prepared(
