@@ -60,3 +60,16 @@ def gradient_16bit(size: int = 48) -> bytes:
     """A 16-bit grayscale PNG: a horizontal ramp over the whole 0..65535 range."""
     ramp = np.linspace(0, 65535, size).round().astype(np.uint16)
     return encode(np.tile(ramp, (size, 1)))
+
+
+def exif_rotated_jpeg(upright: np.ndarray) -> bytes:
+    """A JPEG as a camera held sideways writes it: the pixels stored turned 90 degrees
+    counter-clockwise and EXIF orientation 6 ("rotate 90 clockwise to view"), so a viewer that
+    honours EXIF shows ``upright``."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(
+        buf, "JPEG", exif=exif, quality=95
+    )
+    return buf.getvalue()

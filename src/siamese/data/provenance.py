@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES
 from siamese.data.sources import source_fingerprint
 from siamese.errors import DatasetError
@@ -61,29 +63,38 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _record_of(project: Path, source: Path):
-    """The DVC output tracking ``source`` (it, or a folder containing it), or None; also None
-    when the project is no DVC repository."""
-    from dvc.exceptions import NotDvcRepoError, OutputNotFoundError
+def _record_of(project: Path, source: Path) -> tuple[Path, Path] | None:
+    """(the ``.dvc`` file, the path it tracks) for ``source`` or a folder containing it, found
+    on disk (``dvc add X`` writes ``X.dvc`` beside ``X``), so an untracked source costs no DVC
+    call; None when no record tracks it."""
+    root = project.resolve()
+    path = source.resolve()
+    for candidate in (path, *path.parents):
+        if not candidate.is_relative_to(root) or candidate == root:
+            return None
+        record = candidate.with_name(candidate.name + ".dvc")
+        if not record.is_file():
+            continue
+        try:
+            outs = yaml.safe_load(record.read_text(encoding="utf-8")).get("outs") or []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as err:
+            raise DatasetError(
+                f"{record.relative_to(root)}, the DVC record of data.source, cannot be read "
+                f"({err}); restore it (git checkout {record.relative_to(root)})"
+            ) from None
+        if any((record.parent / str(out.get("path", ""))).resolve() == candidate for out in outs):
+            return record, candidate
+    return None
+
+
+def _changes(project: Path, tracked: Path) -> list[str]:
+    """What differs between the workspace and the DVC record of ``tracked``: ``"modified:
+    data/faces/s1/1.pgm"``, ... (DVC's own ``dvc data status --granular`` for that path)."""
     from dvc.repo import Repo
 
-    try:
-        repo = Repo(os.fspath(project))
-    except NotDvcRepoError:
-        return None, None
-    try:
-        outs = repo.find_outs_by_path(os.fspath(source.resolve()), strict=False)
-    except OutputNotFoundError:
-        repo.close()
-        return None, None
-    return repo, outs[0]
-
-
-def _changes(repo, out, project: Path) -> list[str]:
-    """What differs between the workspace and the DVC record of ``out``: ``"modified:
-    data/faces/s1/1.pgm"``, ... (``dvc data status --granular`` for that path)."""
-    target = os.path.relpath(out.fs_path, repo.root_dir)
-    status = repo.data_status(targets=[target], granular=True)
+    with Repo(os.fspath(project)) as repo:
+        target = os.path.relpath(tracked, repo.root_dir)
+        status = repo.data_status(targets=[target], granular=True)
     found = []
     for kind in _CHANGES:
         for entry in status["uncommitted"].get(kind, []):
@@ -113,31 +124,31 @@ def source_state(
             f"dataset path {source} does not exist; set data.source to 'digits', to a directory "
             "of identity folders root/<identity>/<image>, or to a zip archive of one"
         )
-    from dvc.exceptions import DvcException
-
+    found = _record_of(project, path)
     record = None
-    try:
-        repo, out = _record_of(project, path) if _inside(path, project) else (None, None)
-        if out is not None:
-            with repo:
-                record = os.path.relpath(out.stage.path, repo.root_dir)
-                tracked = os.path.relpath(out.fs_path, repo.root_dir)
-                changes = _changes(repo, out, project) if out.stage.is_data_source else []
-            if changes:
-                shown = "; ".join(changes[:_SHOWN])
-                more = f"; and {len(changes) - _SHOWN} more" if len(changes) > _SHOWN else ""
-                raise DatasetError(
-                    f"data.source {source} changed since its DVC record {record} was made "
-                    f"({shown}{more}): a model trained on it could not be reproduced, since "
-                    f"these files are in neither the DVC cache nor the remote. Version the "
-                    f"change with `dvc add {tracked}` (and commit {record}), or undo it with "
-                    f"`dvc checkout {tracked}`"
-                )
-    except DvcException as err:
-        raise DatasetError(
-            f"cannot check data.source {source} against DVC ({type(err).__name__}: {err}); "
-            "fix the DVC repository (`dvc doctor`, `dvc status`) and rerun"
-        ) from None
+    if found is not None:
+        record = os.path.relpath(found[0], project.resolve())
+        tracked = os.path.relpath(found[1], project.resolve())
+        from dvc.exceptions import DvcException
+
+        try:
+            changes = _changes(project, found[1])
+        except DvcException as err:
+            raise DatasetError(
+                f"cannot check data.source {source} against its DVC record {record} "
+                f"({type(err).__name__}: {err}); fix the DVC repository (`dvc doctor`, "
+                "`dvc status`) and rerun"
+            ) from None
+        if changes:
+            shown = "; ".join(changes[:_SHOWN])
+            more = f"; and {len(changes) - _SHOWN} more" if len(changes) > _SHOWN else ""
+            raise DatasetError(
+                f"data.source {source} changed since its DVC record {record} was made "
+                f"({shown}{more}): a model trained on it could not be reproduced, since these "
+                f"files are in neither the DVC cache nor the remote. Version the change with "
+                f"`dvc add {tracked}` (and commit {record}), or undo it with "
+                f"`dvc checkout {tracked}`"
+            )
     warning = None
     if record is None:
         if watched:
