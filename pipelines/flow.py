@@ -69,12 +69,12 @@ def stale_stages(project_dir: str) -> list[str]:
 
 @task(name="data-provenance")
 def check_data_source(project_dir: str, source: str, max_file_bytes: int) -> dict:
-    """``data.source`` against DVC before any stage runs (siamese.data.provenance): a stale DVC
+    """``data.source`` against DVC before any stage runs (siamese.stages.provenance): a stale DVC
     record fails the run (``DatasetError``), an unversioned source is warned about on every run,
     and a source outside ``data/`` whose content differs from what prepare last read makes
     prepare re-run (DVC cannot see it). Returns ``data`` (a line for the summary), ``warning``
     and ``changed`` (the unwatched source changed since prepare read it)."""
-    from siamese.data.provenance import changed_since_prepared, source_state
+    from siamese.stages.provenance import changed_since_prepared, source_state
 
     project = Path(project_dir)
     state = source_state(source, project, max_file_bytes)

@@ -218,3 +218,24 @@ def test_an_identity_left_too_small_by_duplicates_says_so(small_faces):
     ds = load_folder_dataset(small_faces, 16, on_duplicate_image="skip", on_small_identity="skip")
     assert ds.skipped["identities"] == ["twin"] and len(ds.skipped["duplicates"]) == 4
     assert sorted(set(ds.identities)) == sorted(p.name for p in small_faces.iterdir())[:-1]
+
+
+def test_a_copy_within_an_identity_is_used_once_keeping_the_genuine_signature(svc2004, tmp_path):
+    import shutil
+
+    root = tmp_path / "sigs"
+    for writer in sorted(p for p in svc2004.iterdir() if p.is_dir())[:6]:
+        for kind in ("genuine", "forged"):
+            (root / writer.name / kind).mkdir(parents=True)
+            for img in sorted((writer / kind).iterdir())[:3]:
+                shutil.copy(img, root / writer.name / kind / img.name)
+    writer = sorted(p.name for p in root.iterdir())[0]
+    genuine = sorted((root / writer / "genuine").iterdir())[0]
+    shutil.copy(genuine, root / writer / "forged" / "copy.png")  # read before genuine/
+    ds = load_folder_dataset(root, 16)
+    assert ds.skipped["copies"] == [f"{writer}/forged/copy.png"]
+    assert f"{writer}/genuine/{genuine.name}" in ds.sources
+    assert f"{writer}/forged/copy.png" not in ds.sources
+    # a gallery (drop_copies=False) keeps every file
+    every = load_folder_dataset(root, 16, drop_copies=False)
+    assert f"{writer}/forged/copy.png" in every.sources and every.skipped["copies"] == []

@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from siamese.cli import app
-from siamese.data.provenance import changed_since_prepared, source_state
 from siamese.errors import DatasetError
 from siamese.io import read_json
 from siamese.params_file import set_params
+from siamese.stages.provenance import changed_since_prepared, source_state
 from tests.helpers.images import reencode
 from tests.helpers.params import FACES_PARAMS, QUICK
 from tests.helpers.project import SHARED_DATA

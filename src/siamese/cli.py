@@ -377,7 +377,7 @@ def run(
         )
         # data changed since its DVC record: refused here, before Prefect (which would log the
         # refusal with a traceback); the flow checks again for scheduled runs
-        from siamese.data.provenance import source_state
+        from siamese.stages.provenance import source_state
 
         source_state(params.data.source, project, params.data.max_file_bytes, fingerprint=False)
     except (ParamsError, DatasetError) as err:

@@ -28,8 +28,10 @@ def preprocessing_spec(
 ) -> dict:
     return {
         "image_size": int(image_size),
-        "input": "encoded image bytes (PNG, JPEG, PGM, BMP, TIFF, GIF), base64 strings, or "
-        "arrays (H, W) / (H, W, 3|4), uint8 or float in [0, 1]",
+        "input": "encoded image bytes (PNG, JPEG, WebP, PGM, BMP, TIFF, GIF, ...: any raster "
+        "format Pillow decodes), base64 strings, or arrays (H, W) / (H, W, 3|4), uint8 or float "
+        "in [0, 1]",
+        "orientation": "encoded images turned upright by their EXIF orientation first",
         "color": "grayscale: PIL mode L (ITU-R 601-2 luma), alpha composited on white, "
         "16-bit scaled by its maximum",
         "resize": "bilinear to image_size x image_size",

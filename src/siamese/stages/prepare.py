@@ -11,11 +11,11 @@ import numpy as np
 
 from siamese.config import Params
 from siamese.data.artifacts import write_prepared
-from siamese.data.provenance import source_state
 from siamese.data.sources import SKIP_KINDS, load_source
 from siamese.data.split import SPLITS, split_groups, split_identities
 from siamese.errors import DatasetError
 from siamese.io import atomic_dir, write_json
+from siamese.stages.provenance import source_state
 
 log = logging.getLogger(__name__)
 
