@@ -239,3 +239,14 @@ def test_a_copy_within_an_identity_is_used_once_keeping_the_genuine_signature(sv
     # a gallery (drop_copies=False) keeps every file
     every = load_folder_dataset(root, 16, drop_copies=False)
     assert f"{writer}/forged/copy.png" in every.sources and every.skipped["copies"] == []
+
+
+def test_an_exif_orientation_is_applied_by_the_one_decoder():
+    """decode_image (prepare, data add, galleries, verify and the served model) shows a photo
+    taken with the camera turned upright: dark top, bright bottom, not dark left, bright right."""
+    from tests.helpers.images import exif_rotated_jpeg
+
+    upright = np.repeat(np.array([0, 255], np.uint8), 24)[:, None].repeat(32, axis=1)
+    img = decode_image(exif_rotated_jpeg(upright), 16).astype(int)
+    assert img[:5].mean() < 40 and img[-5:].mean() > 215, img
+    assert abs(img[:, :5].mean() - img[:, -5:].mean()) < 20, img

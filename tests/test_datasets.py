@@ -15,7 +15,9 @@ from siamese.data.sources import load_source
 
 def test_omniglot_zip_loads_every_character_grouped_by_alphabet(omniglot_zip):
     ds = load_source(str(omniglot_zip), 16)
-    assert ds.layout == "grouped" and ds.images.shape == (19280, 16, 16)
+    # 19,280 drawings, two of them byte-identical (Braille character01): that one is used once
+    assert ds.layout == "grouped" and ds.images.shape == (19279, 16, 16)
+    assert ds.skipped["copies"] == ["images_background/Braille/character01/0192_19.png"]
     assert len(set(ds.identities)) == 964 and len(set(ds.groups)) == 30
     assert ds.identities[0] == "Alphabet_of_the_Magi/character01"
     assert ds.sources[0].startswith("images_background/Alphabet_of_the_Magi/character01/")
@@ -26,6 +28,7 @@ def test_omniglot_zip_loads_every_character_grouped_by_alphabet(omniglot_zip):
 def test_att_faces_load_as_thirty_people(att_faces):
     ds = load_source(str(att_faces), 16)
     assert ds.layout == "flat" and len(ds.images) == 300
+    assert ds.skipped["ignored"] == ["README"]  # the dataset's own README: counted, not read
     assert len(set(ds.identities)) == 30 and not ds.has_groups and not any(ds.forged)
 
 
@@ -132,7 +135,7 @@ def test_download_verifies_and_writes_atomically(omniglot_zip, tmp_path):
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["images_background.zip"]
     again = download("omniglot-background", tmp_path / "data", url=url)
     assert not again["downloaded"] and again["sha256"] == result["sha256"]
-    assert load_source(str(target), 8).images.shape[0] == 19280
+    assert load_source(str(target), 8).images.shape[0] == 19279  # one copy used once
 
 
 def test_download_checksum_mismatch_leaves_nothing(omniglot_zip, tmp_path):
