@@ -151,7 +151,8 @@ def _tf_serving(value: Any, max_rows: int | None, fmt: str) -> dict:
         if len(set(lengths.values())) > 1:
             raise BadRequest(f"the columns of {fmt} have different lengths: {lengths}")
         _check_rows(next(iter(lengths.values())), max_rows)
-        split = {"columns": list(value), "data": [list(r) for r in zip(*value.values())]}
+        rows = [list(r) for r in zip(*value.values(), strict=True)]
+        split = {"columns": list(value), "data": rows}
         return {"dataframe_split": _split(split, max_rows)}
     raise BadRequest(
         f'{fmt} must be an array of row objects ([{{"image_a": "<base64>", "image_b": '
