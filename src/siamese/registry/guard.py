@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
 
 from siamese.registry.serving_input import BadRequest, read_json_request, too_many_rows
@@ -87,7 +87,7 @@ def check_rows(n: int) -> None:
 
     req = _REQUEST.get()
     if req is not None and req.max_rows is not None and n > req.max_rows:
-        raise ServingError(too_many_rows(n, req.max_rows), status=413)
+        raise ServingError(too_many_rows(n, req.max_rows), status=413, error_code=BAD_REQUEST)
 
 
 def check_deadline(done: int, total: int) -> None:
@@ -174,8 +174,9 @@ def guard_scoring_server(max_request_bytes: int | None, max_rows: int | None = N
         token = _REQUEST.set(ServingRequest(deadline, timeout, max_rows))
         try:
             if _is_utf8_json(content_type):
-                # MLflow's parser takes the parsed object as it is (_decode_json_input)
-                data = read_json_request(data, max_rows)
+                # MLflow's parser takes the parsed object as it is (_decode_json_input); passed
+                # without a name here so that it is freed once MLflow has built the frame
+                return original(read_json_request(data, max_rows), content_type, *args, **kwargs)
             return original(data, content_type, *args, **kwargs)
         except BadRequest as err:
             return refuse(err.status, err.message)

@@ -151,20 +151,22 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         size, step = self.image_size, self.chunk_images
         total = len(frame) * len(columns)
         buffer = np.empty((min(step, total), size, size), np.uint8)
-        out, k, done = [], 0, 0
+        out: np.ndarray | None = None  # float64 (total, D), allocated once D is known
+        k = done = 0
         for col in columns:
             for i, value in enumerate(frame[col].tolist()):
                 check_deadline(done, total)
                 buffer[k] = _decode(value, size, f"row {i} {col}", self.max_pixels)
                 k, done = k + 1, done + 1
-                if k == step:
-                    out.append(embed(self.encoder, buffer, batch_size=step))
+                if k == step or done == total:
+                    emb = embed(self.encoder, buffer[:k], batch_size=step)
+                    if out is None:
+                        out = np.empty((total, emb.shape[1]), np.float64)
+                    out[done - k : done] = emb
                     k = 0
-        if k:
-            out.append(embed(self.encoder, buffer[:k], batch_size=step))
-        if not out:
+        if out is None:
             return embed(self.encoder, buffer).astype(np.float64)  # (0, 1), as for no images
-        return np.concatenate(out).astype(np.float64)
+        return out
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 -> float64 (N, D) embeddings, exactly as evaluated, in batches of
