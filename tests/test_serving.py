@@ -394,12 +394,8 @@ def test_request_past_its_deadline_stops_between_images(served, pyfunc):
     model = pyfunc.unwrap_python_model()
     frame = _real_pairs(served)
     past = guard.ServingRequest(deadline=time.monotonic() - 1, timeout_s=60, max_rows=None)
-    token = guard._REQUEST.set(past)
-    try:
-        with pytest.raises(guard.ServingError) as err:
-            model.predict(None, frame)
-    finally:
-        guard._REQUEST.reset(token)
+    with guard.request_scope(past), pytest.raises(guard.ServingError) as err:
+        model.predict(None, frame)
     assert err.value.status == 504
     assert "timeout of 60 s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)" in err.value.siamese_message
     assert "stopped after 0 of 8 images" in err.value.siamese_message

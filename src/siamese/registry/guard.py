@@ -5,11 +5,13 @@ inference threads are set for serving."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -74,10 +76,16 @@ class ServingRequest:
 _REQUEST: ContextVar[ServingRequest | None] = ContextVar("siamese_serving_request", default=None)
 
 
-def current_request() -> ServingRequest | None:
-    """The HTTP request being answered, or None outside ``mlflow models serve``."""
+@contextlib.contextmanager
+def request_scope(request: ServingRequest) -> Iterator[ServingRequest]:
+    """Answer one request under ``request``'s limits: what :func:`check_rows` and
+    :func:`check_deadline` see in this context until the block ends."""
 
-    return _REQUEST.get()
+    token = _REQUEST.set(request)
+    try:
+        yield request
+    finally:
+        _REQUEST.reset(token)
 
 
 def check_rows(n: int) -> None:
@@ -171,13 +179,15 @@ def guard_scoring_server(max_request_bytes: int | None, max_rows: int | None = N
             )
         timeout = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
         deadline = None if not timeout else time.monotonic() + timeout
-        token = _REQUEST.set(ServingRequest(deadline, timeout, max_rows))
         try:
-            if _is_utf8_json(content_type):
-                # MLflow's parser takes the parsed object as it is (_decode_json_input); passed
-                # without a name here so that it is freed once MLflow has built the frame
-                return original(read_json_request(data, max_rows), content_type, *args, **kwargs)
-            return original(data, content_type, *args, **kwargs)
+            with request_scope(ServingRequest(deadline, timeout, max_rows)):
+                if _is_utf8_json(content_type):
+                    # MLflow's parser takes the parsed object as it is (_decode_json_input);
+                    # no local name holds it, so it is freed once MLflow has built the frame
+                    return original(
+                        read_json_request(data, max_rows), content_type, *args, **kwargs
+                    )
+                return original(data, content_type, *args, **kwargs)
         except BadRequest as err:
             return refuse(err.status, err.message)
         except ServingError as err:
@@ -185,8 +195,6 @@ def guard_scoring_server(max_request_bytes: int | None, max_rows: int | None = N
         except MlflowException as err:
             err.message = _shorten(str(err.message))
             raise
-        finally:
-            _REQUEST.reset(token)
 
     invocations.siamese_original = original
     scoring_server.invocations = invocations
