@@ -35,6 +35,7 @@ from tests.helpers.servers import background, free_port, log_tail, wait_http
 NAME = "faces-serve"
 MAX_PIXELS = 50_000  # AT&T faces are 92 x 112 = 10 304 pixels
 MAX_REQUEST_BYTES = 12_000_000  # a face is ~10 kB (~14 kB in base64)
+MAX_ROWS = 60  # rows per HTTP request (serve.max_rows); 2 x 60 images are 4 chunks of 32
 IDENTITIES, PER_IDENTITY, GALLERY_PER_IDENTITY = 8, 5, 4
 
 
@@ -73,6 +74,7 @@ def served(tmp_path_factory):
         f"register.model_name={NAME}",
         f"serve.max_pixels={MAX_PIXELS}",
         f"serve.max_request_bytes={MAX_REQUEST_BYTES}",
+        f"serve.max_rows={MAX_ROWS}",
     ]
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -171,6 +173,7 @@ def test_package_is_weights_only_model_from_code(served, tmp_path, monkeypatch):
     pre = json.loads((local / "artifacts/preprocessing.json").read_text())
     assert pre["image_size"] == 24 and pre["max_pixels"] == MAX_PIXELS
     assert pre["max_request_bytes"] == MAX_REQUEST_BYTES
+    assert pre["max_rows"] == MAX_ROWS and pre["chunk_images"] == 32
     assert pre["normalization"] == {"divide": 127.5, "subtract": 1.0}
     cal = json.loads((local / "artifacts/calibration.json").read_text())
     assert cal["threshold"] == served["registration"]["threshold"]
@@ -280,12 +283,123 @@ def test_scoring_server_guard_refuses_before_parsing_and_cuts_long_messages(monk
     r = guarded(b"a" * 101, "application/json", None, None)
     assert r.status == 413 and "101 bytes, over the limit of 100 bytes" in r.response
     assert calls == []  # refused without being parsed
-    assert guarded(b"a" * 100, "application/json", None, None).status == 200
+    # a JSON body reaches MLflow's handler parsed (as a DataFrame format); others as they came
+    r = guarded(b'{"inputs": {"image": ["eA=="]}}', "application/json; charset=UTF-8", None, None)
+    assert r.status == 200
+    assert calls == [{"dataframe_split": {"columns": ["image"], "data": [["eA=="]]}}]
+    r = guarded(b"a" * 100, "application/json", None, None)
+    assert r.status == 400 and "not valid JSON" in json.loads(r.response)["message"]
+    assert guarded(b"a" * 100, "text/csv", None, None).status == 200 and calls[-1] == b"a" * 100
     with pytest.raises(MlflowException) as err:
-        guarded(b"long", "application/json", None, None)
+        guarded(b"long", "text/csv", None, None)
     message = err.value.message
     assert len(message) <= 4000 and message.startswith("xxx") and message.endswith("the end")
     assert "characters cut" in message
+
+
+# --- bounded work per request ---------------------------------------------------------------------
+
+
+def _tiny_pngs(n: int, seed: int = 0) -> list[bytes]:
+    """n distinct 4 x 3 PNGs (~70 bytes each): many rows in a small body."""
+    rng = np.random.default_rng(seed)
+    return [encode_png(rng.integers(0, 256, (3, 4), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["pair", "embed"])
+@pytest.mark.parametrize("chunk", [5, 16])
+def test_chunked_embedding_is_identical_to_embedding_all_decoded_images(
+    served, pyfunc, chunk, mode
+):
+    """A request is decoded and embedded chunk_images at a time; its answer is exactly (bit for
+    bit) that of embedding all its decoded images stacked, in the same batches, and equal to
+    one batch of all of them up to float32 rounding."""
+    import copy
+
+    from siamese.models.loading import embed
+    from siamese.registry.serving_input import EMBED_COLUMN, INPUT_COLUMNS
+
+    model = copy.copy(pyfunc.unwrap_python_model())
+    model.chunk_images = chunk
+    faces = [p.read_bytes() for p in sorted(served["faces"].rglob("*.pgm"))[:16]]
+    images = faces + _tiny_pngs(3)  # 19 rows: full chunks and a partial one in both modes
+    frame = pd.DataFrame({"image_a": images, "image_b": images[::-1]})
+    columns = [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
+    if mode == "embed":
+        frame = pd.DataFrame({EMBED_COLUMN: images})
+    decoded = np.stack([decode_image(v, model.image_size) for c in columns for v in frame[c]])
+    want = model.embeddings(decoded)  # all decoded images at once, batches of chunk_images
+    if mode == "embed":
+        got = model.predict(None, frame, {"mode": "embed"})
+        np.testing.assert_array_equal(np.array(got["embedding"].tolist()), want)
+    else:
+        got = model.predict(None, frame)
+        pd.testing.assert_frame_equal(got, model.score(want, len(frame)), check_exact=True)
+    one_batch = embed(model.encoder, decoded, batch_size=len(decoded)).astype(np.float64)
+    np.testing.assert_allclose(want, one_batch, rtol=1e-5, atol=1e-6)
+
+
+def test_request_memory_is_one_chunk_of_images_not_rows_times_image_size():
+    """150 pairs of tiny PNGs for a 256 px model: all decoded images would take 2 x 150 x
+    256 x 256 = 20 MB (and as much again stacked); decoded and embedded 16 at a time, the peak
+    of Python/numpy allocations (tracemalloc) during predict is one chunk and the embeddings."""
+    import tracemalloc
+
+    import torch
+
+    from siamese.models.encoders import SiameseEncoder
+    from siamese.registry.package import preprocessing_spec
+    from siamese.registry.pyfunc import SiameseModel
+
+    size, rows, chunk = 256, 150, 16
+    torch.manual_seed(0)
+    encoder = SiameseEncoder("mlp", size, 16, 8, True).eval()
+    spec = preprocessing_spec(size, None, chunk_images=chunk)
+    model = SiameseModel().setup(encoder, spec, {"threshold": 0.5})
+    pngs = _tiny_pngs(64)
+    frame = pd.DataFrame(
+        {
+            "image_a": [pngs[i % 64] for i in range(rows)],
+            "image_b": [pngs[-i % 64] for i in range(rows)],
+        }
+    )
+    model.predict(
+        None, frame.head(2)
+    )  # first-call allocations (imports, kernels) are not the request's
+    tracemalloc.start()
+    try:
+        out = model.predict(None, frame)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(out) == rows and out["distance"].notna().all()
+    all_decoded = 2 * rows * size * size
+    # twice one chunk of decoded images, the float64 embeddings, ~2 KB a row (frame, answer)
+    bound = 2 * chunk * size * size + 2 * rows * 16 * 8 + rows * 2000
+    print(
+        f"peak {peak / 1e6:.1f} MB (bound {bound / 1e6:.1f} MB, "
+        f"all decoded {all_decoded / 1e6:.0f} MB)"
+    )
+    assert peak < bound < all_decoded / 4
+
+
+def test_request_past_its_deadline_stops_between_images(served, pyfunc):
+    """Inside `mlflow models serve` the guard gives each request the scoring server's deadline;
+    once it has passed (the client was answered 504) the model stops before the next image
+    instead of computing to the end for nobody (the HTTP case is a slow test below)."""
+    import time
+
+    from siamese.registry import guard
+
+    model = pyfunc.unwrap_python_model()
+    frame = _real_pairs(served)
+    past = guard.ServingRequest(deadline=time.monotonic() - 1, timeout_s=60, max_rows=None)
+    with guard.request_scope(past), pytest.raises(guard.ServingError) as err:
+        model.predict(None, frame)
+    assert err.value.status == 504
+    assert "timeout of 60 s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)" in err.value.siamese_message
+    assert "stopped after 0 of 8 images" in err.value.siamese_message
+    assert len(model.predict(None, frame)) == 4  # outside a request: no deadline
 
 
 # --- over HTTP -----------------------------------------------------------------------------------
@@ -431,9 +545,9 @@ def test_concurrent_burst_with_malformed_requests_keeps_serving(served, pyfunc, 
          "missing column(s) ['image']"),
         ("invalid JSON", '{"dataframe_split": {"columns": ', ct, 400, "valid JSON"),
         ("not UTF-8", b"\xff\xfe\x00garbage", ct, 400, "valid JSON"),
-        ("2 MB not UTF-8", b"\xff" * 2_000_000, ct, 400, "characters cut"),
+        ("2 MB not UTF-8", b"\xff" * 2_000_000, ct, 400, "not UTF-8 text"),
         ("empty body", b"", ct, 400, "valid JSON"),
-        ("JSON list", json.dumps([[face, face]]), ct, 400, "Received a list"),
+        ("JSON list", json.dumps([[face, face]]), ct, 400, "must be a JSON object"),
         ("no input key", json.dumps({"data": [[face, face]]}), ct, 400, "dataframe_split"),
         ("body over serve.max_request_bytes", pair(face, too_long), ct, 413, limit),
         ("wrong content type", pair(face, face), "text/plain", 415, "content types"),
@@ -512,6 +626,317 @@ def test_concurrent_burst_with_malformed_requests_keeps_serving(served, pyfunc, 
         pd.DataFrame(r.json()["predictions"])["distance"], good[1]["want"]["distance"], atol=1e-5
     )
     assert server_process.proc.poll() is None
+
+
+def _post(url: str, body, content_type: str = "application/json"):
+    import requests
+
+    return requests.post(url, data=body, headers={"Content-Type": content_type}, timeout=60)
+
+
+def _assert_refused(r, status: int, words: str, log: Path) -> None:
+    """Answered ``status`` with a short JSON message holding ``words``; no traceback anywhere."""
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    assert words in r.json()["message"], r.text[:500]
+    assert len(r.content) < 2000 and "Traceback" not in r.text and "stack_trace" not in r.json()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and " 500 " not in text, log_tail(log, 60)
+
+
+_FACE = "<face>"  # replaced by a real face, base64-encoded
+_BAD_JSON = {
+    "nested 100 000 deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "5000-digit number": (
+        '{"dataframe_split": {"columns": ["image_a"], "data": [[' + "1" * 5000 + "]]}}",
+        "a number has more than 4300 digits",
+    ),
+    "truncated": ('{"dataframe_split": {"columns": ', "not valid JSON: Expecting value"),
+    "not UTF-8": (b'{"inputs": "\xff"}', "not valid JSON: it is not UTF-8 text"),
+    "a JSON string": ('"<face>"', "must be a JSON object"),
+    "two formats": ('{"inputs": [], "instances": []}', "exactly one of the keys"),
+    "params not an object": (
+        '{"dataframe_split": {"columns": ["image"], "data": [["<face>"]]}, "params": "embed"}',
+        "params must be a JSON object",
+    ),
+    "instances a string": ('{"instances": "<face>"}', "instances must be an array of row"),
+    "inputs columns of different lengths": (
+        '{"inputs": {"image_a": ["<face>", "<face>"], "image_b": ["<face>"]}}',
+        "different lengths",
+    ),
+    "split row not an array": (
+        '{"dataframe_split": {"columns": ["image_a", "image_b"], "data": ["<face>"]}}',
+        "row 0 of dataframe_split.data is a string, not an array",
+    ),
+    # cells of image columns that are not base64 strings: named by row and column
+    "null in dataframe_split": (
+        '{"dataframe_split": {"columns": ["image_a", "image_b"], '
+        '"data": [["<face>", "<face>"], ["<face>", null]]}}',
+        "row 1 image_b: null instead of an image; each cell of column image_b",
+    ),
+    "number in dataframe_records": (
+        '{"dataframe_records": [{"image_a": 12345, "image_b": "<face>"}]}',
+        "row 0 image_a: a number instead of an image",
+    ),
+    "missing key in dataframe_records": (
+        '{"dataframe_records": [{"image_a": "<face>", "image_b": "<face>"}, '
+        '{"image_a": "<face>"}]}',
+        "row 1 image_b: missing",
+    ),
+    "boolean in instances": (
+        '{"instances": [{"image_a": "<face>", "image_b": true}]}',
+        "row 0 image_b: a boolean instead of an image",
+    ),
+    "array in inputs": (
+        '{"inputs": {"image_a": ["<face>", "<face>", [1, 2]], '
+        '"image_b": ["<face>", "<face>", "<face>"]}}',
+        "row 2 image_a: an array instead of an image",
+    ),
+    "object in embed inputs": (
+        '{"inputs": [{"image": {"b64": "<face>"}}], "params": {"mode": "embed"}}',
+        "row 0 image: an object instead of an image",
+    ),
+    "float in dataframe_split": (
+        '{"dataframe_split": {"columns": ["image"], "data": [[1.5]]}, "params": {"mode": "embed"}}',
+        "row 0 image: a number instead of an image",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_JSON))
+def test_http_malformed_json_and_non_image_cells_answer_400_naming_the_problem(
+    served, server_process, case
+):
+    """What MLflow's own parsing answered with a 500 (nesting past the parser's recursion
+    limit, a 5000-digit number) or with its internal type-conversion message (a null or a
+    number where an image belongs) is answered 400 with a message naming the problem, and the
+    row and column of a bad cell."""
+    body, words = _BAD_JSON[case]
+    face = b64(_face(served, 0, 0).read_bytes())
+    body = body.replace(_FACE, face) if isinstance(body, str) else body
+    r = _post(f"{server_process.url}/invocations", body)
+    _assert_refused(r, 400, words, server_process.log)
+
+
+def _request_bodies(frame: pd.DataFrame, params: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The same rows (image bytes) in every body format the server takes: name -> (body, type)."""
+    enc = frame.map(b64)
+    records = enc.to_dict("records")
+    columns = {c: list(enc[c]) for c in enc.columns}
+    extra = {"params": params} if params else {}
+    bodies = {
+        "dataframe_split": _split_body(list(enc.columns), enc.to_numpy().tolist(), params),
+        "dataframe_records": json.dumps({"dataframe_records": records, **extra}),
+        "instances rows": json.dumps({"instances": records, **extra}),
+        "instances columns": json.dumps({"instances": columns, **extra}),
+        "inputs columns": json.dumps({"inputs": columns, **extra}),
+        "inputs rows": json.dumps({"inputs": records, **extra}),
+    }
+    out = {k: (v, "application/json") for k, v in bodies.items()}
+    if not params:  # a CSV body has no params
+        out["csv"] = (enc.to_csv(index=False), "text/csv")
+    return out
+
+
+@pytest.mark.parametrize("mode", ["pair", "embed"])
+def test_http_instances_and_inputs_answered_like_dataframe_split(served, server, mode):
+    """``instances`` / ``inputs`` bodies (rows or columns) with base64 images are answered
+    exactly as the same rows in ``dataframe_split`` (MLflow turned their cells into fixed-width
+    byte arrays of the base64 text: every image was refused as unreadable)."""
+    pairs = _real_pairs(served)
+    if mode == "embed":
+        frame, params = pd.DataFrame({"image": list(pairs["image_a"])}), {"mode": "embed"}
+    else:
+        frame, params = pairs, None
+    answers = {}
+    for name, (body, ctype) in _request_bodies(frame, params).items():
+        r = _post(f"{server}/invocations", body, ctype)
+        assert r.status_code == 200, (name, r.text[:500])
+        answers[name] = r.json()["predictions"]
+    assert len(answers["dataframe_split"]) == len(frame)
+    for name, predictions in answers.items():
+        assert predictions == answers["dataframe_split"], name
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "dataframe_split",
+        "dataframe_records",
+        "instances rows",
+        "instances columns",
+        "inputs columns",
+        "inputs rows",
+        "csv",
+    ],
+)
+def test_http_max_rows_refused_before_decoding_and_answered_up_to_it(
+    served, pyfunc, server_process, fmt
+):
+    """serve.max_rows + 1 rows are answered 413 naming the limit, before any image is decoded
+    (their cells are not images: decoding would answer 400); serve.max_rows rows of real faces
+    are answered like the in-process pyfunc (2 x 60 images: 4 chunks of 32)."""
+    url = f"{server_process.url}/invocations"
+    junk = pd.DataFrame({"image_a": [b"not an image"] * (MAX_ROWS + 1)})
+    junk["image_b"] = junk["image_a"]
+    body, ctype = _request_bodies(junk)[fmt]
+    r = _post(url, body, ctype)
+    words = (
+        f"has {MAX_ROWS + 1} rows, over the limit of {MAX_ROWS} rows per request (serve.max_rows)"
+    )
+    _assert_refused(r, 413, words, server_process.log)
+
+    faces = [
+        _face(served, i, j).read_bytes() for i in range(IDENTITIES) for j in range(PER_IDENTITY)
+    ]
+    frame = pd.DataFrame(
+        {
+            "image_a": [faces[i % 40] for i in range(MAX_ROWS)],
+            "image_b": [faces[(7 * i + 3) % 40] for i in range(MAX_ROWS)],
+        }
+    )
+    body, ctype = _request_bodies(frame)[fmt]
+    r = _post(url, body, ctype)
+    assert r.status_code == 200, r.text[:500]
+    got, want = pd.DataFrame(r.json()["predictions"]), pyfunc.predict(frame)
+    np.testing.assert_allclose(got["distance"], want["distance"], rtol=0, atol=1e-5)
+    assert list(got["match"]) == list(want["match"])
+
+
+# --- bounded memory and time over HTTP (own server; slow) --------------------------------------
+
+BOUNDED_SIZE, BOUNDED_ROWS, BOUNDED_TIMEOUT_S = 256, 1000, 20
+
+
+@pytest.fixture(scope="module")
+def bounded_server(tmp_path_factory):
+    """`mlflow models serve` of a 256 px MLP package (random weights: only memory and time are
+    measured) with serve.max_rows = 1000, chunks of 32 images and a 20 s scoring timeout."""
+    import torch
+
+    from siamese.models.encoders import SiameseEncoder
+    from siamese.registry.package import save_package
+
+    root = tmp_path_factory.mktemp("bounded")
+    torch.manual_seed(0)
+    encoder = SiameseEncoder("mlp", BOUNDED_SIZE, 16, 8, True)
+    (root / "train").mkdir()
+    torch.save(encoder.state_dict(), root / "train" / "model.pt")
+    (root / "train" / "model.json").write_text(json.dumps(encoder.config))
+    calibration = {"strategy": "eer", "threshold": 0.5, "probability": {"method": "none"}}
+    pkg = save_package(
+        root / "pkg", root / "train", calibration, 25_000_000,
+        max_request_bytes=200_000_000, max_rows=BOUNDED_ROWS, chunk_images=32,
+    )  # fmt: skip
+    port, mlflow_bin = free_port(), Path(sys.executable).parent / "mlflow"
+    env = {
+        **os.environ,
+        "PATH": str(mlflow_bin.parent) + os.pathsep + os.environ.get("PATH", ""),
+        "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(BOUNDED_TIMEOUT_S),
+    }
+    cmd = [str(mlflow_bin), "models", "serve", "-m", str(pkg), "--env-manager", "local"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log, base = root / "serve.log", f"http://127.0.0.1:{port}"
+    with background(cmd, log, env, grace=20) as proc:
+        why = wait_http(f"{base}/ping", proc, log, timeout=120)
+        if why:
+            pytest.fail(f"model server did not come up: {why}")
+        yield SimpleNamespace(url=base, proc=proc, log=log)
+
+
+def _tree_rss(root) -> int:
+    import psutil
+
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _peak_rss_during(pid: int, work):
+    """(work's result, RSS of the process tree before, its peak while work ran), polled."""
+    import threading
+
+    import psutil
+
+    root = psutil.Process(pid)
+    before = _tree_rss(root)
+    peak, stop = [before], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_rss(root))
+            stop.wait(0.002)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        result = work()
+    finally:
+        stop.set()
+        thread.join()
+    return result, before, max(peak[0], _tree_rss(root))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["pair", "embed"])
+def test_http_many_rows_stay_within_a_peak_memory_bound(bounded_server, mode):
+    """serve.max_rows rows of tiny PNGs (a ~0.2 MB body) for a 256 px model: decoding them all
+    would take 2 x 1000 x 256 x 256 = 131 MB, twice (the list and its stack); the server's
+    process tree (psutil, polled every 2 ms) grows by less: one chunk's working set, the parsed
+    body and a few KB a row."""
+    url = f"{bounded_server.url}/invocations"
+    pngs = _tiny_pngs(64)
+    if mode == "embed":
+        rows = [[b64(pngs[i % 64])] for i in range(BOUNDED_ROWS)]
+        columns, params, images = ["image"], {"mode": "embed"}, BOUNDED_ROWS
+    else:
+        rows = [[b64(pngs[i % 64]), b64(pngs[-i % 64])] for i in range(BOUNDED_ROWS)]
+        columns, params, images = ["image_a", "image_b"], None, 2 * BOUNDED_ROWS
+    assert _post(url, _split_body(columns, rows[:40], params)).status_code == 200  # warm-up
+    body = _split_body(columns, rows, params)
+    r, before, peak = _peak_rss_during(bounded_server.proc.pid, lambda: _post(url, body))
+    assert r.status_code == 200, r.text[:500]
+    assert len(r.json()["predictions"]) == BOUNDED_ROWS
+    grown, all_decoded = peak - before, images * BOUNDED_SIZE**2
+    # a chunk's working set (float32 input tensors and their copies: measured ~6 of them, in a
+    # worker thread's own malloc arena), the parsed body, ~5 KB a row, 16 MiB of slack
+    chunk_working_set = 8 * 4 * 32 * BOUNDED_SIZE**2
+    bound = chunk_working_set + 5 * len(body) + BOUNDED_ROWS * 5000 + 16 * 2**20
+    print(f"{mode}: body {len(body) / 1e6:.2f} MB, RSS {before / 2**20:.0f} -> "
+          f"{peak / 2**20:.0f} MiB (+{grown / 2**20:.1f} MiB; bound {bound / 2**20:.0f} MiB, "
+          f"all decoded images {all_decoded / 2**20:.0f} MiB)")  # fmt: skip
+    # the unchunked model held every decoded image twice (the list and its stack)
+    assert grown < bound < 2 * all_decoded
+
+
+@pytest.mark.slow
+def test_http_request_past_the_timeout_stops_and_frees_the_worker(bounded_server):
+    """A request of 2 x 1000 25-megapixel images (minutes of decoding) gets MLflow's 504 after
+    MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT; the model then stops between images, says so in the
+    server log (no traceback), and the worker answers the next request."""
+    import re
+    import time
+
+    url = f"{bounded_server.url}/invocations"
+    big = b64(encode_png(np.zeros((5000, 5000), np.uint8)))  # ~25 kB of PNG, 25 MP decoded
+    r = _post(url, _split_body(["image_a", "image_b"], [[big, big]] * BOUNDED_ROWS))
+    assert r.status_code == 504, r.text[:500]
+    pattern = re.compile(r"stopped after (\d+) of (\d+) images")
+    for _ in range(1200):  # the stop comes at the next image: wait for its line
+        found = pattern.search(bounded_server.log.read_text(errors="replace"))
+        if found:
+            break
+        time.sleep(0.1)
+    assert found, log_tail(bounded_server.log)
+    assert int(found[1]) < int(found[2]) == 2 * BOUNDED_ROWS
+    small = _split_body(["image_a", "image_b"], [[b64(p), b64(p)] for p in _tiny_pngs(3)])
+    r = _post(url, small)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 3, r.text[:500]
+    log = bounded_server.log.read_text(errors="replace")
+    assert "Traceback" not in log and "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" in log
 
 
 # --- the command line ----------------------------------------------------------------------------

@@ -381,6 +381,21 @@ class ServeParams(_Strict):
         "HTTP 413 before parsing them (the body is read first: put a proxy limit in front for "
         "untrusted clients); stored in the model package",
     )
+    max_rows: int = Field(
+        10_000,
+        ge=1,
+        le=100_000_000,
+        description="`mlflow models serve` answers requests of more rows with HTTP 413 before "
+        "any image is decoded (in process there is no row limit); stored in the model package",
+    )
+    chunk_images: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="the served model decodes and embeds this many images at a time: a "
+        "request's working memory is one chunk of decoded images and the network's "
+        "activations for it, not all its images; stored in the model package",
+    )
 
 
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)

@@ -24,8 +24,15 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/siamese: shipped as the
 
 
 def preprocessing_spec(
-    image_size: int, max_pixels: int | None, max_request_bytes: int | None = None
+    image_size: int,
+    max_pixels: int | None,
+    max_request_bytes: int | None = None,
+    *,
+    max_rows: int | None = None,
+    chunk_images: int | None = None,
 ) -> dict:
+    """``preprocessing.json``: how an input becomes the encoder's input, and the serving limits
+    the package carries (serve.* of params.yaml when it was registered)."""
     return {
         "image_size": int(image_size),
         "input": "encoded image bytes (PNG, JPEG, WebP, PGM, BMP, TIFF, GIF, ...: any raster "
@@ -40,6 +47,10 @@ def preprocessing_spec(
         "max_pixels": None if max_pixels is None else int(max_pixels),
         # HTTP request bodies (mlflow models serve) over this many bytes are answered with 413
         "max_request_bytes": None if max_request_bytes is None else int(max_request_bytes),
+        # HTTP requests of more rows are answered with 413 before any image is decoded
+        "max_rows": None if max_rows is None else int(max_rows),
+        # images decoded and embedded at a time (bounds a request's working memory)
+        "chunk_images": None if chunk_images is None else int(chunk_images),
     }
 
 
@@ -55,6 +66,8 @@ def build_package(
     dest: str | Path,
     *,
     max_request_bytes: int | None = None,
+    max_rows: int | None = None,
+    chunk_images: int | None = None,
 ) -> dict[str, str]:
     """Write the package's artifacts under ``dest``; returns the pyfunc ``artifacts`` map."""
 
@@ -66,7 +79,13 @@ def build_package(
     write_json(enc / CONFIG_FILE, config)
     write_json(
         dest / "preprocessing.json",
-        preprocessing_spec(config["image_size"], max_pixels, max_request_bytes),
+        preprocessing_spec(
+            config["image_size"],
+            max_pixels,
+            max_request_bytes,
+            max_rows=max_rows,
+            chunk_images=chunk_images,
+        ),
     )
     write_json(dest / "calibration.json", calibration_spec(calibration))
     return {
@@ -139,13 +158,21 @@ def save_package(
     max_pixels: int | None,
     *,
     max_request_bytes: int | None = None,
+    max_rows: int | None = None,
+    chunk_images: int | None = None,
 ) -> Path:
     """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
 
     image_size = read_json(Path(model_dir) / CONFIG_FILE)["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = build_package(
-            model_dir, calibration, max_pixels, tmp, max_request_bytes=max_request_bytes
+            model_dir,
+            calibration,
+            max_pixels,
+            tmp,
+            max_request_bytes=max_request_bytes,
+            max_rows=max_rows,
+            chunk_images=chunk_images,
         )
         mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image_size))
     return Path(path)

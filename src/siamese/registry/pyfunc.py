@@ -8,15 +8,21 @@ pickled object. Its artifacts are plain data:
 
 * ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
 * ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit,
-  request size limit;
+  request size and row limits, images per chunk;
 * ``calibration.json``: threshold strategy, threshold, distance -> probability map.
+
+Images are decoded and embedded ``chunk_images`` at a time (the embedding batches of
+:meth:`SiameseModel.embeddings` too, so chunked and whole-array results are identical): a
+request's memory holds its input, one chunk of decoded images and the embeddings, never all its
+decoded images.
 
 Bad input (not an image, a decompression bomb, too many pixels, wrong columns or mode) raises an
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve`` answers with
 HTTP 400 and the message. Inside ``mlflow models serve`` the model also guards the scoring
 server's request handling (see :func:`siamese.registry.guard.guard_scoring_server`): a request
-without a Content-Type gets 415, a body over ``max_request_bytes`` 413, and error messages
-are cut to a bounded size."""
+without a Content-Type gets 415, a body over ``max_request_bytes`` 413, more than ``max_rows``
+rows 413, invalid JSON or a non-string image cell 400; error messages are bounded, and a request
+whose client has timed out stops between images."""
 
 from __future__ import annotations
 
@@ -35,17 +41,25 @@ from siamese.data.images import array_image, decode_image
 from siamese.errors import BadImageError
 from siamese.io import read_json
 from siamese.models.loading import embed, embedding_distances, load_encoder
-from siamese.registry.guard import guard_scoring_server, set_serving_threads
+from siamese.registry.guard import (
+    ServingError,
+    check_deadline,
+    check_rows,
+    guard_scoring_server,
+    set_serving_threads,
+)
+from siamese.registry.serving_input import EMBED_COLUMN, INPUT_COLUMNS
 
-INPUT_COLUMNS = ("image_a", "image_b")
-EMBED_COLUMN = "image"
 MODES = ("pair", "embed")
+# images decoded and embedded at once, for packages that do not say (serve.chunk_images)
+DEFAULT_CHUNK_IMAGES = 32
 # what siamese.models.encoders.preprocess does; stored in the package and checked on load
 NORMALIZATION = {"divide": 127.5, "subtract": 1.0}
 
 
-def invalid_input(message: str):
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+def invalid_input(message: str) -> MlflowException:
+    """Bad input: HTTP 400 with exactly this message (in process: an MlflowException)."""
+    return ServingError(message, status=400, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _decode(value: Any, size: int, name: str, max_pixels: int | None) -> np.ndarray:
@@ -76,7 +90,7 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         encoder = load_encoder(arts["encoder"])
         self.setup(encoder, read_json(arts["preprocessing"]), read_json(arts["calibration"]))
         set_serving_threads()
-        guard_scoring_server(self.max_request_bytes)
+        guard_scoring_server(self.max_request_bytes, self.max_rows)
 
     def setup(self, encoder, preprocessing: dict, calibration: dict) -> SiameseModel:
         if preprocessing.get("normalization") != NORMALIZATION:
@@ -94,6 +108,8 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         self.image_size = int(preprocessing["image_size"])
         self.max_pixels = preprocessing.get("max_pixels")
         self.max_request_bytes = preprocessing.get("max_request_bytes")
+        self.max_rows = preprocessing.get("max_rows")
+        self.chunk_images = int(preprocessing.get("chunk_images") or DEFAULT_CHUNK_IMAGES)
         return self
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
@@ -113,6 +129,7 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
                 f"input is missing column(s) {missing}; mode {mode!r} expects "
                 f"{self._columns(mode)} (got {[str(c) for c in model_input.columns]})"
             )
+        check_rows(len(model_input))  # serving only: before any image is decoded
         try:
             if mode == "embed":
                 return self._embed(model_input)
@@ -124,28 +141,45 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
     def _columns(mode: str) -> list[str]:
         return [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
 
-    def _images(self, frame: pd.DataFrame, columns) -> np.ndarray:
-        imgs = [
-            _decode(v, self.image_size, f"row {i} {col}", self.max_pixels)
-            for col in columns
-            for i, v in enumerate(frame[col].tolist())
-        ]
-        if not imgs:
-            return np.zeros((0, self.image_size, self.image_size), np.uint8)
-        return np.stack(imgs)
+    def _column_embeddings(self, frame: pd.DataFrame, columns) -> np.ndarray:
+        """float64 embeddings of the images of ``columns`` (all rows of the first column, then
+        of the next), decoded and embedded ``chunk_images`` at a time into one reused buffer:
+        the same batches, so the same numbers, as :meth:`embeddings` of all of them stacked,
+        without ever holding all decoded images. Between images the request's deadline is
+        checked (serving only)."""
+
+        size, step = self.image_size, self.chunk_images
+        total = len(frame) * len(columns)
+        buffer = np.empty((min(step, total), size, size), np.uint8)
+        out: np.ndarray | None = None  # float64 (total, D), allocated once D is known
+        k = done = 0
+        for col in columns:
+            for i, value in enumerate(frame[col].tolist()):
+                check_deadline(done, total)
+                buffer[k] = _decode(value, size, f"row {i} {col}", self.max_pixels)
+                k, done = k + 1, done + 1
+                if k == step or done == total:
+                    emb = embed(self.encoder, buffer[:k], batch_size=step)
+                    if out is None:
+                        out = np.empty((total, emb.shape[1]), np.float64)
+                    out[done - k : done] = emb
+                    k = 0
+        if out is None:
+            return embed(self.encoder, buffer).astype(np.float64)  # (0, 1), as for no images
+        return out
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 -> float64 (N, D) embeddings, exactly as evaluated."""
+        """(N, S, S) uint8 -> float64 (N, D) embeddings, exactly as evaluated, in batches of
+        ``chunk_images`` (what requests are embedded in)."""
 
-        return embed(self.encoder, images).astype(np.float64)
+        return embed(self.encoder, images, batch_size=self.chunk_images).astype(np.float64)
 
     def _embed(self, frame: pd.DataFrame) -> pd.DataFrame:
-        emb = self.embeddings(self._images(frame, [EMBED_COLUMN]))
+        emb = self._column_embeddings(frame, [EMBED_COLUMN])
         return pd.DataFrame({"embedding": [row.tolist() for row in emb]})
 
     def _pairs(self, frame: pd.DataFrame) -> pd.DataFrame:
-        n = len(frame)
-        return self.score(self.embeddings(self._images(frame, INPUT_COLUMNS)), n)
+        return self.score(self._column_embeddings(frame, INPUT_COLUMNS), len(frame))
 
     def score(self, emb: np.ndarray, n: int) -> pd.DataFrame:
         """Pair outputs from the stacked embeddings of n ``image_a`` then n ``image_b``."""

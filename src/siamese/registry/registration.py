@@ -67,7 +67,13 @@ def log_model(run_id: str, model_dir: Path, calibration_path: Path, serve: Serve
     image_size = read_json(model_dir / CONFIG_FILE)["image_size"]
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = build_package(
-            model_dir, calibration, serve.max_pixels, tmp, max_request_bytes=serve.max_request_bytes
+            model_dir,
+            calibration,
+            serve.max_pixels,
+            tmp,
+            max_request_bytes=serve.max_request_bytes,
+            max_rows=serve.max_rows,
+            chunk_images=serve.chunk_images,
         )
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(artifacts, image_size))
