@@ -37,7 +37,7 @@ def test_two_process_ddp_trains_and_leaves_one_checkpoint_and_one_run(project, m
     assert ckpts == ["best.ckpt", "last.ckpt"]
     assert (paths.TRAIN / "model.pt").is_file()
     client = mlflow.MlflowClient(tracking_uri())
-    exp = client.get_experiment_by_name(params.register.experiment)
+    exp = client.get_experiment_by_name(params.register.experiment_name)
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     assert runs[0].info.run_id == json.loads((paths.TRAIN / "run.json").read_text())["run_id"]

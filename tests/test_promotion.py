@@ -140,7 +140,7 @@ def test_promotion_gate_history_rollback_and_refusal(project, caplog):
 
     # refused: a challenger whose run FAILED, or whose run has no evaluation metrics
     source = client.get_model_version(name, "2").source
-    exp = client.get_experiment_by_name(params.register.experiment).experiment_id
+    exp = client.get_experiment_by_name(params.register.experiment_name).experiment_id
     failed = client.create_run(exp, run_name="failed-evaluation")
     client.set_terminated(failed.info.run_id, "FAILED")
     v4 = client.create_model_version(name, source, run_id=failed.info.run_id)

@@ -47,7 +47,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def _train_runs(project: Path) -> list:
     client = mlflow.MlflowClient(tracking_uri(project))
-    exp = client.get_experiment_by_name("siamese")
+    exp = client.get_experiment_by_name("siamese-digits")  # register.model_name
     return client.search_runs([exp.experiment_id]) if exp else []
 
 

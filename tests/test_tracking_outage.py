@@ -126,7 +126,7 @@ def test_server_lost_during_training_fails_clearly_then_rerun_resumes(project, s
     assert version.tags[REGISTRATION_TAG] == "complete"
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED" and "test.roc_auc" in run.data.metrics
-    exp = client.get_experiment_by_name(params.register.experiment)
+    exp = client.get_experiment_by_name(params.register.experiment_name)
     assert len(client.search_runs([exp.experiment_id])) == 1  # the resumed run, not a second
 
 

@@ -304,7 +304,13 @@ class EvaluateParams(_Strict):
 
 class RegisterParams(_Strict):
     model_name: str = Field("siamese-digits", min_length=1)
-    experiment: str = Field("siamese", min_length=1)
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        description="the MLflow experiment of the training runs; null: one per registered model "
+        "(register.model_name, which each preset sets), so the runs of different datasets and "
+        "presets never share one",
+    )
     promote_metric: Literal[tuple(RANKING_METRICS)] = Field(
         "roc_auc",
         description="what `siamese promote` compares on the benchmark pairs: roc_auc and "
@@ -327,6 +333,11 @@ class RegisterParams(_Strict):
         if not math.isfinite(v):
             raise ValueError(f"register.min_improvement must be finite (got {v})")
         return v
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment the runs go to: ``experiment`` when set, else ``model_name``."""
+        return self.experiment or self.model_name
 
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-#LW]+$")

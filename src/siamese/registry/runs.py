@@ -4,17 +4,26 @@ closed; and the Lightning logger that streams the epoch metrics into it."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path, PurePath
 
 import numpy as np
-from mlflow.entities import Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 from pytorch_lightning.loggers import MLFlowLogger
 
 from siamese.config import Params, flatten
+from siamese.data.artifacts import pairs_path
+from siamese.io import file_md5
 from siamese.registry import tracking
 from siamese.registry.tracking import (
-    dvc_lock_hashes,
+    dvc_dir_hash,
     ensure_experiment,
     git_info,
     is_tracking_unreachable,
@@ -24,23 +33,112 @@ from siamese.registry.tracking import (
 log = logging.getLogger(__name__)
 PARAM_BATCH = 100  # params per log_batch call (MLflow's limit)
 PARAM_VALUE_CHARS = 6000  # MLflow's longest param value
+SHORT_HASH = 8  # hex digits of the fingerprint in a run's name
+BUILT_IN = "digits"
+RESULTS_HEADING = "**Test results**"
+SYSTEM_METRICS_INTERVAL_S = 10  # MLflow's default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
 
 
-def start_run(params: Params, prepared_md5: str, pairs_md5: str, run_name: str | None) -> str:
-    """A new training run in ``params.register.experiment``, tagged with the code (git), the
-    data (its hashes and DVC's) and carrying every param; its id."""
+def dataset_name(source: str) -> str:
+    """A short name for ``data.source``: ``digits``, or the folder / archive name without its
+    suffix (``../shared/data/att_faces`` -> ``att_faces``)."""
+    if source == BUILT_IN:
+        return source
+    path = PurePath(source)
+    return path.name.removesuffix(path.suffix) if path.suffix == ".zip" else path.name
+
+
+def params_md5(params: Params) -> str:
+    """The hash of every resolved param (the ``params.md5`` tag): equal params, equal hash."""
+    text = json.dumps(params.model_dump(mode="json"), sort_keys=True)
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def default_run_name(params: Params, fingerprint: str) -> str:
+    """``<dataset>-<encoder>-<loss>-<hash>``: what sets runs apart at a glance in the MLflow UI;
+    the hash (of the training params and data, see ``resume.fingerprint``) tells apart runs that
+    differ in anything else."""
+    return (
+        f"{dataset_name(params.data.source)}-{params.model.encoder}-{params.train.loss}-"
+        f"{fingerprint[:SHORT_HASH]}"
+    )
+
+
+def _datasets(params: Params, prepared_dir: Path, pairs_dir: Path) -> list[DatasetInput]:
+    """The run's train, validation and test data as MLflow dataset inputs (the run page's and
+    the runs table's Datasets): named after ``data.source``, their source the artefact, their
+    digest its DVC hash (the prepared images' ``<md5>.dir``, the pair files' md5)."""
+    name = dataset_name(params.data.source)
+    profile = json.dumps({"data.source": params.data.source})
+    items = [
+        ("train", prepared_dir, dvc_dir_hash(prepared_dir)),
+        ("validation", pairs_path(pairs_dir, "val"), file_md5(pairs_path(pairs_dir, "val"))),
+        ("test", pairs_path(pairs_dir, "test"), file_md5(pairs_path(pairs_dir, "test"))),
+    ]
+    inputs = []
+    for context, path, digest in items:
+        dataset = Dataset(  # MLflow's "local" source: {"uri": file URI}
+            name=f"{name}-{context}",
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": Path(path).resolve().as_uri()}),
+            profile=profile,
+        )
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return inputs
+
+
+def describe_run(params: Params, tags: dict[str, str]) -> str:
+    """The run's description (``mlflow.note.content``, Markdown): what was trained on what, with
+    which code; the register stage appends the test results."""
+    commit = tags.get("git_commit", "unknown")
+    dirty = " (with uncommitted changes)" if tags.get("git_dirty") == "true" else ""
+    return (
+        f"{params.model.encoder} encoder ({params.model.embedding_dim}-d) trained with the "
+        f"{params.train.loss} loss ({params.train.miner} mining) on `{params.data.source}`.\n\n"
+        f"- data: prepared `{tags['data.prepared_dvc']}`, pairs `{tags['data.pairs_md5']}`\n"
+        f"- params: `{tags['params.md5']}`\n"
+        f"- code: commit `{commit}`{dirty}\n"
+        f"- registered model: `{params.register.model_name}`\n"
+    )
+
+
+def start_run(
+    params: Params,
+    prepared_dir: Path,
+    pairs_dir: Path,
+    prepared_md5: str,
+    pairs_md5: str,
+    fingerprint: str,
+    run_name: str | None,
+) -> str:
+    """A new training run in the params' experiment (``register.experiment``, else one per
+    registered model), named after what sets it apart, tagged with the code (git, also as
+    MLflow's ``mlflow.source.*``), the data and params hashes, described, with its train /
+    validation / test datasets as inputs, dvc.lock as an artefact and every param; its id."""
     client = tracking.client()
-    exp_id = ensure_experiment(params.register.experiment)
-    tags = {**git_info(), "stage": "train", "mlflow.runName": run_name or "siamese-train"}
-    tags["data.prepared_md5"] = prepared_md5
-    tags["data.pairs_md5"] = pairs_md5
-    tags.update(dvc_lock_hashes())
+    exp_id = ensure_experiment(params.register.experiment_name)
+    tags = {
+        **git_info(),
+        "stage": "train",
+        MLFLOW_RUN_NAME: run_name or default_run_name(params, fingerprint),
+        "data.source": params.data.source,
+        "data.prepared_md5": prepared_md5,
+        "data.prepared_dvc": dvc_dir_hash(prepared_dir),
+        "data.pairs_md5": pairs_md5,
+        "params.md5": params_md5(params),
+    }
+    tags[MLFLOW_RUN_NOTE] = describe_run(params, tags)
     run = client.create_run(exp_id, tags=tags)
+    run_id = run.info.run_id
     flat = flatten(params.model_dump(mode="json"))
     entries = [Param(k, str(v)[:PARAM_VALUE_CHARS]) for k, v in flat.items()]
     for i in range(0, len(entries), PARAM_BATCH):
-        client.log_batch(run.info.run_id, params=entries[i : i + PARAM_BATCH])
-    return run.info.run_id
+        client.log_batch(run_id, params=entries[i : i + PARAM_BATCH])
+    client.log_inputs(run_id, datasets=_datasets(params, prepared_dir, pairs_dir))
+    if Path("dvc.lock").is_file():  # every stage's dep/out hashes, one file instead of ~40 tags
+        client.log_artifact(run_id, "dvc.lock", artifact_path="dvc")
+    return run_id
 
 
 def run_is_active(run_id: str) -> bool:
@@ -85,5 +183,47 @@ def finish(run_id: str, summary: dict) -> None:
 def lightning_logger(params: Params, run_id: str) -> MLFlowLogger:
     """Lightning's logger into the existing run ``run_id`` (every DDP rank builds its own)."""
     return MLFlowLogger(
-        experiment_name=params.register.experiment, tracking_uri=tracking_uri(), run_id=run_id
+        experiment_name=params.register.experiment_name, tracking_uri=tracking_uri(), run_id=run_id
     )
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str) -> Iterator[None]:
+    """Sample CPU, memory, disk, network (and GPU where one is visible) into the run's
+    ``system/*`` metrics while the block runs (MLflow's monitor, psutil)."""
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=tracking_uri()
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
+
+
+def results_summary(run_tags: dict[str, str], test: dict, threshold: float) -> str:
+    """The headline of a registered model (Markdown): test metrics, the threshold, the data
+    version and the commit; both the run's and the model version's description carry it."""
+    tar = sorted(k for k in test if k.startswith("tar_at_far_"))
+    lines = [
+        f"- test ROC AUC {_number(test.get('roc_auc'))}, EER {_number(test.get('eer'))}, "
+        f"accuracy {_number(test.get('accuracy'))} on {test.get('n_pairs', '?')} pairs"
+        + "".join(f", {k.removeprefix('tar_at_')} TAR {_number(test[k])}" for k in tar),
+        f"- threshold (distance) {_number(threshold)}",
+        f"- data `{run_tags.get('data.source', '?')}`: prepared "
+        f"`{run_tags.get('data.prepared_dvc', run_tags.get('data.prepared_md5', '?'))}`, "
+        f"pairs `{run_tags.get('data.pairs_md5', '?')}`",
+        f"- commit `{run_tags.get('git_commit', 'unknown')}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def describe_results(client, run_id: str, summary: str) -> None:
+    """Append the test results to the run's description (once: a rerun replaces them)."""
+    run = client.get_run(run_id)
+    note = run.data.tags.get(MLFLOW_RUN_NOTE, "").split(RESULTS_HEADING)[0].rstrip()
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, f"{note}\n\n{RESULTS_HEADING}\n{summary}".lstrip())

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import mlflow
 import requests
-import yaml
+from mlflow.utils import mlflow_tags
+
+from siamese.io import file_md5
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+SOURCE_NAME = "siamese train"  # what the MLflow UI's Source column names (with the commit)
 # MLflow retries an unreachable server 7 times with a 2 s backoff factor and a 120 s timeout per
 # request: several minutes before a stage learns the server is gone. An unattended pipeline
 # should fail within about a minute and say so; these bounds apply unless the variable is set.
@@ -96,6 +99,10 @@ def ensure_experiment(name: str, project_dir: str | Path = ".") -> str:
 
 
 def git_info(project_dir: str | Path = ".") -> dict[str, str]:
+    """The code a run trained with: ``git_commit`` and ``git_dirty`` (what the registry versions
+    carry), plus MLflow's own ``mlflow.source.*`` tags (commit, branch, remote URL where known),
+    which the MLflow UI shows in its Source column and on the run page."""
+
     def git(*args: str) -> str:
         try:
             return subprocess.run(
@@ -105,27 +112,39 @@ def git_info(project_dir: str | Path = ".") -> dict[str, str]:
             return ""
 
     commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+    dirty = str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
+    tags = {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
+        mlflow_tags.MLFLOW_SOURCE_NAME: SOURCE_NAME,
+    }
+    if commit != "unknown":
+        tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit
+        tags[mlflow_tags.MLFLOW_GIT_DIRTY] = dirty
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":  # "HEAD": a detached checkout has no branch
+        tags[mlflow_tags.MLFLOW_GIT_BRANCH] = branch
+    remote = git("config", "--get", "remote.origin.url")
+    if remote:
+        tags[mlflow_tags.MLFLOW_GIT_REPO_URL] = remote
+    return tags
 
 
-def dvc_lock_hashes(project_dir: str | Path = ".") -> dict[str, str]:
-    """The DVC hashes of every dep/out recorded in dvc.lock, keyed ``dvc.<stage>.<path>``."""
-    lock = Path(project_dir) / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(lock.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-    out = {}
-    for stage, entry in (data.get("stages") or {}).items():
-        for kind in ("deps", "outs"):
-            for item in entry.get(kind) or []:
-                digest = item.get("md5") or item.get("hash") or ""
-                if digest and not item["path"].startswith("src"):
-                    out[f"dvc.{stage}.{kind}.{item['path']}"] = digest
-    return out
+def dvc_dir_hash(path: str | Path) -> str:
+    """DVC's own hash of a directory (``<md5>.dir``, what dvc.lock records for it), computed from
+    the files themselves so it is right even when dvc.lock is stale (a stage run by hand)."""
+    from dvc_data.hashfile.tree import Tree
+
+    root = Path(path)
+    entries = [
+        {"md5": file_md5(f), "relpath": f.relative_to(root).as_posix()}
+        for f in sorted(root.rglob("*"))
+        if f.is_file()
+    ]
+    tree = Tree.from_list(entries, hash_name="md5")
+    tree.digest()
+    return tree.hash_info.value
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from siamese.config import Params
 from siamese.io import atomic_dir, read_json, write_json
-from siamese.registry import tracking
+from siamese.registry import runs, tracking
 from siamese.registry.aliases import (
     CHALLENGER,
     PREVIOUS_CHALLENGER_TAG,
@@ -55,6 +55,8 @@ def run_register(
     ensure_registered_model(client, name)
     previous_challenger = alias_version(client, name, CHALLENGER)
     run = client.get_run(run_id)
+    summary = runs.results_summary(run.data.tags, test, calibration["threshold"])
+    runs.describe_results(client, run_id, summary)
     version_tags = {
         "git_commit": run.data.tags.get("git_commit", "unknown"),
         "test.roc_auc": f"{test['roc_auc']:.6f}",
@@ -68,7 +70,12 @@ def run_register(
     # a tracking server checks that a models:/<model id> source names its logged model
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     mv = client.create_model_version(
-        name, model_uri, run_id=run_id, tags=version_tags, model_id=model_id
+        name,
+        model_uri,
+        run_id=run_id,
+        tags=version_tags,
+        model_id=model_id,
+        description=f"Run `{run.info.run_name}`\n\n{summary}",
     )
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)

@@ -74,7 +74,9 @@ def _begin(
         )
         return {"run_id": run_id, "ckpt": str(ckpt), "resumed_after_epoch": epoch}
     resume.reset(scratch)
-    run_id = runs.start_run(params, prepared_md5, pairs_md5, run_name)
+    run_id = runs.start_run(
+        params, prepared_dir, pairs_dir, prepared_md5, pairs_md5, fingerprint, run_name
+    )
     resume.record(scratch, run_id, fingerprint)
     return {"run_id": run_id, "ckpt": "", "resumed_after_epoch": None}
 
@@ -118,9 +120,11 @@ def run_train(
         if launcher:
             begun = _begin(params, prepared_dir, pairs_dir, scratch, run_name)
             handover = _handed_over(begun["run_id"], begun["ckpt"])
+            # CPU, memory, ... of this machine while it trains (one sampler, not one per rank)
+            monitor = runs.system_metrics(begun["run_id"])
         else:  # a DDP child: the launcher handed the run and the checkpoint over
-            handover = contextlib.nullcontext()
-        with handover:
+            handover, monitor = contextlib.nullcontext(), contextlib.nullcontext()
+        with handover, monitor:
             run_id = os.environ[RUN_ID_ENV]
             summary = fit_encoder(
                 params,
