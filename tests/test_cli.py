@@ -64,6 +64,54 @@ def test_preset_values_land_in_params_yaml_and_set_wins(project):
     assert raw["augment"][0]["name"] == "Affine"
 
 
+PRESETS = ["omniglot", "att_faces", "svc2004"]
+
+
+@pytest.mark.parametrize(("first", "then"), [(a, b) for a in PRESETS for b in PRESETS if a != b])
+def test_presets_compose_in_any_order(project, first, then):
+    # a preset starts from the defaults plus itself: Omniglot's split_by group, rotation_classes,
+    # max_minutes, ... never leak into the next; a key no preset sets keeps the user's value
+    from siamese.config import load_params
+    from siamese.params_file import preset_overrides, set_params
+
+    set_params("params.yaml", ["seed=7"])
+    original = (project / "params.yaml").read_text()
+    alone = set_params("params.yaml", preset_overrides(then))
+    (project / "params.yaml").write_text(original)
+
+    set_params("params.yaml", preset_overrides(first))
+    check = runner.invoke(app, ["check", "--preset", then])  # what `siamese run` would apply
+    assert check.exit_code == 0, check.output
+    assert f"with preset {then}: ok" in check.output
+    switched = set_params("params.yaml", preset_overrides(then))
+    assert switched.model_dump() == alone.model_dump()
+    assert load_params("params.yaml").seed == 7
+    assert runner.invoke(app, ["check"]).exit_code == 0
+
+
+def test_check_applies_preset_and_set_without_writing(project):
+    before = (project / "params.yaml").read_text()
+    ok = runner.invoke(app, ["check", "--preset", "att_faces", "--set", "train.max_epochs=2"])
+    assert ok.exit_code == 0 and "--set train.max_epochs=2" in ok.output, ok.output
+    # --set applies last: it can still break what the preset chose, and is named
+    bad = runner.invoke(
+        app, ["check", "--preset", "att_faces", "--set", "train.images_per_identity=1"]
+    )
+    assert bad.exit_code == 2 and "train.images_per_identity" in bad.output, bad.output
+    assert "Traceback" not in bad.output
+    assert (project / "params.yaml").read_text() == before
+
+
+def test_an_override_that_changes_nothing_keeps_the_line_and_its_comment(project):
+    from siamese.params_file import set_params
+
+    before = (project / "params.yaml").read_text()
+    set_params("params.yaml", ["data.rotation_classes=[]", "data.identity_depth=null"])
+    assert (project / "params.yaml").read_text() == before
+    set_params("params.yaml", ["data.identity_depth=2", "data.identity_depth=null"])
+    assert (project / "params.yaml").read_text() == before
+
+
 def test_missing_dataset_is_named(project):
     (project / "params.yaml").write_text("data:\n  source: data/nowhere\n")
     result = runner.invoke(app, ["prepare"])

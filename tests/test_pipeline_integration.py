@@ -4,6 +4,7 @@ temporary project (own git repo, DVC repo and SQLite MLflow) and registers a ser
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -28,7 +29,7 @@ def _digit_images():
     return img(zeros[0]), img(zeros[1]), img(ones[0])
 
 
-def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness):
+def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness, tmp_path):
     summary = training_flow(project_dir=str(project))
     assert summary["stages"] == dict.fromkeys(STAGES, "ran")
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -38,9 +39,23 @@ def test_flow_end_to_end_then_cached_then_partial_rerun(project, prefect_harness
 
     client = mlflow.MlflowClient(tracking_uri(project))
     name = summary["registration"]["model_name"]
-    runs = client.search_runs([client.get_experiment_by_name("siamese").experiment_id])
+    # one experiment per registered model (register.experiment unset)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     assert len(runs) == 1
     run = runs[0]
+    # dvc.lock travels as one artefact (not ~40 dvc.* tags); the train dataset's digest is the
+    # DVC hash dvc.lock records for the prepared images
+    assert not [k for k in run.data.tags if k.startswith("dvc.")]
+    logged = client.download_artifacts(run.info.run_id, "dvc/dvc.lock", str(tmp_path))
+    assert "artifacts/prepared" in Path(logged).read_text()
+    outs = lock["stages"]["prepare"]["outs"]
+    prepared = next(o for o in outs if o["path"] == "artifacts/prepared")
+    train_input = next(
+        d.dataset
+        for d in run.inputs.dataset_inputs
+        if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "train"
+    )
+    assert train_input.digest == prepared["md5"] == run.data.tags["data.prepared_dvc"]
     assert run.data.params["train.loss"] == "contrastive"
     assert run.data.params["data.image_size"] == "16"
     assert run.data.tags["git_commit"] != "unknown"

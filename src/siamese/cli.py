@@ -340,15 +340,25 @@ def oneshot_runs(
 
 
 @app.command()
-def check(params: Path = ParamsOpt) -> None:
-    """Validate params.yaml and exit (non-zero with the bad keys named)."""
-    from siamese.config import load_params
+def check(
+    params: Path = ParamsOpt,
+    preset: str | None = typer.Option(
+        None, "--preset", help="check with params/NAME.yaml applied, as `siamese run` would"
+    ),
+    set_: list[str] = typer.Option([], "--set", "-S", help="check with this override applied"),
+) -> None:
+    """Validate params.yaml (with a preset and overrides, as `siamese run` applies them; nothing
+    is written) and exit (non-zero with the bad keys named)."""
+    from siamese.config import apply_overrides, read_params_file, validate_params
+    from siamese.params_file import preset_overrides
 
     try:
-        load_params(params)
+        overrides = (preset_overrides(preset, params.parent) if preset else []) + list(set_)
+        validate_params(apply_overrides(read_params_file(params), overrides), str(params))
     except ParamsError as err:
         _fail(str(err))
-    typer.echo(f"{params}: ok")
+    applied = ([f"preset {preset}"] if preset else []) + ([f"--set {s}" for s in set_])
+    typer.echo(f"{params}{' with ' + ', '.join(applied) if applied else ''}: ok")
 
 
 @app.command()

@@ -6,18 +6,38 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
 
 from siamese.config import Params, apply_overrides, flatten, parse_override, validate_params
 from siamese.errors import ParamsError
 from siamese.io import atomic_write_bytes
 
+_MISSING = object()
+
+
+def _lookup(tree: dict, keys: list[str]) -> Any:
+    for k in keys:
+        if not isinstance(tree, dict) or k not in tree:
+            return _MISSING
+        tree = tree[k]
+    return tree
+
+
+def _represent_null(representer, _data: None):
+    # ruamel writes None as an empty value; params.yaml spells it null, as its comments do
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
+
 
 def set_params(path: str | Path, overrides: list[str]) -> Params:
+    """Apply ``key.path=value`` overrides to the params file in place (comments and layout of
+    untouched lines kept; an override that leaves a value as it was does not rewrite its line),
+    after validating the result."""
     path = Path(path)
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.representer.add_representer(type(None), _represent_null)
     if not path.is_file():
         raise ParamsError(f"params file {path} not found")
     doc = yaml.load(path.read_text()) or {}
@@ -26,6 +46,8 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
     params = validate_params(expected, origin=f"{path} with overrides")
     for text in overrides:
         keys, value = parse_override(text)
+        if _lookup(plain, keys) == _lookup(expected, keys):
+            continue  # already the value it ends with: the line (and its comment) stays as it is
         node = doc
         for k in keys[:-1]:
             if k not in node or not isinstance(node[k], dict):
@@ -63,13 +85,35 @@ def preset_path(name: str, project: str | Path = ".") -> Path:
     return path
 
 
+def _preset_values(path: Path) -> dict:
+    """A preset file's values, flattened to dotted keys."""
+    try:
+        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, YAMLError) as err:
+        raise ParamsError(
+            f"preset {path} cannot be read as YAML ({err}); fix or remove it"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"preset {path} must be a mapping of params keys to values")
+    return flatten(raw)
+
+
 def preset_overrides(name: str, project: str | Path = ".") -> list[str]:
     """The preset's values as ``key.path=value`` overrides, applied before any ``--set`` so a
     preset is just a named, versioned bundle of overrides that still lands in params.yaml (where
-    DVC and MLflow see every value)."""
+    DVC and MLflow see every value).
+
+    Presets compose: every key that any preset in ``params/`` sets, and this preset leaves out,
+    is first reset to its default (``siamese.config``), so what an earlier preset left in
+    params.yaml (Omniglot's ``data.split_by: group``, ``rotation_classes``, ...) never leaks
+    into the next one, whatever the order. Keys no preset sets (``trainer.*``, ``seed``, ...)
+    keep their params.yaml value."""
 
     path = preset_path(name, project)
-    raw = YAML(typ="safe").load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"preset {path} must be a mapping of params keys to values")
-    return [f"{key}={json.dumps(value)}" for key, value in flatten(raw).items()]
+    chosen = _preset_values(path)
+    managed = set(chosen)
+    for other in sorted((Path(project) / PRESETS_DIR).glob("*.yaml")):
+        managed |= set(_preset_values(other))
+    defaults = flatten(Params().model_dump(mode="json"))
+    resets = {k: defaults[k] for k in sorted(managed - set(chosen)) if k in defaults}
+    return [f"{key}={json.dumps(value)}" for key, value in {**resets, **chosen}.items()]

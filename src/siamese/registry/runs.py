@@ -190,7 +190,9 @@ def lightning_logger(params: Params, run_id: str) -> MLFlowLogger:
 @contextlib.contextmanager
 def system_metrics(run_id: str) -> Iterator[None]:
     """Sample CPU, memory, disk, network (and GPU where one is visible) into the run's
-    ``system/*`` metrics while the block runs (MLflow's monitor, psutil)."""
+    ``system/*`` metrics while the block runs (MLflow's monitor, psutil). MLflow's monitor drops
+    the samples of its last, unfinished interval, so a training shorter than one interval would
+    record nothing: a final sample covering the time since the last one is logged at the end."""
     monitor = SystemMetricsMonitor(
         run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=tracking_uri()
     )
@@ -199,6 +201,12 @@ def system_metrics(run_id: str) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:  # best effort: never hides the training's own outcome
+            log.warning("could not log the final system metrics of run %s: %s", run_id, err)
 
 
 def _number(value) -> str:
