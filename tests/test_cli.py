@@ -3,6 +3,8 @@ a real dataset under DVC."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,30 +69,41 @@ def test_preset_values_land_in_params_yaml_and_set_wins(project):
 PRESETS = ["omniglot", "att_faces", "svc2004"]
 
 
-@pytest.mark.parametrize(("first", "then"), [(a, b) for a in PRESETS for b in PRESETS if a != b])
-def test_presets_compose_in_any_order(project, first, then):
+@pytest.fixture
+def presets_only(tmp_path, monkeypatch) -> Path:
+    """params.yaml and the presets, nothing else: what applying a preset reads and writes."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(root / "params", tmp_path / "params")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_presets_compose_in_any_order(presets_only):
     # a preset starts from the defaults plus itself: Omniglot's split_by group, rotation_classes,
     # max_minutes, ... never leak into the next; a key no preset sets keeps the user's value
     from siamese.config import load_params
     from siamese.params_file import preset_overrides, set_params
 
-    set_params("params.yaml", ["seed=7"])
-    original = (project / "params.yaml").read_text()
-    alone = set_params("params.yaml", preset_overrides(then))
-    (project / "params.yaml").write_text(original)
-
-    set_params("params.yaml", preset_overrides(first))
-    check = runner.invoke(app, ["check", "--preset", then])  # what `siamese run` would apply
-    assert check.exit_code == 0, check.output
-    assert f"with preset {then}: ok" in check.output
-    switched = set_params("params.yaml", preset_overrides(then))
-    assert switched.model_dump() == alone.model_dump()
-    assert load_params("params.yaml").seed == 7
+    set_params("params.yaml", ["seed=7", "trainer.precision=bf16-mixed"])
+    original = (presets_only / "params.yaml").read_text()
+    alone = {}
+    for name in PRESETS:
+        alone[name] = set_params("params.yaml", preset_overrides(name)).model_dump()
+        (presets_only / "params.yaml").write_text(original)
+    for first, then in itertools.permutations(PRESETS, 2):
+        set_params("params.yaml", preset_overrides(first))
+        check = runner.invoke(app, ["check", "--preset", then])  # what `siamese run` applies
+        assert check.exit_code == 0, (first, then, check.output)
+        assert f"with preset {then}: ok" in check.output
+        assert set_params("params.yaml", preset_overrides(then)).model_dump() == alone[then]
+        params = load_params("params.yaml")
+        assert params.seed == 7 and params.trainer.precision == "bf16-mixed"
     assert runner.invoke(app, ["check"]).exit_code == 0
 
 
-def test_check_applies_preset_and_set_without_writing(project):
-    before = (project / "params.yaml").read_text()
+def test_check_applies_preset_and_set_without_writing(presets_only):
+    before = (presets_only / "params.yaml").read_text()
     ok = runner.invoke(app, ["check", "--preset", "att_faces", "--set", "train.max_epochs=2"])
     assert ok.exit_code == 0 and "--set train.max_epochs=2" in ok.output, ok.output
     # --set applies last: it can still break what the preset chose, and is named
@@ -99,17 +112,17 @@ def test_check_applies_preset_and_set_without_writing(project):
     )
     assert bad.exit_code == 2 and "train.images_per_identity" in bad.output, bad.output
     assert "Traceback" not in bad.output
-    assert (project / "params.yaml").read_text() == before
+    assert (presets_only / "params.yaml").read_text() == before
 
 
-def test_an_override_that_changes_nothing_keeps_the_line_and_its_comment(project):
+def test_an_override_that_changes_nothing_keeps_the_line_and_its_comment(presets_only):
     from siamese.params_file import set_params
 
-    before = (project / "params.yaml").read_text()
+    before = (presets_only / "params.yaml").read_text()
     set_params("params.yaml", ["data.rotation_classes=[]", "data.identity_depth=null"])
-    assert (project / "params.yaml").read_text() == before
+    assert (presets_only / "params.yaml").read_text() == before
     set_params("params.yaml", ["data.identity_depth=2", "data.identity_depth=null"])
-    assert (project / "params.yaml").read_text() == before
+    assert (presets_only / "params.yaml").read_text() == before
 
 
 def test_missing_dataset_is_named(project):

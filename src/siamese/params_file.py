@@ -38,12 +38,15 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.representer.add_representer(type(None), _represent_null)
+    yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own list layout
     if not path.is_file():
         raise ParamsError(f"params file {path} not found")
     doc = yaml.load(path.read_text()) or {}
     plain = YAML(typ="safe").load(path.read_text()) or {}
     expected = apply_overrides(plain, overrides)
     params = validate_params(expected, origin=f"{path} with overrides")
+    if expected == plain:
+        return params  # nothing changes: the file is left byte for byte as it is
     for text in overrides:
         keys, value = parse_override(text)
         if _lookup(plain, keys) == _lookup(expected, keys):
