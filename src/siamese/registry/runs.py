@@ -199,14 +199,16 @@ def system_metrics(run_id: str) -> Iterator[None]:
     monitor.start()
     try:
         yield
-    finally:
-        monitor.finish()
-        try:
-            monitor.collect_metrics()
-            monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
-        except Exception as err:  # best effort: never hides the training's own outcome
-            log.warning("could not log the final system metrics of run %s: %s", run_id, err)
+    except BaseException:
+        monitor.finish()  # a failed training (maybe a lost server) waits for no final sample
+        raise
+    monitor.finish()
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as err:  # best effort: the trained model matters more than its CPU curve
+        log.warning("could not log the final system metrics of run %s: %s", run_id, err)
 
 
 def _number(value) -> str:
