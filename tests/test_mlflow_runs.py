@@ -98,3 +98,46 @@ def test_an_explicit_experiment_is_kept(project):
     assert load_params("params.yaml").register.experiment_name == "siamese"
     params = set_params("params.yaml", ["register.experiment=null"])
     assert params.register.experiment_name == params.register.model_name == "siamese-digits"
+
+
+@pytest.mark.slow
+def test_run_with_a_preset_after_another_trains_and_names_its_run(
+    project, att_faces, prefect_harness
+):
+    # issue #17: `siamese run --preset att_faces` after `--preset omniglot` failed on Omniglot's
+    # leftover data.split_by: group; now it trains, in the preset's own experiment
+    from typer.testing import CliRunner
+
+    from siamese.cli import app
+    from siamese.params_file import preset_overrides
+
+    set_params("params.yaml", preset_overrides("omniglot"))
+    quick = [
+        f"data.source={att_faces}",
+        "data.image_size=16",
+        "mine.val_pairs=60",
+        "mine.test_pairs=100",
+        "model.channels=8",
+        "model.embedding_dim=16",
+        "train.batches_per_epoch=4",
+        *QUICK,
+    ]
+    args = ["run", "--preset", "att_faces", "--no-push"]
+    for item in quick:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    params = load_params("params.yaml")
+    assert params.data.split_by == "auto" and params.data.rotation_classes == []
+    assert params.train.max_minutes is None and params.train.max_epochs == 1  # --set wins
+
+    client = mlflow.MlflowClient(tracking_uri(project))
+    exp = client.get_experiment_by_name("siamese-att-faces")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert re.fullmatch(r"att_faces-conv4-contrastive-[0-9a-f]{8}", run.info.run_name)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {
+        "att_faces-train",
+        "att_faces-validation",
+        "att_faces-test",
+    }
