@@ -65,7 +65,8 @@ def _begin(
     if found is not None:
         run_id, ckpt = found
         epoch, _ = resume.checkpoint_progress(ckpt)
-        runs.reopen(run_id, epoch)
+        with runs.ended_failed_on_error(run_id):
+            runs.reopen(run_id, epoch)
         log.warning(
             "resuming the interrupted training (MLflow run %s) from %s, after epoch %d",
             run_id,
@@ -75,7 +76,8 @@ def _begin(
         return {"run_id": run_id, "ckpt": str(ckpt), "resumed_after_epoch": epoch}
     resume.reset(scratch)
     run_id = runs.start_run(params, prepared_md5, pairs_md5, run_name)
-    resume.record(scratch, run_id, fingerprint)
+    with runs.ended_failed_on_error(run_id):
+        resume.record(scratch, run_id, fingerprint)
     return {"run_id": run_id, "ckpt": "", "resumed_after_epoch": None}
 
 
@@ -120,7 +122,9 @@ def run_train(
             handover = _handed_over(begun["run_id"], begun["ckpt"])
         else:  # a DDP child: the launcher handed the run and the checkpoint over
             handover = contextlib.nullcontext()
-        with handover:
+        # from here on, whatever stops the stage (an error, Ctrl-C, SIGTERM, a full disk while
+        # publishing) ends the launcher's run FAILED; the previous artifacts/train stays
+        with runs.ended_failed_on_error(begun["run_id"] if launcher else None), handover:
             run_id = os.environ[RUN_ID_ENV]
             summary = fit_encoder(
                 params,
@@ -129,12 +133,11 @@ def run_train(
                 runs.lightning_logger(params, run_id),
                 resume_from=os.environ.get(RESUME_ENV) or None,
                 launcher=launcher,
-                on_failure=lambda err: runs.mark_failed(run_id, err),
             )
-        if summary:
-            if begun["resumed_after_epoch"] is not None:
-                summary["resumed_after_epoch"] = begun["resumed_after_epoch"]
-            _finish(summary, begun["run_id"], out_dir, scratch, metrics_path)
+            if summary:
+                if begun["resumed_after_epoch"] is not None:
+                    summary["resumed_after_epoch"] = begun["resumed_after_epoch"]
+                _finish(summary, begun["run_id"], out_dir, scratch, metrics_path)
         return summary
 
 
