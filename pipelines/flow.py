@@ -73,16 +73,22 @@ _QUIET = False  # set by quiet_failure_tracebacks: a failed stage's output is no
 
 
 def _failure(
-    step: str, proc: subprocess.CompletedProcess, kind: type[StageFailed] = StageFailed
+    step: str,
+    proc: subprocess.CompletedProcess,
+    kind: type[StageFailed] = StageFailed,
+    name: str | None = None,
 ) -> StageFailed:
     """The StageFailed for a step process that failed: its own ``error: ...`` line (a stage
-    prints exactly one, siamese.cli) or else DVC's last ``ERROR:`` line, and the stage's exit
-    code, which DVC reports as ``exited with N`` (a signal: 128 + its number)."""
+    prints exactly one, siamese.cli) or else DVC's last ``ERROR:`` line or first line, and the
+    stage's exit code, which DVC reports as ``exited with N`` (a signal: 128 + its number)."""
     output = (proc.stdout or "") + (proc.stderr or "")
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
     theirs = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]
-    message = (ours or theirs or lines or [f"exit {proc.returncode}"])[-1]
+    # else DVC's own failure (its summary line comes first, the details after it)
+    message = (ours[-1:] or theirs[-1:] or lines[:1] or [f"exit {proc.returncode}"])[0]
+    if name:  # the stage names itself; the step already says which it is
+        message = message.removeprefix(f"{name}: ")
     found = _DVC_EXIT.findall(output)
     code = int(found[-1]) if found else proc.returncode
     if code < 0:  # killed by a signal
@@ -99,7 +105,7 @@ def repro_stage(project_dir: str, stage: str) -> str:
     proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
-        failure = _failure(f"stage {stage!r}", proc)
+        failure = _failure(f"stage {stage!r}", proc, name=stage)
         if not _QUIET:  # under `siamese run` the CLI prints it, with --verbose only
             for line in output.strip().splitlines()[-40:]:
                 logger.info("%s | %s", stage, line)
@@ -123,22 +129,21 @@ def _retry_if_transient(task, task_run, state) -> bool:
 
 @contextlib.contextmanager
 def quiet_failure_tracebacks(enabled: bool = True) -> Iterator[None]:
-    """While enabled, Prefect's console shows a failed task or flow as one line, without the
-    traceback, and a failed stage's output is not logged: the caller reports the failure once
-    (``siamese run`` prints one ``error:`` line; ``--verbose`` shows everything). The Prefect API
-    (the UI) still receives the tracebacks: only the console handlers are filtered."""
+    """While enabled, Prefect's console leaves out the records that carry a failed task's or
+    flow's traceback (its "Finished in state Failed(...)" line stays), and a failed stage's output
+    is not logged: the caller reports the failure once (``siamese run`` prints one ``error:``
+    line; ``--verbose`` shows everything). The Prefect API (the UI) still receives the
+    tracebacks: only the console handlers are filtered."""
     global _QUIET
     if not enabled:
         yield
         return
 
-    class _StripTraceback(logging.Filter):
+    class _NoTraceback(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            if record.name.startswith("prefect") and (record.exc_info or record.exc_text):
-                record.exc_info, record.exc_text = None, None
-            return True
+            return not (record.name.startswith("prefect") and record.exc_info)
 
-    filt = _StripTraceback()
+    filt = _NoTraceback()
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
     for h in handlers:
         h.addFilter(filt)

@@ -93,8 +93,9 @@ def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
     if interrupt is not None:
         signum = getattr(interrupt, "signum", signal.SIGINT)
         return (
-            f"{prefix}{Interrupted(signum)}: stopped without publishing anything; the previous "
-            "outputs are unchanged (a training resumes from its last epoch checkpoint on rerun)",
+            f"{prefix}{Interrupted(signum)} before it finished: nothing was published and the "
+            "previous outputs are unchanged (a training resumes from its last epoch checkpoint "
+            "on rerun)",
             128 + signum,
         )
     code = getattr(err, "exit_code", None)
@@ -115,8 +116,8 @@ def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
     lines = str(err).strip().splitlines()
     detail = f": {lines[0][:300]}" if lines else ""
     return (
-        f"{prefix}unexpected {type(err).__name__}{detail} (a bug: `siamese --verbose ...` shows "
-        "the traceback; please report it)",
+        f"{prefix}unexpected {type(err).__name__}{detail} (`siamese --verbose ...` shows the "
+        "traceback)",
         EXIT_FAILED,
     )
 
@@ -126,8 +127,10 @@ def _report(err: BaseException, stage: str | None = None) -> NoReturn:
     (and what a failed stage process printed) comes first."""
     message, code = explain(err, stage)
     if _verbose():
-        if isinstance(err, StageFailed) and err.output:
-            typer.echo(err.output.rstrip(), err=True)
+        if isinstance(err, StageFailed) and err.output:  # indented: its own error line is not ours
+            typer.echo(f"output of {err.step}:", err=True)
+            for line in err.output.rstrip().splitlines():
+                typer.echo(f"  | {line}", err=True)
         traceback.print_exception(err, file=sys.stderr)
     _fail(message, code)
 

@@ -155,17 +155,17 @@ def from_os_error(err: OSError, stage: str | None = None) -> PathError | SystemR
     """The project's error for an operating-system error: one line naming the path (shortened if
     it is huge), what happened and what to do, and the class that carries the exit code."""
     paths = [p for p in (err.filename, err.filename2) if p is not None]
-    where = " -> ".join(_short_path(p) for p in paths) or "(no path given)"
+    where = f": {' -> '.join(_short_path(p) for p in paths)}" if paths else ""
     prefix = f"{stage}: " if stage else ""
     if err.errno in _PATH_ERRNOS:
         what, todo = _PATH_ERRNOS[err.errno]
-        return PathError(f"{prefix}{what}: {where}: {todo}")
+        return PathError(f"{prefix}{what}{where}: {todo}")
     what, todo = _SYSTEM_ERRNOS.get(
-        err.errno, (err.strerror or type(err).__name__, "check the path and rerun")
+        err.errno, (err.strerror or str(err) or type(err).__name__, "check the path and rerun")
     )
-    code = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
+    name = errno.errorcode.get(err.errno, type(err).__name__) if err.errno else type(err).__name__
     tail = "; nothing was published and the previous outputs are unchanged" if stage else ""
-    return SystemResourceError(f"{prefix}{what} ({code or 'OSError'}): {where}: {todo}{tail}")
+    return SystemResourceError(f"{prefix}{what} ({name}){where}: {todo}{tail}")
 
 
 class Interrupted(KeyboardInterrupt):

@@ -116,7 +116,7 @@ def run_train(
     scratch = resume.scratch_dir(out_dir)
     dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
-    with active_tracking_uri(tracking_uri()):
+    with active_tracking_uri(tracking_uri()), _scratch_dropped_unless_resumable(scratch):
         if launcher:
             begun = _begin(params, prepared_dir, pairs_dir, scratch, run_name)
             handover = _handed_over(begun["run_id"], begun["ckpt"])
@@ -139,6 +139,18 @@ def run_train(
                     summary["resumed_after_epoch"] = begun["resumed_after_epoch"]
                 _finish(summary, begun["run_id"], out_dir, scratch, metrics_path)
         return summary
+
+
+@contextlib.contextmanager
+def _scratch_dropped_unless_resumable(scratch: Path) -> Iterator[None]:
+    """A training that stops before its first epoch checkpoint leaves nothing to resume from: its
+    scratch directory goes too, so a failed stage leaves no partial file under artifacts/."""
+    try:
+        yield
+    except BaseException:
+        if not resume.last_checkpoint(scratch).is_file():
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def _finish(
