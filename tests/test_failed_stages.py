@@ -67,7 +67,7 @@ def test_os_errors_become_one_line_naming_the_path_the_cause_and_the_fix(tmp_pat
     message, code = explain(too_long.value, "prepare")
     assert code == EXIT_BAD_INPUT
     assert message.startswith("prepare: file name too long: ")
-    assert "characters)" in message and "shorten that value" in message
+    assert "characters)" in message and "shorten it" in message
     assert len(message) < 600  # the 300-character name is shortened, not repeated whole
 
     if not Path("/dev/full").exists():
@@ -141,6 +141,23 @@ def test_a_file_name_too_long_fails_the_stage_in_one_line_and_keeps_its_output(b
     assert "Traceback (most recent call last)" in verbose.output
     assert "File name too long" in verbose.output
     assert _digest(bare_project / paths.PREPARED) == before
+
+
+def test_the_siamese_command_turns_any_uncaught_error_into_one_line(tmp_path):
+    # `data download` does not translate an OSError itself: the command's last resort does
+    dest = tmp_path / ("y" * 300)
+    proc = subprocess.run(
+        ["siamese", "data", "download", "omniglot-background", "--url", "file:///none.zip"]
+        + ["--dest", str(dest)],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stdout + proc.stderr
+    [line] = _error_lines(proc.stderr)
+    assert line.startswith("error: file name too long: ") and "yyy" in line
+    assert "characters)" in line  # the 300-character name, shortened
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------ under `siamese run` (slow)

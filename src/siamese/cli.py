@@ -35,11 +35,27 @@ from siamese.errors import (
 from siamese.io import write_json
 from siamese.locking import project_lock
 
+
+class _App(typer.Typer):
+    """The ``siamese`` command (the console script calls it): whatever a command did not turn
+    into its own ``error:`` line still ends as one, through the same translation (``explain``)
+    and with its exit code, instead of a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            try:
+                _report(err)
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+
+
 # Commands import the params (siamese.config reads the registries of the components it
 # configures, which loads torch, ~2 s), their stage, the registry, pandas and the Prefect flows
 # inside the function: Lightning (~5 s), MLflow (~2.5 s) and Prefect (~2 s) load only for the
 # commands that use them, so `siamese --help` and the light commands start fast.
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = _App(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(
     no_args_is_help=True, help="Bring a dataset under DVC, or download a benchmark."
 )

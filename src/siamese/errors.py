@@ -123,7 +123,7 @@ _PATH_ERRNOS = {
     errno.ENAMETOOLONG: (
         "file name too long",
         "choose a shorter name (a file or folder name is limited to 255 bytes, a path to 4096); "
-        "if it comes from params.yaml (data.source) or a --set value, shorten that value",
+        "if it comes from params.yaml (data.source), a --set value or an option, shorten it",
     ),
     errno.ENOENT: ("no such file or directory", "check the path (data.source in params.yaml)"),
     errno.ENOTDIR: ("a part of the path is not a directory", "check the path"),
