@@ -25,7 +25,7 @@ from mlflow.exceptions import RestException
 from typer.testing import CliRunner
 
 from siamese import paths
-from siamese.cli import app, explain
+from siamese.cli import VERBOSE_ENV, app, explain
 from siamese.errors import EXIT_BAD_INPUT, EXIT_SYSTEM, EXIT_UNREACHABLE
 from siamese.params_file import set_params
 from tests.helpers.checkpoints import wait_for_checkpoint
@@ -124,7 +124,9 @@ def test_unreachable_tracking_server_is_one_line_exit_4(bare_project, monkeypatc
     assert "Traceback" not in result.output
 
 
-def test_a_file_name_too_long_fails_the_stage_in_one_line_and_keeps_its_output(bare_project):
+def test_a_file_name_too_long_fails_the_stage_in_one_line_and_keeps_its_output(
+    bare_project, monkeypatch
+):
     assert runner.invoke(app, ["prepare"]).exit_code == 0
     before = _digest(bare_project / paths.PREPARED)
     set_params(bare_project / "params.yaml", [f"data.source={TOO_LONG}"])
@@ -135,6 +137,7 @@ def test_a_file_name_too_long_fails_the_stage_in_one_line_and_keeps_its_output(b
     assert "Traceback" not in result.output
     assert _digest(bare_project / paths.PREPARED) == before
 
+    monkeypatch.setenv(VERBOSE_ENV, "0")  # --verbose sets it in this process: restored after
     verbose = runner.invoke(app, ["--verbose", "prepare"])  # the same line, after the traceback
     assert verbose.exit_code == EXIT_BAD_INPUT
     assert _error_lines(verbose.output) == [line]
