@@ -108,10 +108,10 @@ def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
     interrupt = _in_chain(err, KeyboardInterrupt)
     if interrupt is not None:
         signum = getattr(interrupt, "signum", signal.SIGINT)
+        what = "nothing was published" if stage else "the stage that was running published nothing"
         return (
-            f"{prefix}{Interrupted(signum)} before it finished: nothing was published and the "
-            "previous outputs are unchanged (a training resumes from its last epoch checkpoint "
-            "on rerun)",
+            f"{prefix}{Interrupted(signum)} before it finished: {what} and the previous outputs "
+            "are unchanged (a training resumes from its last epoch checkpoint on rerun)",
             128 + signum,
         )
     code = getattr(err, "exit_code", None)
