@@ -118,7 +118,8 @@ class StageFailed(RuntimeError):
         return type(self), (self.step, self.message, self.exit_code, self.output)
 
 
-# errno -> (what happened, what to do, exit code); anything else is a system error (exit 6)
+# errno -> (what happened, what to do): a path that cannot be used (exit 2), or the machine
+# refusing (exit 6; so is any errno not listed)
 _PATH_ERRNOS = {
     errno.ENAMETOOLONG: (
         "file name too long",
@@ -170,8 +171,8 @@ def from_os_error(err: OSError, stage: str | None = None) -> PathError | SystemR
 
 class Interrupted(KeyboardInterrupt):
     """A signal (SIGTERM, SIGHUP) asked the command to stop. Raised by the CLI's handler so that
-    the stage unwinds as on Ctrl-C: its MLflow run is ended FAILED, its scratch output removed,
-    and the previous outputs stay in place."""
+    the stage unwinds as on Ctrl-C: its MLflow run is ended FAILED, its scratch directory removed
+    (a training keeps its last epoch checkpoint to resume from), the previous outputs in place."""
 
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
