@@ -4,7 +4,9 @@ closed; and the Lightning logger that streams the epoch metrics into it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 from mlflow.entities import Param
@@ -38,8 +40,9 @@ def start_run(params: Params, prepared_md5: str, pairs_md5: str, run_name: str |
     run = client.create_run(exp_id, tags=tags)
     flat = flatten(params.model_dump(mode="json"))
     entries = [Param(k, str(v)[:PARAM_VALUE_CHARS]) for k, v in flat.items()]
-    for i in range(0, len(entries), PARAM_BATCH):
-        client.log_batch(run.info.run_id, params=entries[i : i + PARAM_BATCH])
+    with ended_failed_on_error(run.info.run_id):
+        for i in range(0, len(entries), PARAM_BATCH):
+            client.log_batch(run.info.run_id, params=entries[i : i + PARAM_BATCH])
     return run.info.run_id
 
 
@@ -71,6 +74,22 @@ def mark_failed(run_id: str, err: BaseException) -> None:
         tracking.client().set_terminated(run_id, "FAILED")
     except Exception as mark_err:  # the server went away meanwhile
         log.warning("could not mark MLflow run %s as FAILED: %s", run_id, mark_err)
+
+
+@contextlib.contextmanager
+def ended_failed_on_error(run_id: str | None) -> Iterator[None]:
+    """End the run FAILED when the block raises anything at all: an error, Ctrl-C, a SIGTERM (the
+    CLI raises it as ``siamese.errors.Interrupted``) or Lightning's exit after an interrupt. A
+    stage never leaves its run RUNNING, except when the server is unreachable and cannot be
+    told; a resumed training reopens the run anyway. ``None``: no run of this process's own."""
+    if run_id is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as err:
+        mark_failed(run_id, err)
+        raise
 
 
 def finish(run_id: str, summary: dict) -> None:
