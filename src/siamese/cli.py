@@ -341,13 +341,20 @@ def oneshot_runs(
 
 @app.command()
 def check(params: Path = ParamsOpt) -> None:
-    """Validate params.yaml and exit (non-zero with the bad keys named)."""
+    """Validate params.yaml and exit (non-zero with the bad keys named): every key, the names
+    MLflow will be given, and the trainer settings as Lightning takes them on this machine."""
     from siamese.config import load_params
+    from siamese.registry.names import check_tracking_names
+    from siamese.training.settings import check_trainer
 
     try:
-        load_params(params)
+        validated = load_params(params)
+        check_tracking_names(validated, str(params))
+        notes = check_trainer(validated, str(params))
     except ParamsError as err:
         _fail(str(err))
+    for note in notes:
+        typer.echo(f"note: Lightning: {note}")
     typer.echo(f"{params}: ok")
 
 
@@ -364,17 +371,24 @@ def run(
     ),
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
-    from pipelines.flow import format_summary, training_flow
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
+    from siamese.registry.names import check_tracking_names
+    from siamese.training.settings import check_trainer
 
-    try:  # fail fast, before an orchestrator is even started
+    try:  # fail fast, before an orchestrator is even started (or imported: Prefect takes ~2 s)
         if preset:
             set_ = preset_overrides(preset, project) + list(set_)
         params_path = project / paths.PARAMS
-        validate_params(apply_overrides(read_params_file(params_path), set_), str(params_path))
+        validated = validate_params(
+            apply_overrides(read_params_file(params_path), set_), str(params_path)
+        )
+        check_tracking_names(validated, str(params_path))
+        check_trainer(validated, str(params_path))
     except ParamsError as err:
         _fail(str(err))
+    from pipelines.flow import format_summary, training_flow
+
     try:
         summary = training_flow(
             project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
