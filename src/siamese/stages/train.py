@@ -114,10 +114,10 @@ def run_train(
     pl.seed_everything(params.seed, workers=True, verbose=False)
     launcher = _is_launcher()
     scratch = resume.scratch_dir(out_dir)
-    dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
-    if launcher:  # before the MLflow run too: Lightning takes the trainer settings here, and
-        check_trainer(params)  # MLflow the names, or nothing is trained that cannot register
+    if launcher:  # before the MLflow run: Lightning takes the trainer settings here, and MLflow
+        check_trainer(params)  # the names, or nothing is trained that cannot be registered
         check_tracking_names(params)
+    dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
     with active_tracking_uri(tracking_uri()):
         if launcher:
