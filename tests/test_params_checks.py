@@ -63,6 +63,15 @@ CASES = [
         ["trainer.precision", "unknown precision '8-true'", "bf16-mixed"],
     ),
     (
+        "precision-16-true",
+        set_raw("trainer.precision", "16-true"),
+        [
+            "trainer.precision",
+            "16-true keeps the weights and AdamW's state in float16",
+            "bf16-true",
+        ],
+    ),
+    (
         "accelerator-unknown",
         set_raw("trainer.accelerator", "gpux"),
         ["trainer.accelerator", "unknown accelerator 'gpux'", "cuda"],

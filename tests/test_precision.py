@@ -123,7 +123,8 @@ STAGE_LOSSES = {
     "multi-similarity": ["train.loss=multi_similarity", "train.miner=all_pairs"],
     "bce": ["train.loss=bce", "train.miner=all_pairs"],
 }
-STAGE_PRECISIONS = ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
+# 16-true is refused by the trainer check (float16 AdamW state: see siamese.training.settings)
+STAGE_PRECISIONS = ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
 
 
 @pytest.fixture(scope="module")

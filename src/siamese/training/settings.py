@@ -37,6 +37,15 @@ DEVICES_HELP = (
 )
 
 
+# precisions Lightning accepts that this model's training cannot use, and why
+UNTRAINABLE_PRECISIONS = {
+    "16-true": "16-true keeps the weights and AdamW's state in float16, where AdamW's eps "
+    "(1e-8) is 0: a weight whose gradient is 0 turns NaN at the first step, and training stops "
+    "on a non-finite loss; use 16-mixed (float16 compute, float32 weights; on the CPU Lightning "
+    "runs it as bf16-mixed), bf16-mixed, or bf16-true (bfloat16 weights, float32's range)",
+}
+
+
 @functools.cache
 def choices() -> dict[str, tuple]:
     """The accelerator, strategy and precision values the installed Lightning accepts, read from
@@ -112,6 +121,8 @@ def _key_problems(params: Params) -> list[str]:
             f"trainer.precision: unknown precision {tr.precision!r}; allowed: "
             + ", ".join(allowed["precision"])
         )
+    elif tr.precision in UNTRAINABLE_PRECISIONS:
+        problems.append(f"trainer.precision: {UNTRAINABLE_PRECISIONS[tr.precision]}")
     reason = _devices_problem(tr.devices, tr.accelerator)
     if reason is not None:
         problems.append(f"trainer.devices: {reason}")
