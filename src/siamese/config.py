@@ -246,8 +246,8 @@ class TrainerParams(_Strict):
     strategy: str = Field("auto", description="auto, ddp, ddp_spawn, ... (Lightning's names)")
     precision: str | int = Field(
         "32-true",
-        description="32-true, 16-mixed, bf16-mixed, 16-true, bf16-true or 64-true (on the CPU "
-        "Lightning runs 16-mixed as bf16-mixed, with a warning)",
+        description="32-true, 16-mixed, bf16-mixed, bf16-true or 64-true (on the CPU Lightning "
+        "runs 16-mixed as bf16-mixed, with a warning; 16-true is refused: float16 AdamW state)",
     )
     deterministic: bool = True
     log_every_n_steps: int = Field(10, ge=1)
