@@ -29,10 +29,12 @@ from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
 from siamese import paths
-from siamese.config import load_params
+from siamese.config import apply_overrides, load_params, read_params_file, validate_params
 from siamese.errors import EXIT_FAILED, EXIT_PROMOTION_REFUSED, EXIT_UNREACHABLE, StageFailed
 from siamese.locking import project_lock
 from siamese.params_file import set_params
+from siamese.registry.names import check_tracking_names
+from siamese.training.settings import check_trainer
 
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
@@ -276,12 +278,15 @@ def training_flow(
 
 def _training_run(project: Path, overrides: list[str] | None, push: bool, promote: bool) -> dict:
     params_path = project / paths.PARAMS
-    # validate (and apply overrides to params.yaml) before any stage runs
-    if overrides:
-        params = set_params(params_path, list(overrides))
-    else:
-        params = load_params(params_path)
+    # validate (and apply overrides to params.yaml) before any stage runs, the trainer settings
+    # as Lightning takes them here (a scheduled run does not pass through `siamese run`)
+    raw = apply_overrides(read_params_file(params_path), list(overrides or []))
+    params = validate_params(raw, str(params_path))
+    check_tracking_names(params, str(params_path))
+    check_trainer(params, str(params_path))
     source = check_data_source(str(project), params.data.source, params.data.max_file_bytes)
+    if overrides:  # only once all of it is valid: a refused run leaves params.yaml as it was
+        set_params(params_path, list(overrides))
     stale = set(stale_stages(str(project)))
     if source["changed"]:
         stale.add("prepare")

@@ -464,13 +464,20 @@ def oneshot_runs(
 
 @app.command()
 def check(params: Path = ParamsOpt) -> None:
-    """Validate params.yaml and exit (non-zero with the bad keys named)."""
+    """Validate params.yaml and exit (non-zero with the bad keys named): every key, the names
+    MLflow will be given, and the trainer settings as Lightning takes them on this machine."""
     from siamese.config import load_params
+    from siamese.registry.names import check_tracking_names
+    from siamese.training.settings import check_trainer
 
     try:
-        load_params(params)
+        validated = load_params(params)
+        check_tracking_names(validated, str(params))
+        notes = check_trainer(validated, str(params))
     except ParamsError as err:
         _fail(str(err))
+    for note in notes:
+        typer.echo(f"note: Lightning: {note}")
     typer.echo(f"{params}: ok")
 
 
@@ -495,17 +502,20 @@ def run(
     ``error:`` line and its exit code."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    from pipelines.flow import format_summary, quiet_failure_tracebacks, training_flow
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
+    from siamese.registry.names import check_tracking_names
+    from siamese.training.settings import check_trainer
 
-    try:  # fail fast, before an orchestrator is even started
+    try:  # fail fast, before an orchestrator is even started (or imported: Prefect takes ~2 s)
         if preset:
             set_ = preset_overrides(preset, project) + list(set_)
         params_path = project / paths.PARAMS
         params = validate_params(
             apply_overrides(read_params_file(params_path), set_), str(params_path)
         )
+        check_tracking_names(params, str(params_path))
+        check_trainer(params, str(params_path))
         # data changed since its DVC record: refused here, before Prefect (which would log the
         # refusal with a traceback); the flow checks again for scheduled runs
         from siamese.stages.provenance import source_state
@@ -513,6 +523,8 @@ def run(
         source_state(params.data.source, project, params.data.max_file_bytes, fingerprint=False)
     except (ParamsError, DatasetError) as err:
         _fail(str(err))
+    from pipelines.flow import format_summary, quiet_failure_tracebacks, training_flow
+
     try:
         # Prefect logs a failed task's and flow's traceback; the user gets one error line
         # instead, and --verbose shows them (the Prefect API keeps them either way)

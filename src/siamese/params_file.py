@@ -8,28 +8,52 @@ import json
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
-from siamese.config import Params, apply_overrides, flatten, parse_override, validate_params
+from siamese.config import (
+    Params,
+    apply_overrides,
+    flatten,
+    load_yaml,
+    parse_override,
+    read_params_file,
+    validate_params,
+)
 from siamese.errors import ParamsError
 from siamese.io import atomic_write_bytes
 
 
+def _comments_only(text: str) -> str:
+    """The comment and blank lines of a file that holds nothing else (kept above the overrides
+    written into an otherwise empty params file); "" when it holds anything more."""
+    lines = text.splitlines(keepends=True)
+    if all(not line.strip() or line.lstrip().startswith("#") for line in lines):
+        return text if not text or text.endswith("\n") else text + "\n"
+    return ""
+
+
 def set_params(path: str | Path, overrides: list[str]) -> Params:
+    """Apply ``key.path=value`` overrides to the params file in place, comments kept, once
+    the result validates. The file is read as every stage reads it (``read_params_file``:
+    duplicate keys and a non-mapping top level refused, an empty file taken as ``{}``), so an
+    override never lands in a file the stages would read differently."""
     path = Path(path)
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    if not path.is_file():
-        raise ParamsError(f"params file {path} not found")
-    doc = yaml.load(path.read_text()) or {}
-    plain = YAML(typ="safe").load(path.read_text()) or {}
+    plain = read_params_file(path)
     expected = apply_overrides(plain, overrides)
     params = validate_params(expected, origin=f"{path} with overrides")
+    source = path.read_text(encoding="utf-8")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    doc = yaml.load(source)
+    header = ""
+    if doc is None:  # empty, comments only, or `null`: the overrides start the mapping
+        doc, header = CommentedMap(), _comments_only(source)
     for text in overrides:
         keys, value = parse_override(text)
         node = doc
         for k in keys[:-1]:
             if k not in node or not isinstance(node[k], dict):
-                node[k] = {}
+                node[k] = CommentedMap()
             node = node[k]
         key = keys[-1]
         if isinstance(value, list | dict) or isinstance(node.get(key), list | dict):
@@ -39,8 +63,9 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
         node[key] = value
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    text = buf.getvalue()
-    if (YAML(typ="safe").load(text) or {}) != expected:  # never write a file that reads back wrong
+    text = header + buf.getvalue()
+    # never write a file that reads back wrong (read as the stages read it)
+    if (load_yaml(text, f"{path} with overrides") or {}) != expected:
         raise ParamsError(f"could not apply {overrides} to {path} without corrupting it")
     atomic_write_bytes(path, text.encode())
     return params
@@ -69,7 +94,5 @@ def preset_overrides(name: str, project: str | Path = ".") -> list[str]:
     DVC and MLflow see every value)."""
 
     path = preset_path(name, project)
-    raw = YAML(typ="safe").load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"preset {path} must be a mapping of params keys to values")
+    raw = read_params_file(path)  # as params.yaml is read: a mapping, each key given once
     return [f"{key}={json.dumps(value)}" for key, value in flatten(raw).items()]

@@ -19,7 +19,8 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
     version that embedded it even after the alias moves."""
     if not uri.startswith("models:/") or "@" not in uri:
         return uri
-    name, alias = uri.removeprefix("models:/").split("@", 1)
+    # the last "@" starts the alias, as MLflow's own parser reads it (a name may hold "@")
+    name, alias = uri.removeprefix("models:/").rsplit("@", 1)
     version = client(tracking_uri).get_model_version_by_alias(name, alias).version
     return f"models:/{name}/{version}"
 

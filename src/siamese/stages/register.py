@@ -19,6 +19,7 @@ from siamese.registry.aliases import (
     REGISTRATION_TAG,
     alias_version,
 )
+from siamese.registry.names import check_tracking_names
 from siamese.registry.registration import (
     ensure_registered_model,
     log_model,
@@ -39,6 +40,7 @@ def run_register(
     eval_dir: str | Path,
     out_dir: str | Path,
 ) -> dict:
+    check_tracking_names(params)  # before any registry write
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     uri = tracking_uri()
     client = tracking.client(uri)

@@ -26,10 +26,12 @@ from siamese.config import Params
 from siamese.data.artifacts import DATA_FILE, pairs_path
 from siamese.io import dir_md5, write_json
 from siamese.registry import runs
+from siamese.registry.names import check_tracking_names
 from siamese.registry.tracking import active_tracking_uri, tracking_uri
 from siamese.training import resume
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.fit import fit_encoder
+from siamese.training.settings import check_trainer
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
@@ -114,6 +116,9 @@ def run_train(
     pl.seed_everything(params.seed, workers=True, verbose=False)
     launcher = _is_launcher()
     scratch = resume.scratch_dir(out_dir)
+    if launcher:  # before the MLflow run: Lightning takes the trainer settings here, and MLflow
+        check_trainer(params)  # the names, or nothing is trained that cannot be registered
+        check_tracking_names(params)
     dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
     with active_tracking_uri(tracking_uri()), _scratch_dropped_unless_resumable(scratch):

@@ -24,6 +24,7 @@ from siamese.training.callbacks import SaveLastCheckpoint
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.module import SiameseModule
 from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
+from siamese.training.settings import trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +60,16 @@ def build_trainer(
 
 
 def _trainer(params: Params, scratch: Path, logger: Logger, callbacks: list) -> pl.Trainer:
-    t, tr = params.train, params.trainer
+    t = params.train
     return pl.Trainer(
-        accelerator=tr.accelerator,
-        devices=tr.devices,
-        num_nodes=tr.num_nodes,
-        strategy=tr.strategy,
-        precision=tr.precision,
-        deterministic=tr.deterministic,
+        **trainer_settings(params),
         max_epochs=t.max_epochs,
         max_time=None if t.max_minutes is None else {"minutes": t.max_minutes},
         logger=logger,
         callbacks=callbacks,
         # the data module's samplers already give each rank its share of every epoch
         use_distributed_sampler=False,
-        log_every_n_steps=tr.log_every_n_steps,
+        log_every_n_steps=params.trainer.log_every_n_steps,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=False,
