@@ -28,6 +28,7 @@ from siamese import paths
 from siamese.config import load_params
 from siamese.locking import project_lock
 from siamese.params_file import set_params
+from siamese.stages.register import FORCE_REGISTER_ENV, registry_gaps
 
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
@@ -43,11 +44,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+def _dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=project,
-        env=_env(),
+        env={**_env(), **(env or {})},
         capture_output=True,
         text=True,
     )
@@ -68,10 +69,12 @@ def stale_stages(project_dir: str) -> list[str]:
 
 
 @task(name="stage")
-def repro_stage(project_dir: str, stage: str) -> str:
-    """``dvc repro --single-item STAGE``: runs the stage only if DVC finds it changed."""
+def repro_stage(project_dir: str, stage: str, force: bool = False) -> str:
+    """``dvc repro --single-item STAGE``: runs the stage only if DVC finds it changed (``force``:
+    always, as ``siamese register --force`` for the register stage)."""
     logger = get_run_logger()
-    proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
+    args = ["repro", "--single-item", stage] + (["--force"] if force else [])
+    proc = _dvc(Path(project_dir), *args, env={FORCE_REGISTER_ENV: "1"} if force else None)
     output = (proc.stdout or "") + (proc.stderr or "")
     for line in output.strip().splitlines()[-40:]:
         logger.info("%s | %s", stage, line)
@@ -179,19 +182,22 @@ def training_flow(
 def _training_run(project: Path, overrides: list[str] | None, push: bool, promote: bool) -> dict:
     params_path = project / paths.PARAMS
     # validate (and apply overrides to params.yaml) before any stage runs
-    if overrides:
-        set_params(params_path, list(overrides))
-    else:
-        load_params(params_path)
+    params = set_params(params_path, list(overrides)) if overrides else load_params(params_path)
+    # dvc.lock cannot see the registry: a lost training run or version re-registers the exported
+    # model (register --force) instead of being skipped as done
+    gaps = registry_gaps(params, project)
+    for gap in gaps:
+        get_run_logger().warning("%s: re-registering (siamese register --force)", gap)
     stale = set(stale_stages(str(project)))
     statuses: dict[str, str] = {}
     upstream_changed = False
     for stage in STAGES:
-        if upstream_changed or stage in stale:
+        force = bool(gaps) and stage == "register"
+        if upstream_changed or stage in stale or force:
             run = repro_stage.with_options(
                 name=f"stage-{stage}", retries=STAGE_RETRIES.get(stage, 0), retry_delay_seconds=5
             )
-            statuses[stage] = run(str(project), stage)
+            statuses[stage] = run(str(project), stage, force)
             upstream_changed = upstream_changed or statuses[stage] == "ran"
         else:
             statuses[stage] = "skipped"

@@ -22,6 +22,7 @@ from siamese.errors import (
     ParamsError,
     ProjectLockedError,
     PromotionError,
+    RegistryStateError,
     TrainingFault,
 )
 from siamese.io import write_json
@@ -59,7 +60,7 @@ def _run_stage(fn, params_path: Path, *args) -> None:
     try:
         params = load_params(params_path)
         result = fn(params, *args)
-    except (ParamsError, DatasetError, BadImageError, FileNotFoundError) as err:
+    except (ParamsError, DatasetError, BadImageError, FileNotFoundError, RegistryStateError) as err:
         _fail(str(err))
     except TrainingFault as err:
         _fail(f"{stage}: {err}", EXIT_TRAINING_FAULT)
@@ -153,11 +154,22 @@ def register(
     calibration: Path = paths.CALIBRATION,
     evaluation: Path = paths.EVALUATION,
     out: Path = paths.REGISTRATION,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        envvar="SIAMESE_REGISTER_FORCE",
+        help="when the tracking store lacks the training run (a lost mlflow.db), register the "
+        "exported model in a new run re-created from the exported training",
+    ),
 ) -> None:
-    """Log the pyfunc model and register it as challenger (`siamese promote` decides)."""
+    """Log the pyfunc model and register it as challenger (`siamese promote` decides).
+
+    A model that a version already serves is not registered again: the challenger alias points
+    to that version (and its files are uploaded again if the artifact store lost them). Exit 2
+    with the repair named when the registry lacks the training run."""
     from siamese.stages.register import run_register
 
-    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out)
+    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out, force)
 
 
 @app.command()
@@ -287,7 +299,13 @@ def index(
     uri = _default_model(model, params)
     try:
         summary = build_gallery(root, uri, out, tracking_uri, ivf_above, nlist, nprobe)
-    except (DatasetError, BadImageError, GalleryError, FileNotFoundError) as err:
+    except (
+        DatasetError,
+        BadImageError,
+        GalleryError,
+        FileNotFoundError,
+        RegistryStateError,
+    ) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
@@ -310,7 +328,7 @@ def search(
 
     try:
         hits = search_image(index_dir, image, k, model, tracking_uri)
-    except (BadImageError, GalleryError, MlflowException) as err:
+    except (BadImageError, GalleryError, MlflowException, RegistryStateError) as err:
         _fail(str(err))
     if as_json:
         typer.echo(json.dumps(hits, indent=2))

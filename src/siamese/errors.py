@@ -45,3 +45,9 @@ class PromotionError(RuntimeError):
 
 class ProjectLockedError(RuntimeError):
     """Another pipeline run holds the project; the message names it and what to do."""
+
+
+class RegistryStateError(RuntimeError):
+    """The tracking store or model registry lacks what a command needs (the training run, a
+    version, a version's model files); the message names what is missing and the command that
+    repairs it. Exit 2: rerunning the same command cannot help, the repairing command does."""

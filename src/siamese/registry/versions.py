@@ -1,0 +1,129 @@
+"""The registry's versions as a command needs them: looked up by number (naming the versions that
+do exist when one does not), found by the digest of the model they serve, and checked for their
+model files in the artifact store. Each failure is a ``RegistryStateError`` whose message names
+the version and the command that repairs it, so no command has to guess from an MLflow error."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from siamese.errors import RegistryStateError
+from siamese.registry.aliases import CHAMPION, REGISTRATION_TAG
+from siamese.registry.tracking import is_tracking_unreachable
+
+log = logging.getLogger(__name__)
+# the digests of a version (siamese.registry.package): its model (weights, architecture,
+# preprocessing, calibration), and everything it serves (the model, its code and requirements)
+MODEL_DIGEST_TAG = "siamese.model_sha256"
+PACKAGE_DIGEST_TAG = "siamese.package_sha256"
+# the files a served version cannot load without (see siamese.registry.package.build_package)
+REQUIRED_FILES = (
+    "MLmodel",
+    "artifacts/encoder/model.safetensors",
+    "artifacts/encoder/model.json",
+    "artifacts/preprocessing.json",
+    "artifacts/calibration.json",
+)
+
+
+def all_versions(client, name: str) -> list:
+    """Every version of the registered model ``name``, oldest first (none when unregistered)."""
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        return []
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def describe_versions(client, name: str) -> str:
+    """``1 (champion), 2 (challenger)`` or ``none``: what an error lists as the choices."""
+    out = [
+        f"{mv.version} ({', '.join(sorted(mv.aliases))})" if mv.aliases else str(mv.version)
+        for mv in all_versions(client, name)
+    ]
+    return ", ".join(out) or "none"
+
+
+def get_version(client, name: str, version: str | int):
+    """The version, or a ``RegistryStateError`` naming the versions that exist."""
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+    raise RegistryStateError(
+        f"model {name} has no version {version}; versions: {describe_versions(client, name)}"
+    )
+
+
+def versions_with(client, name: str, tag: str, digest: str) -> list:
+    """The completely registered versions tagged ``tag=digest``, oldest first."""
+    return [
+        mv
+        for mv in all_versions(client, name)
+        if (mv.tags or {}).get(tag) == digest
+        and (mv.tags or {}).get(REGISTRATION_TAG, "complete") == "complete"
+    ]
+
+
+def missing_files(client, name: str, version: str | int, tracking_uri: str) -> list[str]:
+    """The required model files the version's artifact location lacks (empty: all present)."""
+    root = client.get_model_version_download_uri(name, str(version))
+    listed: dict[str, set[str]] = {}
+    missing = []
+    for path in REQUIRED_FILES:
+        folder, base = posixpath.split(path)
+        if folder not in listed:
+            uri = f"{root.rstrip('/')}/{folder}" if folder else root
+            try:
+                infos = mlflow.artifacts.list_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+            except MlflowException as err:
+                if is_tracking_unreachable(err):
+                    raise
+                infos = []
+            except OSError:  # an artifact root that is gone altogether
+                infos = []
+            listed[folder] = {posixpath.basename(i.path) for i in infos if not i.is_dir}
+        if base not in listed[folder]:
+            missing.append(path)
+    return missing
+
+
+def files_missing_message(client, name: str, mv, missing: list[str], tracking_uri: str) -> str:
+    """Which version lost which files, where, and what repairs it."""
+    root = client.get_model_version_download_uri(name, str(mv.version))
+    aliases = f" (alias {', '.join(sorted(mv.aliases))})" if mv.aliases else ""
+    tags = mv.tags or {}
+    commit = tags.get("git_commit", "unknown")
+    fixes = [
+        "`siamese register --force` uploads them again when artifacts/train holds this "
+        "version's model"
+        + (f" (else `git checkout {commit} && dvc pull` first)" if commit != "unknown" else "")
+    ]
+    if CHAMPION in (mv.aliases or []):
+        previous = tags.get("previous_champion")
+        if previous:
+            fixes.append(f"`siamese rollback` makes v{previous} the {CHAMPION} again")
+        else:
+            fixes.append(
+                f"register and promote another model (`siamese promote --version N`; versions: "
+                f"{describe_versions(client, name)})"
+            )
+    return (
+        f"model {name} version {mv.version}{aliases} cannot be loaded: its model files are "
+        f"missing from the artifact store ({', '.join(missing)} not under {root}). Repair: "
+        + "; or ".join(fixes)
+    )
+
+
+def require_files(client, name: str, mv, tracking_uri: str) -> None:
+    """Raise a ``RegistryStateError`` naming the repair when the version's files are missing."""
+    missing = missing_files(client, name, mv.version, tracking_uri)
+    if missing:
+        raise RegistryStateError(files_missing_message(client, name, mv, missing, tracking_uri))
