@@ -28,7 +28,6 @@ from siamese import paths
 from siamese.config import load_params
 from siamese.locking import project_lock
 from siamese.params_file import set_params
-from siamese.stages.register import FORCE_REGISTER_ENV, registry_gaps
 
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
@@ -74,7 +73,7 @@ def repro_stage(project_dir: str, stage: str, force: bool = False) -> str:
     always, as ``siamese register --force`` for the register stage)."""
     logger = get_run_logger()
     args = ["repro", "--single-item", stage] + (["--force"] if force else [])
-    proc = _dvc(Path(project_dir), *args, env={FORCE_REGISTER_ENV: "1"} if force else None)
+    proc = _dvc(Path(project_dir), *args, env={"SIAMESE_REGISTER_FORCE": "1"} if force else None)
     output = (proc.stdout or "") + (proc.stderr or "")
     for line in output.strip().splitlines()[-40:]:
         logger.info("%s | %s", stage, line)
@@ -184,7 +183,10 @@ def _training_run(project: Path, overrides: list[str] | None, push: bool, promot
     # validate (and apply overrides to params.yaml) before any stage runs
     params = set_params(params_path, list(overrides)) if overrides else load_params(params_path)
     # dvc.lock cannot see the registry: a lost training run or version re-registers the exported
-    # model (register --force) instead of being skipped as done
+    # model (register --force) instead of being skipped as done (imported here: MLflow is slow
+    # to import, and `siamese deploy` imports this module without running it)
+    from siamese.stages.register import registry_gaps
+
     gaps = registry_gaps(params, project)
     for gap in gaps:
         get_run_logger().warning("%s: re-registering (siamese register --force)", gap)

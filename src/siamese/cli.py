@@ -157,7 +157,7 @@ def register(
     force: bool = typer.Option(
         False,
         "--force",
-        envvar="SIAMESE_REGISTER_FORCE",
+        envvar="SIAMESE_REGISTER_FORCE",  # how `siamese run` asks it of the DVC register stage
         help="when the tracking store lacks the training run (a lost mlflow.db), register the "
         "exported model in a new run re-created from the exported training",
     ),

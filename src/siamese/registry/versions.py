@@ -100,25 +100,20 @@ def files_missing_message(client, name: str, mv, missing: list[str], tracking_ur
     root = client.get_model_version_download_uri(name, str(mv.version))
     aliases = f" (alias {', '.join(sorted(mv.aliases))})" if mv.aliases else ""
     tags = mv.tags or {}
+    lost = "all its model files are" if len(missing) == len(REQUIRED_FILES) else "model files are"
     commit = tags.get("git_commit", "unknown")
-    fixes = [
-        "`siamese register --force` uploads them again when artifacts/train holds this "
+    repair = (
+        "`siamese register --force` uploads them again from artifacts/train when it holds this "
         "version's model"
-        + (f" (else `git checkout {commit} && dvc pull` first)" if commit != "unknown" else "")
-    ]
-    if CHAMPION in (mv.aliases or []):
-        previous = tags.get("previous_champion")
-        if previous:
-            fixes.append(f"`siamese rollback` makes v{previous} the {CHAMPION} again")
-        else:
-            fixes.append(
-                f"register and promote another model (`siamese promote --version N`; versions: "
-                f"{describe_versions(client, name)})"
-            )
+    )
+    if commit != "unknown":
+        repair += f" (`git checkout {commit} && dvc pull` brings that training back)"
+    previous = tags.get("previous_champion")
+    if CHAMPION in (mv.aliases or []) and previous:
+        repair += f"; or `siamese rollback` makes v{previous} the {CHAMPION} again"
     return (
-        f"model {name} version {mv.version}{aliases} cannot be loaded: its model files are "
-        f"missing from the artifact store ({', '.join(missing)} not under {root}). Repair: "
-        + "; or ".join(fixes)
+        f"model {name} version {mv.version}{aliases} cannot be loaded: {lost} missing from the "
+        f"artifact store ({', '.join(missing)} not under {root}). Repair: {repair}"
     )
 
 

@@ -55,7 +55,6 @@ from siamese.registry.versions import (
 
 log = logging.getLogger(__name__)
 REGISTERED_AS_TAG = "siamese.registered_as"  # on a training run whose model a version served
-FORCE_REGISTER_ENV = "SIAMESE_REGISTER_FORCE"  # what `siamese register --force` reads (cli.py)
 RUN_FILE = "run.json"  # written by the train stage: the MLflow run of the exported model
 
 
@@ -87,10 +86,11 @@ def run_register(
         "threshold": calibration["threshold"],
         "tracking_uri": uri,
         "train_run_id": run_id,
-        "removed_unfinished_versions": [],
         "reused_version": False,
         "recreated_run": False,
     }
+    # versions an interrupted register of this run left pending go first (never reused)
+    result["removed_unfinished_versions"] = remove_unfinished_versions(client, name, run_id)
     with built_package(model_dir, calibration_path, params.serve) as package:
         result["package_sha256"] = package.package_digest
         result["model_sha256"] = package.model_digest
@@ -114,7 +114,6 @@ def run_register(
             )
             result["recreated_run"] = True
         result["run_id"] = run_id
-        result["removed_unfinished_versions"] = remove_unfinished_versions(client, name, run_id)
         log_run_results(client, run_id, calibration, test, eval_dir)
         with active_tracking_uri(uri):
             model_uri = log_model(run_id, package.artifacts, package.image_size)
@@ -129,11 +128,11 @@ def _version_serving(client, name: str, package, uri: str) -> tuple[object, list
     The same package (model and code) is reused as it is. A version of the same model whose
     files are gone is restored with this package even when its code differs: its weights and
     calibration are the ones it was promoted with, and the alternative is no model at all."""
-    for mv in versions_with(client, name, PACKAGE_DIGEST_TAG, package.package_digest):
-        return mv, _restore_if_lost(client, name, mv, package, uri)
+    same = versions_with(client, name, PACKAGE_DIGEST_TAG, package.package_digest)
+    if same:
+        return same[0], _restore_if_lost(client, name, same[0], package, uri)
     for mv in versions_with(client, name, MODEL_DIGEST_TAG, package.model_digest):
-        missing = missing_files(client, name, mv.version, uri)
-        if missing:
+        if missing_files(client, name, mv.version, uri):
             return mv, _restore_if_lost(client, name, mv, package, uri)
     return None
 
