@@ -55,7 +55,8 @@ def _client(project: Path) -> mlflow.MlflowClient:
 
 
 def _versions(project: Path) -> list[str]:
-    return sorted(mv.version for mv in _client(project).search_model_versions(f"name='{NAME}'"))
+    found = _client(project).search_model_versions(f"name='{NAME}'")
+    return sorted(str(mv.version) for mv in found)
 
 
 def _champion(project: Path) -> str:

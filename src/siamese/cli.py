@@ -416,7 +416,9 @@ def promote(
 ) -> None:
     """Move `champion` to the challenger if it beats the champion on the benchmark pairs.
 
-    Exit 3 when refused (the challenger's evaluation failed or is missing)."""
+    Exit 3 when refused (the challenger's evaluation failed or is missing); exit 2 when the
+    version does not exist or a version to compare lost its model files (the message names the
+    repair)."""
     from siamese.stages.promote import run_promote
 
     try:

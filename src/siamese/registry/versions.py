@@ -72,9 +72,20 @@ def versions_with(client, name: str, tag: str, digest: str) -> list:
     ]
 
 
+def _download_uri(client, name: str, version: str | int) -> str | None:
+    try:
+        return client.get_model_version_download_uri(name, str(version))
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        return None
+
+
 def missing_files(client, name: str, version: str | int, tracking_uri: str) -> list[str]:
     """The required model files the version's artifact location lacks (empty: all present)."""
-    root = client.get_model_version_download_uri(name, str(version))
+    root = _download_uri(client, name, version)
+    if root is None:  # the logged model it was registered from is gone altogether
+        return list(REQUIRED_FILES)
     listed: dict[str, set[str]] = {}
     missing = []
     for path in REQUIRED_FILES:
@@ -97,7 +108,7 @@ def missing_files(client, name: str, version: str | int, tracking_uri: str) -> l
 
 def files_missing_message(client, name: str, mv, missing: list[str], tracking_uri: str) -> str:
     """Which version lost which files, where, and what repairs it."""
-    root = client.get_model_version_download_uri(name, str(mv.version))
+    root = _download_uri(client, name, mv.version) or mv.source
     aliases = f" (alias {', '.join(sorted(mv.aliases))})" if mv.aliases else ""
     tags = mv.tags or {}
     lost = "all its model files are" if len(missing) == len(REQUIRED_FILES) else "model files are"
