@@ -77,9 +77,17 @@ def _digit_pngs(dest: Path) -> list[Path]:
 
 def _serves(project: Path, env: dict, images: list[Path]) -> None:
     """The champion loads and answers through the CLI."""
-    code, out = _siamese(project, env, "verify", *map(str, images), "--json")
-    assert code == 0, out
-    assert json.loads(out[out.index("{") :])["distance"] >= 0
+    proc = subprocess.run(
+        ["siamese", "verify", *map(str, images), "--json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["model"] == f"models:/{NAME}@champion" and answer["distance"] >= 0
 
 
 @pytest.fixture(scope="module")

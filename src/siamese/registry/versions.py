@@ -43,8 +43,19 @@ def all_versions(client, name: str) -> list:
 
 def describe_versions(client, name: str) -> str:
     """``1 (champion), 2 (challenger)`` or ``none``: what an error lists as the choices."""
+    try:  # search results carry no aliases; the registered model has them all
+        aliases = client.get_registered_model(name).aliases or {}
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        aliases = {}
+    held: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        held.setdefault(str(version), []).append(alias)
     out = [
-        f"{mv.version} ({', '.join(sorted(mv.aliases))})" if mv.aliases else str(mv.version)
+        f"{mv.version} ({', '.join(sorted(held[str(mv.version)]))})"
+        if str(mv.version) in held
+        else str(mv.version)
         for mv in all_versions(client, name)
     ]
     return ", ".join(out) or "none"

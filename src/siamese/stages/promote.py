@@ -76,11 +76,6 @@ def run_promote(
         chal = get_version(client, name, version)
     version = str(chal.version)
     champ = version_by_alias(client, name, CHAMPION)
-    # both are loaded to be scored (and the champion is what production serves): a version whose
-    # files the artifact store lost is named with its repair before anything is decided
-    for mv in (chal, champ):
-        if mv is not None:
-            require_files(client, name, mv, uri)
     result = {
         "model_name": name,
         "version": version,
@@ -117,6 +112,11 @@ def run_promote(
     if problem is not None:
         record("refused", problem)
         raise PromotionError(f"not promoting {name} v{version}: {problem}")
+    # both are loaded to be scored (and the champion is what production serves): a version whose
+    # files the artifact store lost is named with its repair before anything is decided
+    for mv in (chal, champ):
+        if mv is not None:
+            require_files(client, name, mv, uri)
     if champ is not None and str(champ.version) == version:
         return record("unchanged", f"v{version} already is the {CHAMPION}")
     if chal.tags.get("rolled_back_at") and not explicit:
