@@ -164,6 +164,9 @@ def test_registry_state_names_its_repair_and_the_repair_works(broken, state, tmp
         run = _client(project).get_run(registration["run_id"])
         assert run.data.tags["siamese.recreated_from"] == run_id
         assert run.info.status == "FINISHED" and "test.roc_auc" in run.data.metrics
+        # repaired for good: the next run finds nothing to do (the re-created run stands in)
+        code, again = _siamese(project, env, "run", "--no-push")
+        assert code == 0 and "register=skipped" in again and "re-registering" not in again, again
         # what dvc.lock recorded up to the trained model is unchanged: nothing was retrained
         lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
         for stage in ("prepare", "mine", "train", "calibrate", "evaluate"):

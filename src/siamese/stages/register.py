@@ -289,14 +289,11 @@ def registry_gaps(params: Params, project_dir: str | Path) -> list[str]:
     client = tracking.client(uri)
     gaps = []
     try:
-        run_file = project / paths.TRAIN / RUN_FILE
-        if run_file.is_file():
-            run_id = read_json(run_file)["run_id"]
-            if not run_exists(client, run_id):
-                gaps.append(f"the MLflow run {run_id} of {paths.TRAIN} is not in {uri}")
+        registered = None  # the registration of registration.json, when the registry has it
         reg_file = project / paths.REGISTRATION / "registration.json"
         if reg_file.is_file():
-            name, version = params.register.model_name, read_json(reg_file).get("version")
+            registration = read_json(reg_file)
+            name, version = params.register.model_name, registration.get("version")
             try:
                 mv = client.get_model_version(name, str(version))
             except MlflowException as err:
@@ -307,6 +304,17 @@ def registry_gaps(params: Params, project_dir: str | Path) -> list[str]:
                 missing = missing_files(client, name, mv.version, uri)
                 if missing:
                     gaps.append(f"{name} v{version} lost its model files ({', '.join(missing)})")
+                registered = registration
+        run_file = project / paths.TRAIN / RUN_FILE
+        if run_file.is_file():
+            run_id = read_json(run_file)["run_id"]
+            # a training whose lost run was re-created by `register --force` is registered
+            covered = registered is not None and run_id in (
+                registered.get("train_run_id"),
+                registered.get("run_id"),
+            )
+            if not covered and not run_exists(client, run_id):
+                gaps.append(f"the MLflow run {run_id} of {paths.TRAIN} is not in {uri}")
     except (OSError, ValueError, KeyError) as err:
         log.warning("could not compare the exported outputs with the registry: %s", err)
         return []
