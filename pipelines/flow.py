@@ -185,9 +185,9 @@ def _training_run(project: Path, overrides: list[str] | None, push: bool, promot
     # dvc.lock cannot see the registry: a lost training run or version re-registers the exported
     # model (register --force) instead of being skipped as done (imported here: MLflow is slow
     # to import, and `siamese deploy` imports this module without running it)
-    from siamese.stages.register import registry_gaps
+    from siamese.registry.versions import registry_gaps
 
-    gaps = registry_gaps(params, project)
+    gaps = registry_gaps(params.register.model_name, project)
     for gap in gaps:
         get_run_logger().warning("%s: re-registering (siamese register --force)", gap)
     stale = set(stale_stages(str(project)))

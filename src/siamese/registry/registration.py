@@ -32,7 +32,6 @@ from siamese.registry.aliases import (
     alias_version,
 )
 from siamese.registry.package import build_package, model_digest, package_digest, pyfunc_kwargs
-from siamese.registry.tracking import is_tracking_unreachable
 from siamese.registry.versions import PACKAGE_DIGEST_TAG
 
 log = logging.getLogger(__name__)
@@ -150,19 +149,6 @@ def restore_model_files(client, name: str, mv, package: BuiltPackage) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def run_exists(client, run_id: str) -> bool:
-    """Whether the tracking store holds the run (and it is not deleted). False after the store
-    was lost or replaced (a new mlflow.db, another MLFLOW_TRACKING_URI); an unreachable server
-    raises instead, since it says nothing about the run."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        if is_tracking_unreachable(err):
-            raise
-        return False
-    return run.info.lifecycle_stage == "active"
 
 
 def recreate_run(

@@ -1,21 +1,28 @@
 """The registry's versions as a command needs them: looked up by number (naming the versions that
 do exist when one does not), found by the digest of the model they serve, and checked for their
 model files in the artifact store. Each failure is a ``RegistryStateError`` whose message names
-the version and the command that repairs it, so no command has to guess from an MLflow error."""
+the version and the command that repairs it, so no command has to guess from an MLflow error.
+``registry_gaps`` compares the project's exported outputs with the registry for ``siamese run``
+(this module stays free of Lightning, so the flow imports it cheaply)."""
 
 from __future__ import annotations
 
 import logging
 import posixpath
+from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from siamese import paths
 from siamese.errors import RegistryStateError
+from siamese.io import read_json
 from siamese.registry.aliases import CHAMPION, REGISTRATION_TAG
-from siamese.registry.tracking import is_tracking_unreachable
+from siamese.registry.tracking import client as tracking_client
+from siamese.registry.tracking import is_tracking_unreachable, run_exists, tracking_uri
 
 log = logging.getLogger(__name__)
+RUN_FILE = "run.json"  # in artifacts/train, written by the train stage: the run that trained it
 # the digests of a version (siamese.registry.package): its model (weights, architecture,
 # preprocessing, calibration), and everything it serves (the model, its code and requirements)
 MODEL_DIGEST_TAG = "siamese.model_sha256"
@@ -144,3 +151,50 @@ def require_files(client, name: str, mv, tracking_uri: str) -> None:
     missing = missing_files(client, name, mv.version, tracking_uri)
     if missing:
         raise RegistryStateError(files_missing_message(client, name, mv, missing, tracking_uri))
+
+
+def registry_gaps(model_name: str, project_dir: str | Path) -> list[str]:
+    """What the registry lacks of the project's finished stages: the training run of
+    ``artifacts/train`` and the version ``artifacts/register/registration.json`` names (and its
+    model files). DVC cannot see the registry, so ``siamese run`` asks this before it trusts
+    dvc.lock; a non-empty answer makes it run ``register --force``. Nothing to say (an
+    unfinished pipeline, an unreachable server) is an empty list: the stages report those."""
+    project = Path(project_dir)
+    uri = tracking_uri(project)
+    client = tracking_client(uri)
+    gaps = []
+    try:
+        registered = None  # the registration of registration.json, when the registry has it
+        reg_file = project / paths.REGISTRATION / "registration.json"
+        if reg_file.is_file():
+            registration = read_json(reg_file)
+            name, version = model_name, registration.get("version")
+            try:
+                mv = client.get_model_version(name, str(version))
+            except MlflowException as err:
+                if is_tracking_unreachable(err):
+                    raise
+                gaps.append(f"{name} v{version} of {reg_file.relative_to(project)} is not in {uri}")
+            else:
+                missing = missing_files(client, name, mv.version, uri)
+                if missing:
+                    gaps.append(f"{name} v{version} lost its model files ({', '.join(missing)})")
+                registered = registration
+        run_file = project / paths.TRAIN / RUN_FILE
+        if run_file.is_file():
+            run_id = read_json(run_file)["run_id"]
+            # a training whose lost run was re-created by `register --force` is registered
+            covered = registered is not None and run_id in (
+                registered.get("train_run_id"),
+                registered.get("run_id"),
+            )
+            if not covered and not run_exists(client, run_id):
+                gaps.append(f"the MLflow run {run_id} of {paths.TRAIN} is not in {uri}")
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("could not compare the exported outputs with the registry: %s", err)
+        return []
+    except Exception as err:
+        if not is_tracking_unreachable(err):
+            raise
+        return []
+    return gaps

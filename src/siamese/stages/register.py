@@ -15,7 +15,7 @@ The registry may lack what ``artifacts/train`` recorded: its MLflow run (``run.j
 when ``mlflow.db`` was lost or MLFLOW_TRACKING_URI points to another store. A plain register then
 stops with a ``RegistryStateError`` naming ``siamese register --force``, which registers the
 exported model in a new run re-created from the exported training (``siamese run`` does that by
-itself, see :func:`registry_gaps`)."""
+itself, see :func:`siamese.registry.versions.registry_gaps`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from siamese import paths
 from siamese.config import Params
 from siamese.errors import RegistryStateError
 from siamese.io import atomic_dir, dir_md5, read_json, write_json
@@ -43,19 +42,23 @@ from siamese.registry.registration import (
     recreate_run,
     remove_unfinished_versions,
     restore_model_files,
-    run_exists,
 )
-from siamese.registry.tracking import active_tracking_uri, is_tracking_unreachable, tracking_uri
+from siamese.registry.tracking import (
+    active_tracking_uri,
+    is_tracking_unreachable,
+    run_exists,
+    tracking_uri,
+)
 from siamese.registry.versions import (
     MODEL_DIGEST_TAG,
     PACKAGE_DIGEST_TAG,
+    RUN_FILE,
     missing_files,
     versions_with,
 )
 
 log = logging.getLogger(__name__)
 REGISTERED_AS_TAG = "siamese.registered_as"  # on a training run whose model a version served
-RUN_FILE = "run.json"  # written by the train stage: the MLflow run of the exported model
 
 
 def run_register(
@@ -276,50 +279,3 @@ def _lost_run_message(run_id: str, uri: str, model_dir: Path) -> str:
         "--force` registers the exported model in a new run re-created from the exported "
         "training (`siamese run` does this by itself); `dvc repro --force train` trains it again"
     )
-
-
-def registry_gaps(params: Params, project_dir: str | Path) -> list[str]:
-    """What the registry lacks of the project's finished stages: the training run of
-    ``artifacts/train`` and the version ``artifacts/register/registration.json`` names (and its
-    model files). DVC cannot see the registry, so ``siamese run`` asks this before it trusts
-    dvc.lock; a non-empty answer makes it run ``register --force``. Nothing to say (an
-    unfinished pipeline, an unreachable server) is an empty list: the stages report those."""
-    project = Path(project_dir)
-    uri = tracking_uri(project)
-    client = tracking.client(uri)
-    gaps = []
-    try:
-        registered = None  # the registration of registration.json, when the registry has it
-        reg_file = project / paths.REGISTRATION / "registration.json"
-        if reg_file.is_file():
-            registration = read_json(reg_file)
-            name, version = params.register.model_name, registration.get("version")
-            try:
-                mv = client.get_model_version(name, str(version))
-            except MlflowException as err:
-                if is_tracking_unreachable(err):
-                    raise
-                gaps.append(f"{name} v{version} of {reg_file.relative_to(project)} is not in {uri}")
-            else:
-                missing = missing_files(client, name, mv.version, uri)
-                if missing:
-                    gaps.append(f"{name} v{version} lost its model files ({', '.join(missing)})")
-                registered = registration
-        run_file = project / paths.TRAIN / RUN_FILE
-        if run_file.is_file():
-            run_id = read_json(run_file)["run_id"]
-            # a training whose lost run was re-created by `register --force` is registered
-            covered = registered is not None and run_id in (
-                registered.get("train_run_id"),
-                registered.get("run_id"),
-            )
-            if not covered and not run_exists(client, run_id):
-                gaps.append(f"the MLflow run {run_id} of {paths.TRAIN} is not in {uri}")
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("could not compare the exported outputs with the registry: %s", err)
-        return []
-    except Exception as err:
-        if not is_tracking_unreachable(err):
-            raise
-        return []
-    return gaps
