@@ -50,11 +50,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+def _dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=project,
-        env=_env(),
+        env={**_env(), **(env or {})},
         capture_output=True,
         text=True,
     )
@@ -126,7 +126,9 @@ def repro_stage(project_dir: str, stage: str, force: bool = False) -> str:
     outputs in place (``persist: true`` in dvc.yaml: DVC does not delete them first, and every
     stage replaces its outputs atomically once it succeeded)."""
     logger = get_run_logger()
-    proc = _dvc(Path(project_dir), "repro", "--single-item", *(["--force"] if force else []), stage)
+    args = ["repro", "--single-item", *(["--force"] if force else []), stage]
+    env = {"SIAMESE_REGISTER_FORCE": "1"} if force and stage == "register" else None
+    proc = _dvc(Path(project_dir), *args, env=env)
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
         failure = _failure(f"stage {stage!r}", proc, name=stage)
@@ -287,20 +289,30 @@ def _training_run(project: Path, overrides: list[str] | None, push: bool, promot
     source = check_data_source(str(project), params.data.source, params.data.max_file_bytes)
     if overrides:  # only once all of it is valid: a refused run leaves params.yaml as it was
         set_params(params_path, list(overrides))
+    # dvc.lock cannot see the registry: a lost training run or version re-registers the exported
+    # model (register --force) instead of being skipped as done (imported here: MLflow is slow
+    # to import, and `siamese deploy` imports this module without running it)
+    from siamese.registry.versions import registry_gaps
+
+    gaps = registry_gaps(params.register.model_name, project)
+    for gap in gaps:
+        get_run_logger().warning("%s: re-registering (siamese register --force)", gap)
     stale = set(stale_stages(str(project)))
     if source["changed"]:
         stale.add("prepare")
     statuses: dict[str, str] = {}
     upstream_changed = False
     for stage in STAGES:
-        if upstream_changed or stage in stale:
+        # a change DVC cannot see: a registry that lacks what dvc.lock says is done, a source
+        # outside data/ that changed since prepare read it
+        force = (bool(gaps) and stage == "register") or (stage == "prepare" and source["changed"])
+        if upstream_changed or stage in stale or force:
             run = repro_stage.with_options(
                 name=f"stage-{stage}",
                 retries=STAGE_RETRIES.get(stage, 0),
                 retry_delay_seconds=5,
                 retry_condition_fn=_retry_if_transient,
             )
-            force = stage == "prepare" and source["changed"]
             statuses[stage] = run(str(project), stage, force=force)
             upstream_changed = upstream_changed or statuses[stage] == "ran"
         else:

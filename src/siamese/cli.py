@@ -28,6 +28,7 @@ from siamese.errors import (
     ParamsError,
     ProjectLockedError,
     PromotionError,
+    RegistryStateError,
     StageFailed,
     TrainingFault,
     from_os_error,
@@ -276,11 +277,22 @@ def register(
     calibration: Path = paths.CALIBRATION,
     evaluation: Path = paths.EVALUATION,
     out: Path = paths.REGISTRATION,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        envvar="SIAMESE_REGISTER_FORCE",  # how `siamese run` asks it of the DVC register stage
+        help="when the tracking store lacks the training run (a lost mlflow.db), register the "
+        "exported model in a new run re-created from the exported training",
+    ),
 ) -> None:
-    """Log the pyfunc model and register it as challenger (`siamese promote` decides)."""
+    """Log the pyfunc model and register it as challenger (`siamese promote` decides).
+
+    A model that a version already serves is not registered again: the challenger alias points
+    to that version (and its files are uploaded again if the artifact store lost them). Exit 2
+    with the repair named when the registry lacks the training run."""
     from siamese.stages.register import run_register
 
-    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out)
+    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out, force)
 
 
 @app.command()
@@ -410,7 +422,13 @@ def index(
     uri = _default_model(model, params)
     try:
         summary = build_gallery(root, uri, out, tracking_uri, ivf_above, nlist, nprobe)
-    except (DatasetError, BadImageError, GalleryError, FileNotFoundError) as err:
+    except (
+        DatasetError,
+        BadImageError,
+        GalleryError,
+        FileNotFoundError,
+        RegistryStateError,
+    ) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
@@ -433,7 +451,7 @@ def search(
 
     try:
         hits = search_image(index_dir, image, k, model, tracking_uri)
-    except (BadImageError, GalleryError, MlflowException) as err:
+    except (BadImageError, GalleryError, MlflowException, RegistryStateError) as err:
         _fail(str(err))
     if as_json:
         typer.echo(json.dumps(hits, indent=2))
@@ -549,7 +567,9 @@ def promote(
 ) -> None:
     """Move `champion` to the challenger if it beats the champion on the benchmark pairs.
 
-    Exit 3 when refused (the challenger's evaluation failed or is missing)."""
+    Exit 3 when refused (the challenger's evaluation failed or is missing); exit 2 when the
+    version does not exist or a version to compare lost its model files (the message names the
+    repair)."""
     from siamese.stages.promote import run_promote
 
     try:

@@ -180,3 +180,11 @@ class Interrupted(KeyboardInterrupt):
 
     def __reduce__(self):
         return type(self), (self.signum,)
+
+
+class RegistryStateError(RuntimeError):
+    """The tracking store or model registry lacks what a command needs (the training run, a
+    version, a version's model files); the message names what is missing and the command that
+    repairs it. Exit 2: rerunning the same command cannot help, the repairing command does."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -66,6 +66,19 @@ def is_tracking_unreachable(err: BaseException) -> bool:
     return False
 
 
+def run_exists(client: mlflow.MlflowClient, run_id: str) -> bool:
+    """Whether the tracking store holds the run (and it is not deleted). False after the store
+    was lost or replaced (a new mlflow.db, another MLFLOW_TRACKING_URI); an unreachable server
+    raises instead, since it says nothing about the run."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        return False
+    return run.info.lifecycle_stage == "active"
+
+
 def unreachable_message(err: BaseException, stage: str) -> str:
     """What a user needs after a stage lost the tracking server."""
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
