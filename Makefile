@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
-	rm -rf artifacts mlflow.db mlartifacts .dvcstore dvc.lock
+	rm -rf artifacts mlflow.db mlartifacts mlruns .dvcstore dvc.lock

@@ -12,11 +12,15 @@ dvc.lock records what ran, and the same stage commands serve DVC, Prefect and us
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, serve, task
@@ -25,9 +29,12 @@ from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
 from siamese import paths
-from siamese.config import load_params
+from siamese.config import apply_overrides, load_params, read_params_file, validate_params
+from siamese.errors import EXIT_FAILED, EXIT_PROMOTION_REFUSED, EXIT_UNREACHABLE, StageFailed
 from siamese.locking import project_lock
 from siamese.params_file import set_params
+from siamese.registry.names import check_tracking_names
+from siamese.training.settings import check_trainer
 
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
@@ -43,18 +50,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+def _dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=project,
-        env=_env(),
+        env={**_env(), **(env or {})},
         capture_output=True,
         text=True,
     )
-
-
-def _tail(text: str, n: int = 25) -> str:
-    return "\n".join(text.strip().splitlines()[-n:])
 
 
 @task(name="dvc-status")
@@ -62,7 +65,7 @@ def stale_stages(project_dir: str) -> list[str]:
     """Stages DVC considers changed (deps, params, outs or never run)."""
     proc = _dvc(Path(project_dir), "status", "--json")
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc status failed:\n{_tail(proc.stderr or proc.stdout)}")
+        raise _failure("dvc status", proc)
     status = json.loads(proc.stdout or "{}")
     return [name.split(":")[-1] for name in status if not name.endswith(".dvc")]
 
@@ -88,20 +91,95 @@ def check_data_source(project_dir: str, source: str, max_file_bytes: int) -> dic
     return {"data": state.describe(), "warning": state.warning, "changed": changed}
 
 
+_DVC_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
+_QUIET = False  # set by quiet_failure_tracebacks: a failed stage's output is not logged
+
+
+def _failure(
+    step: str,
+    proc: subprocess.CompletedProcess,
+    kind: type[StageFailed] = StageFailed,
+    name: str | None = None,
+) -> StageFailed:
+    """The StageFailed for a step process that failed: its own ``error: ...`` line (a stage
+    prints exactly one, siamese.cli) or else DVC's last ``ERROR:`` line or first line, and the
+    stage's exit code, which DVC reports as ``exited with N`` (a signal: 128 + its number)."""
+    output = (proc.stdout or "") + (proc.stderr or "")
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    theirs = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]
+    # else DVC's own failure (its summary line comes first, the details after it)
+    message = (ours[-1:] or theirs[-1:] or lines[:1] or [f"exit {proc.returncode}"])[0]
+    if name:  # the stage names itself; the step already says which it is
+        message = message.removeprefix(f"{name}: ")
+    found = _DVC_EXIT.findall(output)
+    code = int(found[-1]) if found else proc.returncode
+    if code < 0:  # killed by a signal
+        code = 128 - code
+    return kind(step, message, code or EXIT_FAILED, output)
+
+
 @task(name="stage")
 def repro_stage(project_dir: str, stage: str, force: bool = False) -> str:
     """``dvc repro --single-item STAGE``: runs the stage only if DVC finds it changed
-    (``force``: in any case, for a change DVC cannot see)."""
+    (``force``: in any case, for a change DVC cannot see). A failed stage leaves its previous
+    outputs in place (``persist: true`` in dvc.yaml: DVC does not delete them first, and every
+    stage replaces its outputs atomically once it succeeded)."""
     logger = get_run_logger()
-    proc = _dvc(Path(project_dir), "repro", "--single-item", *(["--force"] if force else []), stage)
+    args = ["repro", "--single-item", *(["--force"] if force else []), stage]
+    env = {"SIAMESE_REGISTER_FORCE": "1"} if force and stage == "register" else None
+    proc = _dvc(Path(project_dir), *args, env=env)
     output = (proc.stdout or "") + (proc.stderr or "")
+    if proc.returncode != 0:
+        failure = _failure(f"stage {stage!r}", proc, name=stage)
+        if not _QUIET:  # under `siamese run` the CLI prints it, with --verbose only
+            for line in output.strip().splitlines()[-40:]:
+                logger.info("%s | %s", stage, line)
+        raise failure
     for line in output.strip().splitlines()[-40:]:
         logger.info("%s | %s", stage, line)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"stage {stage!r} failed (dvc repro exit {proc.returncode}):\n{_tail(output)}"
-        )
     return "skipped" if "didn't change, skipping" in output else "ran"
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    """Retry a stage only when what stopped it may pass by itself (the tracking server was
+    unreachable); bad input, a numerical fault or a full disk fail the same way again."""
+    try:
+        state.result()
+    except StageFailed as err:
+        return err.exit_code == EXIT_UNREACHABLE
+    except Exception:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def quiet_failure_tracebacks(enabled: bool = True) -> Iterator[None]:
+    """While enabled, Prefect's console leaves out the records that carry a failed task's or
+    flow's traceback (its "Finished in state Failed(...)" line stays), and a failed stage's output
+    is not logged: the caller reports the failure once (``siamese run`` prints one ``error:``
+    line; ``--verbose`` shows everything). The Prefect API (the UI) still receives the
+    tracebacks: only the console handlers are filtered."""
+    global _QUIET
+    if not enabled:
+        yield
+        return
+
+    class _NoTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.name.startswith("prefect") and record.exc_info)
+
+    filt = _NoTraceback()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    for h in handlers:
+        h.addFilter(filt)
+    _QUIET = True
+    try:
+        yield
+    finally:
+        _QUIET = False
+        for h in handlers:
+            h.removeFilter(filt)
 
 
 PUSH_MARKER = Path(".dvc") / "tmp" / "siamese-pushed"
@@ -131,13 +209,14 @@ def push_outputs(project_dir: str) -> str:
         if "no remote specified" in output.lower():
             get_run_logger().warning("no DVC remote configured; skipping push")
             return "no remote"
-        raise RuntimeError(f"dvc push failed:\n{_tail(output)}")
+        raise _failure("dvc push", proc)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(digest)
-    return _tail(proc.stdout, 1)
+    lines = (proc.stdout or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
-class PromotionRefused(RuntimeError):
+class PromotionRefused(StageFailed):
     """Not retried: a challenger without a (successful) evaluation stays unpromoted."""
 
 
@@ -151,12 +230,13 @@ def promote_task(project_dir: str, version: str | None = None) -> dict:
         cmd += ["--version", str(version)]
     proc = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True)
     output = (proc.stdout or "") + (proc.stderr or "")
-    for line in output.strip().splitlines()[-20:]:
-        logger.info("promote | %s", line)
-    if proc.returncode == 3:  # refused: the challenger's evaluation is missing or failed
-        raise PromotionRefused(_tail(output, 3))
+    if proc.returncode == 0 or not _QUIET:
+        for line in output.strip().splitlines()[-20:]:
+            logger.info("promote | %s", line)
+    if proc.returncode == EXIT_PROMOTION_REFUSED:  # the challenger's evaluation is missing/failed
+        raise _failure("promote", proc, PromotionRefused)
     if proc.returncode != 0:
-        raise RuntimeError(f"promote failed (exit {proc.returncode}):\n{_tail(output)}")
+        raise _failure("promote", proc)
     return json.loads((project / paths.PROMOTION / "promotion.json").read_text())
 
 
@@ -200,23 +280,39 @@ def training_flow(
 
 def _training_run(project: Path, overrides: list[str] | None, push: bool, promote: bool) -> dict:
     params_path = project / paths.PARAMS
-    # validate (and apply overrides to params.yaml) before any stage runs
-    if overrides:
-        params = set_params(params_path, list(overrides))
-    else:
-        params = load_params(params_path)
+    # validate (and apply overrides to params.yaml) before any stage runs, the trainer settings
+    # as Lightning takes them here (a scheduled run does not pass through `siamese run`)
+    raw = apply_overrides(read_params_file(params_path), list(overrides or []))
+    params = validate_params(raw, str(params_path))
+    check_tracking_names(params, str(params_path))
+    check_trainer(params, str(params_path))
     source = check_data_source(str(project), params.data.source, params.data.max_file_bytes)
+    if overrides:  # only once all of it is valid: a refused run leaves params.yaml as it was
+        set_params(params_path, list(overrides))
+    # dvc.lock cannot see the registry: a lost training run or version re-registers the exported
+    # model (register --force) instead of being skipped as done (imported here: MLflow is slow
+    # to import, and `siamese deploy` imports this module without running it)
+    from siamese.registry.versions import registry_gaps
+
+    gaps = registry_gaps(params.register.model_name, project)
+    for gap in gaps:
+        get_run_logger().warning("%s: re-registering (siamese register --force)", gap)
     stale = set(stale_stages(str(project)))
     if source["changed"]:
         stale.add("prepare")
     statuses: dict[str, str] = {}
     upstream_changed = False
     for stage in STAGES:
-        if upstream_changed or stage in stale:
+        # a change DVC cannot see: a registry that lacks what dvc.lock says is done, a source
+        # outside data/ that changed since prepare read it
+        force = (bool(gaps) and stage == "register") or (stage == "prepare" and source["changed"])
+        if upstream_changed or stage in stale or force:
             run = repro_stage.with_options(
-                name=f"stage-{stage}", retries=STAGE_RETRIES.get(stage, 0), retry_delay_seconds=5
+                name=f"stage-{stage}",
+                retries=STAGE_RETRIES.get(stage, 0),
+                retry_delay_seconds=5,
+                retry_condition_fn=_retry_if_transient,
             )
-            force = stage == "prepare" and source["changed"]
             statuses[stage] = run(str(project), stage, force=force)
             upstream_changed = upstream_changed or statuses[stage] == "ran"
         else:

@@ -106,8 +106,12 @@ def test_promotion_gate_history_rollback_and_refusal(project, caplog):
     assert float(tags["promotion.challenger_value"]) == pytest.approx(second["challenger_value"])
     assert tags["promotion.benchmark_md5"] == second["benchmark_md5"]
 
-    # v3 is the same model: no improvement on the same pairs, so the champion is kept, also
-    # when lower is better (EER) and with a minimum improvement the challenger cannot reach
+    # the same model again is no new version: the challenger is the version serving it
+    assert _register(params) == "2" and _champion(client, name) == "2"
+    # v3 serves the same weights and threshold under another request limit (a serve.* param):
+    # no improvement on the same pairs, so the champion is kept, also when lower is better
+    # (EER) and with a minimum improvement the challenger cannot reach
+    params = set_params(project / "params.yaml", ["serve.max_request_bytes=40000000"])
     assert _register(params) == "3"
     eer = set_params(
         project / "params.yaml", ["register.promote_metric=eer", "register.min_improvement=0.01"]

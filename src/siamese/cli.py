@@ -6,8 +6,11 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -15,23 +18,45 @@ from siamese import paths
 from siamese.data.downloads import ARCHIVES, download
 from siamese.data.files import read_file
 from siamese.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
     BadImageError,
     DatasetError,
     DownloadError,
     GalleryError,
+    Interrupted,
     ParamsError,
     ProjectLockedError,
     PromotionError,
+    RegistryStateError,
+    StageFailed,
     TrainingFault,
+    from_os_error,
 )
 from siamese.io import write_json
 from siamese.locking import project_lock
+
+
+class _App(typer.Typer):
+    """The ``siamese`` command (the console script calls it): whatever a command did not turn
+    into its own ``error:`` line still ends as one, through the same translation (``explain``)
+    and with its exit code, instead of a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            try:
+                _report(err)
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+
 
 # Commands import the params (siamese.config reads the registries of the components it
 # configures, which loads torch, ~2 s), their stage, the registry, pandas and the Prefect flows
 # inside the function: Lightning (~5 s), MLflow (~2.5 s) and Prefect (~2 s) load only for the
 # commands that use them, so `siamese --help` and the light commands start fast.
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = _App(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(
     no_args_is_help=True, help="Bring a dataset under DVC, or download a benchmark."
 )
@@ -40,33 +65,132 @@ app.add_typer(data_app, name="data")
 ParamsOpt = typer.Option(paths.PARAMS, "--params", help="params file")
 
 
-def _fail(message: str, code: int = 2) -> None:
+VERBOSE_ENV = "SIAMESE_VERBOSE"  # set by --verbose; the stage processes a run starts inherit it
+
+
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="on failure, show the traceback (and a stage's output)"
+    ),
+) -> None:
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
-# exit codes: 2 the input or params are wrong, 3 promotion refused, 4 the tracking server is
-# unreachable (transient: rerun when it is back), 5 training stopped on a numerical fault
-EXIT_UNREACHABLE, EXIT_TRAINING_FAULT = 4, 5
+def _in_chain(err: BaseException | None, kind: type) -> BaseException | None:
+    """``err`` or the first exception that caused it which is a ``kind``."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
+    """The one line and the exit code the user gets for ``err``: the project's one translation of
+    a failure. A project error (siamese.errors) carries its exit code; a tracking-store failure
+    (MLflow, requests) and an operating-system error (no space left, a file name too long,
+    permission denied) become one (siamese.registry.tracking.tracking_error,
+    siamese.errors.from_os_error); a signal or Ctrl-C exits 128 + its number; anything else is
+    an unexpected error (exit 1) whose traceback ``--verbose`` shows."""
+    prefix = f"{stage}: " if stage else ""
+    interrupt = _in_chain(err, KeyboardInterrupt)
+    if interrupt is not None:
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        what = "nothing was published" if stage else "the stage that was running published nothing"
+        return (
+            f"{prefix}{Interrupted(signum)} before it finished: {what} and the previous outputs "
+            "are unchanged (a training resumes from its last epoch checkpoint on rerun)",
+            128 + signum,
+        )
+    code = getattr(err, "exit_code", None)
+    if isinstance(code, int):  # a project error: its message already names the cause and fix
+        return (f"{prefix}{err}" if isinstance(err, TrainingFault) else str(err)), code
+    if "mlflow" in sys.modules:  # only a command that loaded MLflow can have an MLflow failure
+        from siamese.registry.tracking import tracking_error
+
+        tracked = tracking_error(err, stage or "siamese")
+        if tracked is not None:
+            return str(tracked), tracked.exit_code
+    os_err = _in_chain(err, OSError)
+    if os_err is not None:
+        if os_err.errno is None and isinstance(os_err, FileNotFoundError):
+            return str(os_err), EXIT_BAD_INPUT  # the project's own "X not found: run Y" messages
+        mapped = from_os_error(os_err, stage)
+        return str(mapped), mapped.exit_code
+    lines = str(err).strip().splitlines()
+    detail = f": {lines[0][:300]}" if lines else ""
+    return (
+        f"{prefix}unexpected {type(err).__name__}{detail} (`siamese --verbose ...` shows the "
+        "traceback)",
+        EXIT_FAILED,
+    )
+
+
+def _report(err: BaseException, stage: str | None = None) -> NoReturn:
+    """Exit with ``err``'s one ``error:`` line and exit code; with ``--verbose`` the traceback
+    (and what a failed stage process printed) comes first."""
+    message, code = explain(err, stage)
+    if _verbose():
+        if isinstance(err, StageFailed) and err.output:  # indented: its own error line is not ours
+            typer.echo(f"output of {err.step}:", err=True)
+            for line in err.output.rstrip().splitlines():
+                typer.echo(f"  | {line}", err=True)
+        traceback.print_exception(err, file=sys.stderr)
+    _fail(message, code)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM and SIGHUP raise ``Interrupted`` (a KeyboardInterrupt) while a stage runs, so it
+    unwinds as on Ctrl-C: the MLflow run is ended FAILED and the scratch output removed, instead of
+    the process vanishing with its run left RUNNING. Only the main thread can set handlers."""
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    signums = (signal.SIGTERM, signal.SIGHUP)
+    try:
+        previous = {s: signal.signal(s, handler) for s in signums}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _run_stage(fn, params_path: Path, *args) -> None:
     from siamese.config import load_params
-    from siamese.registry.tracking import is_tracking_unreachable, unreachable_message
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stage = fn.__name__.removeprefix("run_")
     try:
-        params = load_params(params_path)
-        result = fn(params, *args)
-    except (ParamsError, DatasetError, BadImageError, FileNotFoundError) as err:
-        _fail(str(err))
-    except TrainingFault as err:
-        _fail(f"{stage}: {err}", EXIT_TRAINING_FAULT)
-    except Exception as err:
-        if not is_tracking_unreachable(err):
+        with _terminate_as_interrupt():
+            params = load_params(params_path)
+            result = fn(params, *args)
+    except PromotionError:
+        raise  # promote and rollback give it their own exit code
+    except (Exception, KeyboardInterrupt) as err:
+        _report(err, stage)
+    except SystemExit as err:  # Lightning exits 1 after it handled an interrupt in the fit
+        if _in_chain(err, KeyboardInterrupt) is None:
             raise
-        _fail(unreachable_message(err, stage), EXIT_UNREACHABLE)
+        _report(err, stage)
     if result:
         typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
 
@@ -153,11 +277,22 @@ def register(
     calibration: Path = paths.CALIBRATION,
     evaluation: Path = paths.EVALUATION,
     out: Path = paths.REGISTRATION,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        envvar="SIAMESE_REGISTER_FORCE",  # how `siamese run` asks it of the DVC register stage
+        help="when the tracking store lacks the training run (a lost mlflow.db), register the "
+        "exported model in a new run re-created from the exported training",
+    ),
 ) -> None:
-    """Log the pyfunc model and register it as challenger (`siamese promote` decides)."""
+    """Log the pyfunc model and register it as challenger (`siamese promote` decides).
+
+    A model that a version already serves is not registered again: the challenger alias points
+    to that version (and its files are uploaded again if the artifact store lost them). Exit 2
+    with the repair named when the registry lacks the training run."""
     from siamese.stages.register import run_register
 
-    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out)
+    _run_stage(run_register, params, prepared, pairs, model, calibration, evaluation, out, force)
 
 
 @app.command()
@@ -287,7 +422,13 @@ def index(
     uri = _default_model(model, params)
     try:
         summary = build_gallery(root, uri, out, tracking_uri, ivf_above, nlist, nprobe)
-    except (DatasetError, BadImageError, GalleryError, FileNotFoundError) as err:
+    except (
+        DatasetError,
+        BadImageError,
+        GalleryError,
+        FileNotFoundError,
+        RegistryStateError,
+    ) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
@@ -310,7 +451,7 @@ def search(
 
     try:
         hits = search_image(index_dir, image, k, model, tracking_uri)
-    except (BadImageError, GalleryError, MlflowException) as err:
+    except (BadImageError, GalleryError, MlflowException, RegistryStateError) as err:
         _fail(str(err))
     if as_json:
         typer.echo(json.dumps(hits, indent=2))
@@ -347,17 +488,26 @@ def check(
     ),
     set_: list[str] = typer.Option([], "--set", "-S", help="check with this override applied"),
 ) -> None:
-    """Validate params.yaml (with a preset and overrides, as `siamese run` applies them; nothing
-    is written) and exit (non-zero with the bad keys named)."""
+    """Validate params.yaml (with a preset and overrides applied as `siamese run` applies them;
+    nothing is written) and exit (non-zero with the bad keys named): every key, the names MLflow
+    will be given, and the trainer settings as Lightning takes them on this machine."""
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
+    from siamese.registry.names import check_tracking_names
+    from siamese.training.settings import check_trainer
 
     try:
         overrides = (preset_overrides(preset, params.parent) if preset else []) + list(set_)
-        validate_params(apply_overrides(read_params_file(params), overrides), str(params))
+        validated = validate_params(
+            apply_overrides(read_params_file(params), overrides), str(params)
+        )
+        check_tracking_names(validated, str(params))
+        notes = check_trainer(validated, str(params))
     except ParamsError as err:
         _fail(str(err))
-    applied = ([f"preset {preset}"] if preset else []) + ([f"--set {s}" for s in set_])
+    for note in notes:
+        typer.echo(f"note: Lightning: {note}")
+    applied = ([f"preset {preset}"] if preset else []) + [f"--set {s}" for s in set_]
     typer.echo(f"{params}{' with ' + ', '.join(applied) if applied else ''}: ok")
 
 
@@ -372,19 +522,30 @@ def run(
     wait: float = typer.Option(
         0.0, "--wait", help="seconds to wait for another run of this project to finish (0: fail)"
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="on failure, show the tracebacks and the stage's output"
+    ),
 ) -> None:
-    """Run the whole pipeline as a Prefect flow through DVC and print the summary."""
-    from pipelines.flow import format_summary, training_flow
+    """Run the whole pipeline as a Prefect flow through DVC and print the summary.
+
+    A stage that fails leaves its previous outputs in place and ends the run with its one
+    ``error:`` line and its exit code."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
+    from siamese.registry.names import check_tracking_names
+    from siamese.training.settings import check_trainer
 
-    try:  # fail fast, before an orchestrator is even started
+    try:  # fail fast, before an orchestrator is even started (or imported: Prefect takes ~2 s)
         if preset:
             set_ = preset_overrides(preset, project) + list(set_)
         params_path = project / paths.PARAMS
         params = validate_params(
             apply_overrides(read_params_file(params_path), set_), str(params_path)
         )
+        check_tracking_names(params, str(params_path))
+        check_trainer(params, str(params_path))
         # data changed since its DVC record: refused here, before Prefect (which would log the
         # refusal with a traceback); the flow checks again for scheduled runs
         from siamese.stages.provenance import source_state
@@ -392,14 +553,17 @@ def run(
         source_state(params.data.source, project, params.data.max_file_bytes, fingerprint=False)
     except (ParamsError, DatasetError) as err:
         _fail(str(err))
+    from pipelines.flow import format_summary, quiet_failure_tracebacks, training_flow
+
     try:
-        summary = training_flow(
-            project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
-        )
-    except (ParamsError, DatasetError) as err:  # e.g. data changed since its DVC record
-        _fail(str(err))
-    except RuntimeError as err:
-        _fail(str(err), code=1)
+        # Prefect logs a failed task's and flow's traceback; the user gets one error line
+        # instead, and --verbose shows them (the Prefect API keeps them either way)
+        with quiet_failure_tracebacks(not _verbose()):
+            summary = training_flow(
+                project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
+            )
+    except (Exception, KeyboardInterrupt) as err:
+        _report(err)
     typer.echo(format_summary(summary))
 
 
@@ -415,7 +579,9 @@ def promote(
 ) -> None:
     """Move `champion` to the challenger if it beats the champion on the benchmark pairs.
 
-    Exit 3 when refused (the challenger's evaluation failed or is missing)."""
+    Exit 3 when refused (the challenger's evaluation failed or is missing); exit 2 when the
+    version does not exist or a version to compare lost its model files (the message names the
+    repair)."""
     from siamese.stages.promote import run_promote
 
     try:

@@ -228,15 +228,37 @@ class TrainParams(_Strict):
 
 
 class TrainerParams(_Strict):
-    accelerator: str = "cpu"
-    devices: int | str = 1
+    """Lightning Trainer settings. Their types are checked here; their values are checked the
+    way Lightning takes them (its registries and parsers, and the machine: is a GPU there?) by
+    ``siamese.training.settings.check_trainer``, which ``siamese check``, ``siamese run``, the
+    flow and the train stage call before anything runs or is recorded. Not here: Lightning takes
+    seconds to import, and every stage validates its params."""
+
+    accelerator: str = Field("cpu", description="cpu, cuda, gpu, mps, tpu or auto")
+    devices: int | str | list[int] = Field(
+        1,
+        description="the number of devices (>= 1; the CPU: processes), -1 or 'auto' for all, or "
+        "a list of GPU indices such as [0, 1]",
+    )
     num_nodes: int = Field(
         1, ge=1, description="machines for multi-node DDP (MASTER_ADDR, NODE_RANK, ... set)"
     )
-    strategy: str = "auto"
-    precision: str = "32-true"
+    strategy: str = Field("auto", description="auto, ddp, ddp_spawn, ... (Lightning's names)")
+    precision: str | int = Field(
+        "32-true",
+        description="32-true, 16-mixed, bf16-mixed, bf16-true or 64-true (on the CPU Lightning "
+        "runs 16-mixed as bf16-mixed, with a warning; 16-true is refused: float16 AdamW state)",
+    )
     deterministic: bool = True
     log_every_n_steps: int = Field(10, ge=1)
+
+    @field_validator("devices", "num_nodes", "precision", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info) -> Any:
+        # YAML reads `yes`/`true` as a bool, which pydantic would take as the number 1
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name} must not be a yes/no value (got {v})")
+        return v
 
 
 class CalibrateParams(_Strict):
@@ -303,7 +325,12 @@ class EvaluateParams(_Strict):
 
 
 class RegisterParams(_Strict):
-    model_name: str = Field("siamese-digits", min_length=1)
+    model_name: str = Field(
+        "siamese-digits",
+        min_length=1,
+        description="registered model name (MLflow's rules: no '/' or ':', checked by "
+        "siamese.registry.names before any stage runs); loaded as models:/NAME@champion",
+    )
     experiment: str | None = Field(
         None,
         min_length=1,
@@ -311,6 +338,7 @@ class RegisterParams(_Strict):
         "(register.model_name, which each preset sets), so the runs of different datasets and "
         "presets never share one",
     )
+
     promote_metric: Literal[tuple(RANKING_METRICS)] = Field(
         "roc_auc",
         description="what `siamese promote` compares on the benchmark pairs: roc_auc and "
@@ -479,7 +507,96 @@ def validate_params(raw: dict[str, Any], origin: str = "params") -> Params:
         raise ParamsError(_format_validation_error(err, origin)) from None
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _key_path(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _where(mark: yaml.Mark, other: yaml.Mark) -> str:
+    if mark.line == other.line:  # two keys on one line: a flow mapping such as {a: 1, a: 2}
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"line {mark.line + 1}"
+
+
+def _refuse_duplicate_keys(
+    loader: yaml.SafeLoader, root: yaml.Node, prefix: str, origin: str
+) -> None:
+    """Every mapping of the composed document, at every depth, holds each key once.
+
+    YAML leaves a repeated key to the loader, and PyYAML silently keeps the last one: a second
+    ``train:`` section would replace the first whole, and ``siamese check`` would validate what
+    is left. Checked on the node tree, before anything is constructed, so that every repeated
+    key is named with both of its lines."""
+    found: list[tuple[int, str]] = []
+    checked: set[int] = set()
+    stack = [(root, prefix)]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in checked:  # an alias of a node already checked (or a recursive one)
+            continue
+        checked.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:  # `<<: *base` overrides the merged keys on purpose
+                stack.append((value_node, path))
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                seen = first.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the constructor reports it
+                continue
+            if seen is not key_node.start_mark:
+                mark = key_node.start_mark
+                found.append(
+                    (
+                        mark.line,
+                        f"  {_key_path(path, key)}: given twice ({_where(seen, mark)} and "
+                        f"{_where(mark, seen)})",
+                    )
+                )
+            stack.append((value_node, _key_path(path, key)))
+    if found:
+        raise ParamsError(
+            "\n".join(
+                [f"{origin} gives a key twice; YAML would silently keep only the last one:"]
+                + [line for _, line in sorted(found)]
+                + ["  remove the repeated keys, or merge their sections into one"]
+            )
+        )
+
+
+def load_yaml(text: str, origin: str, name: str | None = None, prefix: str = "") -> Any:
+    """Parse one YAML document safely (as ``yaml.safe_load``), refusing a key repeated in any
+    mapping. ``origin`` names the source in messages ("params file params.yaml"), ``name`` in
+    syntax errors (their ``"params.yaml", line 3`` position), ``prefix`` is the key path of the
+    document (an override's key)."""
+    stream = io.StringIO(text)
+    stream.name = name or origin  # YAML errors name the file, not "<unicode string>"
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node, prefix, origin)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_KINDS = {"list": "a list", "str": "a string", "int": "a number", "float": "a number"}
+
+
 def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The params file as a plain mapping. An empty file (or one holding only comments, or
+    ``null``) is ``{}``: every key takes its default, as ``siamese check`` reports, and ``--set``
+    writes its overrides into it. Any other top level than a mapping is refused."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(
@@ -492,15 +609,22 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
             f"params file {path} cannot be read as UTF-8 text ({err}); restore it, e.g. "
             f"`git checkout {path}`"
         ) from None
-    stream = io.StringIO(text)
-    stream.name = str(path)  # YAML errors name the file, not "<unicode string>"
     try:
-        raw = yaml.safe_load(stream) or {}
+        raw = load_yaml(text, f"params file {path}", str(path))
     except yaml.YAMLError as err:
         raise ParamsError(
             f"params file {path} is not valid YAML; fix the syntax at the position below "
             f"(`siamese check` validates it):\n{err}"
         ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(
+            f"params file {path} must hold a mapping of keys to values at the top level (e.g. "
+            f"`train:` sections), not {_KINDS.get(type(raw).__name__, type(raw).__name__)}; "
+            "restore it, e.g. "
+            f"`git checkout {path}`"
+        )
     return raw
 
 
@@ -517,7 +641,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ParamsError(f"override {text!r} has an empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value, f"override {text!r}", prefix=key) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed

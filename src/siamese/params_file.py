@@ -8,9 +8,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
-from siamese.config import Params, apply_overrides, flatten, parse_override, validate_params
+from siamese.config import (
+    Params,
+    apply_overrides,
+    flatten,
+    load_yaml,
+    parse_override,
+    read_params_file,
+    validate_params,
+)
 from siamese.errors import ParamsError
 from siamese.io import atomic_write_bytes
 
@@ -30,23 +39,36 @@ def _represent_null(representer, _data: None):
     return representer.represent_scalar("tag:yaml.org,2002:null", "null")
 
 
+def _comments_only(text: str) -> str:
+    """The comment and blank lines of a file that holds nothing else (kept above the overrides
+    written into an otherwise empty params file); "" when it holds anything more."""
+    lines = text.splitlines(keepends=True)
+    if all(not line.strip() or line.lstrip().startswith("#") for line in lines):
+        return text if not text or text.endswith("\n") else text + "\n"
+    return ""
+
+
 def set_params(path: str | Path, overrides: list[str]) -> Params:
-    """Apply ``key.path=value`` overrides to the params file in place (comments and layout of
-    untouched lines kept; an override that leaves a value as it was does not rewrite its line),
-    after validating the result."""
+    """Apply ``key.path=value`` overrides to the params file in place, comments kept, once
+    the result validates. The file is read as every stage reads it (``read_params_file``:
+    duplicate keys and a non-mapping top level refused, an empty file taken as ``{}``), so an
+    override never lands in a file the stages would read differently. An override that leaves a
+    value as it was does not rewrite its line; when nothing changes the file is not written."""
     path = Path(path)
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.representer.add_representer(type(None), _represent_null)
-    yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own list layout
-    if not path.is_file():
-        raise ParamsError(f"params file {path} not found")
-    doc = yaml.load(path.read_text()) or {}
-    plain = YAML(typ="safe").load(path.read_text()) or {}
+    plain = read_params_file(path)
     expected = apply_overrides(plain, overrides)
     params = validate_params(expected, origin=f"{path} with overrides")
     if expected == plain:
         return params  # nothing changes: the file is left byte for byte as it is
+    source = path.read_text(encoding="utf-8")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.representer.add_representer(type(None), _represent_null)
+    yaml.indent(mapping=2, sequence=4, offset=2)  # params.yaml's own list layout
+    doc = yaml.load(source)
+    header = ""
+    if doc is None:  # empty, comments only, or `null`: the overrides start the mapping
+        doc, header = CommentedMap(), _comments_only(source)
     for text in overrides:
         keys, value = parse_override(text)
         if _lookup(plain, keys) == _lookup(expected, keys):
@@ -54,7 +76,7 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
         node = doc
         for k in keys[:-1]:
             if k not in node or not isinstance(node[k], dict):
-                node[k] = {}
+                node[k] = CommentedMap()
             node = node[k]
         key = keys[-1]
         if isinstance(value, list | dict) or isinstance(node.get(key), list | dict):
@@ -64,8 +86,9 @@ def set_params(path: str | Path, overrides: list[str]) -> Params:
         node[key] = value
     buf = io.StringIO()
     yaml.dump(doc, buf)
-    text = buf.getvalue()
-    if (YAML(typ="safe").load(text) or {}) != expected:  # never write a file that reads back wrong
+    text = header + buf.getvalue()
+    # never write a file that reads back wrong (read as the stages read it)
+    if (load_yaml(text, f"{path} with overrides") or {}) != expected:
         raise ParamsError(f"could not apply {overrides} to {path} without corrupting it")
     atomic_write_bytes(path, text.encode())
     return params
@@ -89,16 +112,9 @@ def preset_path(name: str, project: str | Path = ".") -> Path:
 
 
 def _preset_values(path: Path) -> dict:
-    """A preset file's values, flattened to dotted keys."""
-    try:
-        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, YAMLError) as err:
-        raise ParamsError(
-            f"preset {path} cannot be read as YAML ({err}); fix or remove it"
-        ) from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"preset {path} must be a mapping of params keys to values")
-    return flatten(raw)
+    """A preset file's values, flattened to dotted keys (read as params.yaml is read: a
+    mapping, each key given once)."""
+    return flatten(read_params_file(path))
 
 
 def preset_overrides(name: str, project: str | Path = ".") -> list[str]:

@@ -14,6 +14,7 @@ import torch
 
 from siamese.losses import _fused
 from siamese.mining import MINERS
+from siamese.models.precision import autocast_off, full_precision
 
 Stats = dict[str, int]
 
@@ -45,9 +46,11 @@ class Loss(torch.nn.Module):
     """A training loss: ``loss(emb, labels)`` mines in the batch and reduces, returning
     (loss, stats of what was mined); ``pair_loss(encoder, a, b, same)`` scores explicit pairs.
 
-    Subclasses implement ``reference`` (mined index tuples, autograd) and may offer a fused fast
-    path through ``_fused``; ``forward`` takes the fast path whenever it applies. A loss holds no
-    parameters or buffers: a model's state dict is its encoder's."""
+    Subclasses implement ``reference`` (mined index tuples, autograd) and
+    ``explicit_pair_loss``, and may offer a fused fast path through ``_fused``; ``forward`` takes
+    the fast path whenever it applies. Both entry points compute in at least float32, with
+    autocast off: 16-bit embeddings (mixed or half precision training) are widened first. A
+    loss holds no parameters or buffers: a model's state dict is its encoder's."""
 
     name: ClassVar[str]
     miners: ClassVar[tuple[str, ...]]  # the train.miner choices it works with
@@ -78,10 +81,12 @@ class Loss(torch.nn.Module):
                 f"miner {self.miner_name!r} trains on explicit pairs: use pair_loss, not an "
                 "in-batch loss"
             )
-        compute = self._fused(emb, labels)
-        if compute is None:
-            return self.reference(emb, labels, encoder)
-        return _fused.run(emb, compute)
+        emb = full_precision(emb)  # 16-bit embeddings (mixed or half precision): float32
+        with autocast_off(emb):
+            compute = self._fused(emb, labels)
+            if compute is None:
+                return self.reference(emb, labels, encoder)
+            return _fused.run(emb, compute)
 
     def _fused(self, emb: torch.Tensor, labels: torch.Tensor) -> _fused.Compute | None:
         """The fused fast path for this batch, or None where it does not apply."""
@@ -96,5 +101,14 @@ class Loss(torch.nn.Module):
     def pair_loss(
         self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
     ) -> torch.Tensor:
-        """The loss of explicit pairs of embeddings ``a[i], b[i]`` labelled ``same[i]``."""
+        """The loss of explicit pairs of embeddings ``a[i], b[i]`` labelled ``same[i]``, in at
+        least float32 whatever precision the embeddings come in."""
+        a, b = full_precision(a), full_precision(b)
+        with autocast_off(a):
+            return self.explicit_pair_loss(encoder, a, b, same)
+
+    def explicit_pair_loss(
+        self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
+    ) -> torch.Tensor:
+        """``pair_loss`` on embeddings already in full precision (what subclasses write)."""
         raise NotImplementedError

@@ -57,7 +57,7 @@ class BalancedBCELoss(Loss):
         loss = self.pair_loss(encoder, emb[i], emb[j], same)
         return loss, {"pairs_pos": int(same.sum()), "pairs_neg": int((~same).sum())}
 
-    def pair_loss(
+    def explicit_pair_loss(
         self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
     ) -> torch.Tensor:
         return balanced_bce(encoder.pair_logits(a, b), same)

@@ -96,7 +96,7 @@ class ContrastiveLoss(Loss):
         loss = loss + mined_pair_loss(dist, pairs, self.margin, self.form)
         return loss, {"mined_pos": len(pi), "mined_neg": len(ni)}
 
-    def pair_loss(
+    def explicit_pair_loss(
         self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
     ) -> torch.Tensor:
         return contrastive_pair_loss(encoder.pair_distance(a, b), same, self.margin, self.form)

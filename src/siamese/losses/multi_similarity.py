@@ -77,7 +77,7 @@ class MultiSimilarityLoss(Loss):
     ) -> tuple[torch.Tensor, Stats]:
         return multi_similarity_loss(emb, labels, self.alpha, self.beta, self.base), {}
 
-    def pair_loss(
+    def explicit_pair_loss(
         self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
     ) -> torch.Tensor:
         return contrastive_pair_loss(

@@ -71,7 +71,7 @@ class TripletLoss(Loss):
         loss = loss + mined_triplet_loss(dist, triplets, self.margin, self.soft)
         return loss, {"mined_triplets": len(triplets[0])}
 
-    def pair_loss(
+    def explicit_pair_loss(
         self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
     ) -> torch.Tensor:
         return contrastive_pair_loss(encoder.pair_distance(a, b), same, self.margin, self.pair_form)

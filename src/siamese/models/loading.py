@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.io import read_json, write_json
 from siamese.models.encoders import SiameseEncoder, preprocess
+from siamese.models.precision import to_numpy
 
 WEIGHTS_SAFETENSORS, WEIGHTS_TORCH = "model.safetensors", "model.pt"
 CONFIG_FILE = "model.json"  # the architecture an encoder is rebuilt from
@@ -46,9 +47,14 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
 
 def save_encoder(encoder: SiameseEncoder, out_dir: str | Path) -> None:
     """The training output ``load_encoder`` reads: the encoder alone as a plain state dict
-    (loadable with weights_only=True) and its architecture config."""
+    (loadable with weights_only=True) and its architecture config. Floating tensors are
+    saved as float32, the dtype every consumer runs, whatever precision trained them
+    (``bf16-true``, ``64-true``)."""
     out_dir = Path(out_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    state = {
+        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in encoder.state_dict().items()
+    }
     torch.save(state, out_dir / WEIGHTS_TORCH)
     write_json(out_dir / CONFIG_FILE, {**encoder.config, "preprocess": "uint8/127.5-1"})
 
@@ -70,7 +76,7 @@ def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -
     for i in range(0, len(images), batch_size):
         x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
         x = x.contiguous(memory_format=torch.channels_last)
-        out.append(encoder(x).float().numpy())
+        out.append(to_numpy(encoder(x)))
     if not out:
         return np.zeros((0, 1), np.float32)
     return np.concatenate(out)

@@ -9,6 +9,8 @@ import logging
 
 from mlflow.exceptions import MlflowException
 
+from siamese.registry.tracking import is_tracking_unreachable
+
 log = logging.getLogger(__name__)
 CHALLENGER, CHAMPION = "challenger", "champion"
 # "pending" from the moment a version exists until its registration is whole ("complete"); a
@@ -24,7 +26,9 @@ def version_by_alias(client, name: str, alias: str):
     """The version holding ``alias``, or None when no version holds it."""
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as err:
+        if is_tracking_unreachable(err):  # not knowing is not "no version holds it"
+            raise
         return None
 
 

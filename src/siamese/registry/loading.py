@@ -7,11 +7,14 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
+from siamese.errors import RegistryStateError
 from siamese.models.encoders import SiameseEncoder
 from siamese.models.loading import CONFIG_FILE, load_encoder
-from siamese.registry.tracking import active_tracking_uri, client
+from siamese.registry.tracking import active_tracking_uri, client, is_tracking_unreachable
 from siamese.registry.tracking import tracking_uri as default_tracking_uri
+from siamese.registry.versions import files_missing_message, missing_files
 
 
 def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
@@ -19,15 +22,52 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
     version that embedded it even after the alias moves."""
     if not uri.startswith("models:/") or "@" not in uri:
         return uri
-    name, alias = uri.removeprefix("models:/").split("@", 1)
+    # the last "@" starts the alias, as MLflow's own parser reads it (a name may hold "@")
+    name, alias = uri.removeprefix("models:/").rsplit("@", 1)
     version = client(tracking_uri).get_model_version_by_alias(name, alias).version
     return f"models:/{name}/{version}"
 
 
+def missing_files_error(uri: str, tracking_uri: str | None = None) -> RegistryStateError | None:
+    """Why ``models:/NAME@alias`` or ``models:/NAME/VERSION`` failed to load when the reason is
+    a registered version whose model files are gone from the artifact store (naming the version
+    and the repair); None for any other URI or reason. Called after a load failed, so a working
+    load costs nothing extra."""
+    uri = str(uri)
+    if not uri.startswith("models:/"):
+        return None
+    ref = uri.removeprefix("models:/")
+    tracking_uri = tracking_uri or default_tracking_uri()
+    mlflow_client = client(tracking_uri)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = mlflow_client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = ref.split("/", 1)
+            mv = mlflow_client.get_model_version(name, version.strip("/"))
+        missing = missing_files(mlflow_client, name, mv.version, tracking_uri)
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        return None  # no such model, alias or version: MLflow's own message says so
+    if not missing:
+        return None
+    return RegistryStateError(files_missing_message(mlflow_client, name, mv, missing, tracking_uri))
+
+
 def load_served_model(uri: str, tracking_uri: str | None = None):
-    """The served model object (siamese.registry.pyfunc.SiameseModel) of a model URI or folder."""
-    with active_tracking_uri(tracking_uri or default_tracking_uri()):
-        return mlflow.pyfunc.load_model(str(uri)).unwrap_python_model()
+    """The served model object (siamese.registry.pyfunc.SiameseModel) of a model URI or folder.
+    A registered version whose files are gone raises a ``RegistryStateError`` naming the repair."""
+    tracking_uri = tracking_uri or default_tracking_uri()
+    with active_tracking_uri(tracking_uri):
+        try:
+            return mlflow.pyfunc.load_model(str(uri)).unwrap_python_model()
+        except Exception as err:
+            problem = missing_files_error(str(uri), tracking_uri)
+            if problem is None:
+                raise
+            raise problem from err
 
 
 def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:
@@ -41,8 +81,15 @@ def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) ->
             if (candidate / CONFIG_FILE).is_file():
                 return load_encoder(candidate)
         raise FileNotFoundError(f"{uri}: neither a model URI nor a folder holding model.json")
+    tracking_uri = tracking_uri or default_tracking_uri()
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=str(uri), dst_path=tmp, tracking_uri=tracking_uri or default_tracking_uri()
-        )
-        return load_encoder(Path(path) / "artifacts" / "encoder")
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=str(uri), dst_path=tmp, tracking_uri=tracking_uri
+            )
+            return load_encoder(Path(path) / "artifacts" / "encoder")
+        except Exception as err:
+            problem = missing_files_error(str(uri), tracking_uri)
+            if problem is None:
+                raise
+            raise problem from err

@@ -4,6 +4,7 @@ MLflow "model from code" (``serving_model.py`` plus the siamese package as code)
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -93,6 +94,33 @@ def build_package(
         "preprocessing": str(dest / "preprocessing.json"),
         "calibration": str(dest / "calibration.json"),
     }
+
+
+def model_digest(dest: str | Path) -> str:
+    """SHA-256 of a built package's files (every path and its bytes under ``dest``): the weights,
+    architecture, preprocessing and calibration of the model. build_package writes them
+    deterministically, so one model has one digest on every machine."""
+    return _tree_digest(Path(dest), "*").hexdigest()
+
+
+def package_digest(dest: str | Path, code_dir: str | Path = PACKAGE_DIR) -> str:
+    """SHA-256 of everything a version serves: the model (``model_digest``), the Python code
+    shipped with it (``code_dir``'s ``.py`` files) and the pinned requirements. Two versions with
+    one package digest answer every request identically; a code change gives another digest."""
+    h = _tree_digest(Path(dest), "*")
+    h.update(_tree_digest(Path(code_dir), "*.py").digest())
+    h.update("\n".join(pip_requirements()).encode())
+    return h.hexdigest()
+
+
+def _tree_digest(root: Path, pattern: str):
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob(pattern) if p.is_file()):
+        if "__pycache__" in f.parts:
+            continue
+        h.update(f"{f.relative_to(root).as_posix()}\0".encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h
 
 
 def signature():

@@ -109,8 +109,8 @@ def start_run(
     pairs_dir: Path,
     prepared_md5: str,
     pairs_md5: str,
-    fingerprint: str,
     run_name: str | None,
+    fingerprint: str | None = None,
 ) -> str:
     """A new training run in the params' experiment (``register.experiment``, else one per
     registered model), named after what sets it apart, tagged with the code (git, also as
@@ -121,7 +121,7 @@ def start_run(
     tags = {
         **git_info(),
         "stage": "train",
-        MLFLOW_RUN_NAME: run_name or default_run_name(params, fingerprint),
+        MLFLOW_RUN_NAME: run_name or default_run_name(params, fingerprint or params_md5(params)),
         "data.source": params.data.source,
         "data.prepared_md5": prepared_md5,
         "data.prepared_dvc": dvc_dir_hash(prepared_dir),
@@ -133,11 +133,12 @@ def start_run(
     run_id = run.info.run_id
     flat = flatten(params.model_dump(mode="json"))
     entries = [Param(k, str(v)[:PARAM_VALUE_CHARS]) for k, v in flat.items()]
-    for i in range(0, len(entries), PARAM_BATCH):
-        client.log_batch(run_id, params=entries[i : i + PARAM_BATCH])
-    client.log_inputs(run_id, datasets=_datasets(params, prepared_dir, pairs_dir))
-    if Path("dvc.lock").is_file():  # every stage's dep/out hashes, one file instead of ~40 tags
-        client.log_artifact(run_id, "dvc.lock", artifact_path="dvc")
+    with ended_failed_on_error(run_id):
+        for i in range(0, len(entries), PARAM_BATCH):
+            client.log_batch(run_id, params=entries[i : i + PARAM_BATCH])
+        client.log_inputs(run_id, datasets=_datasets(params, prepared_dir, pairs_dir))
+        if Path("dvc.lock").is_file():  # every stage's dep/out hashes: one file, not ~40 tags
+            client.log_artifact(run_id, "dvc.lock", artifact_path="dvc")
     return run_id
 
 
@@ -169,6 +170,22 @@ def mark_failed(run_id: str, err: BaseException) -> None:
         tracking.client().set_terminated(run_id, "FAILED")
     except Exception as mark_err:  # the server went away meanwhile
         log.warning("could not mark MLflow run %s as FAILED: %s", run_id, mark_err)
+
+
+@contextlib.contextmanager
+def ended_failed_on_error(run_id: str | None) -> Iterator[None]:
+    """End the run FAILED when the block raises anything at all: an error, Ctrl-C, a SIGTERM (the
+    CLI raises it as ``siamese.errors.Interrupted``) or Lightning's exit after an interrupt. A
+    stage never leaves its run RUNNING, except when the server is unreachable and cannot be
+    told; a resumed training reopens the run anyway. ``None``: no run of this process's own."""
+    if run_id is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as err:
+        mark_failed(run_id, err)
+        raise
 
 
 def finish(run_id: str, summary: dict) -> None:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import mlflow
 import requests
+from mlflow.exceptions import MlflowException
 from mlflow.utils import mlflow_tags
 
+from siamese.errors import TrackingRejectedError, TrackingUnavailableError
 from siamese.io import file_md5
 
 DEFAULT_DB = "mlflow.db"
@@ -34,6 +36,11 @@ def tracking_uri(project_dir: str | Path = ".") -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
+    return project_store_uri(project_dir)
+
+
+def project_store_uri(project_dir: str | Path = ".") -> str:
+    """The project's own SQLite tracking store (``mlflow.db``), used when no server is set."""
     return f"sqlite:///{(Path(project_dir).resolve() / DEFAULT_DB)}"
 
 
@@ -61,6 +68,19 @@ def is_tracking_unreachable(err: BaseException) -> bool:
     return False
 
 
+def run_exists(client: mlflow.MlflowClient, run_id: str) -> bool:
+    """Whether the tracking store holds the run (and it is not deleted). False after the store
+    was lost or replaced (a new mlflow.db, another MLFLOW_TRACKING_URI); an unreachable server
+    raises instead, since it says nothing about the run."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        return False
+    return run.info.lifecycle_stage == "active"
+
+
 def unreachable_message(err: BaseException, stage: str) -> str:
     """What a user needs after a stage lost the tracking server."""
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
@@ -75,19 +95,68 @@ def unreachable_message(err: BaseException, stage: str) -> str:
     )
 
 
+def tracking_error(
+    err: BaseException, stage: str
+) -> TrackingRejectedError | TrackingUnavailableError | None:
+    """The project's error for a failure of the tracking store (``err`` or what caused it), or
+    None when it is not one. Unreachable, a server error or refused credentials are worth a rerun
+    later (exit 4); a request the store rejects as invalid (a bad or conflicting name, a model,
+    run or experiment that does not exist) needs a changed input (exit 2)."""
+
+    if is_tracking_unreachable(err):
+        return TrackingUnavailableError(unreachable_message(err, stage))
+    found = _in_chain(err, MlflowException)
+    if found is None:
+        return None
+    status = found.get_http_status_code()
+    where = f"the MLflow tracking store {tracking_uri()}"
+    said = f"({found.error_code}): {_first_line(found).removeprefix(found.error_code + ': ')}"
+    unchanged = f"The {stage} stage published nothing and its previous outputs are unchanged."
+    if status in (401, 403):
+        return TrackingUnavailableError(
+            f"{where} refused the {stage} stage's request {said}. {unchanged} Set the "
+            "credentials (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+            "MLFLOW_TRACKING_TOKEN) or ask for access, then rerun."
+        )
+    if 400 <= status < 500 and status != 429:
+        return TrackingRejectedError(
+            f"{where} rejected the {stage} stage's request as invalid {said}. {unchanged} Check "
+            "the names it was given (register.model_name, register.experiment, "
+            "mine.hard_negatives_from in params.yaml)."
+        )
+    return TrackingUnavailableError(
+        f"{where} failed the {stage} stage's request {said}. {unchanged} Rerun when the server "
+        "is healthy."
+    )
+
+
+def _in_chain(err: BaseException | None, kind: type) -> BaseException | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:300]
 
 
 def ensure_experiment(name: str, project_dir: str | Path = ".") -> str:
-    """Experiment id for ``name``, created with local artefacts when using the local store."""
-    mlflow_client = client(tracking_uri(project_dir))
+    """Experiment id for ``name``. In the project's own store it is created with its artefacts
+    in the project's ``mlartifacts/``; elsewhere the server decides. (Asked of the URI, not of
+    MLFLOW_TRACKING_URI: the stages export that variable for Lightning's logger, which made
+    MLflow fall back to ``./mlruns``.)"""
+    uri = tracking_uri(project_dir)
+    mlflow_client = client(uri)
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    if uri == project_store_uri(project_dir):
         location = (Path(project_dir).resolve() / DEFAULT_ARTIFACTS).as_uri()
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)

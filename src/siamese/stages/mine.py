@@ -20,6 +20,7 @@ from siamese.mining.offline import (
 )
 from siamese.models.loading import embed
 from siamese.registry.loading import load_registered_encoder
+from siamese.registry.names import check_tracking_names
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ def run_mine(params: Params, prepared_dir: str | Path, out_dir: str | Path) -> d
     summary: dict[str, int] = {}
     reference = None
     if params.mine.hard_negatives_from and "train" in counts:
+        # a URI MLflow refuses is a params error, not a missing champion to fall back from
+        check_tracking_names(params)
         reference = _reference_embeddings(params.mine.hard_negatives_from, data)
     with atomic_dir(out_dir) as tmp:
         for split, n in counts.items():

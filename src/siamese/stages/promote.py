@@ -37,6 +37,7 @@ from siamese.registry.aliases import (
 )
 from siamese.registry.promotion import benchmark_score, improvement, metric_key
 from siamese.registry.tracking import active_tracking_uri, tracking_uri
+from siamese.registry.versions import get_version, require_files
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def run_promote(
         if chal is None:
             raise PromotionError(f"model {name} has no {CHALLENGER} version; run register first")
     else:
-        chal = client.get_model_version(name, str(version))
+        chal = get_version(client, name, version)
     version = str(chal.version)
     champ = version_by_alias(client, name, CHAMPION)
     result = {
@@ -111,6 +112,11 @@ def run_promote(
     if problem is not None:
         record("refused", problem)
         raise PromotionError(f"not promoting {name} v{version}: {problem}")
+    # both are loaded to be scored (and the champion is what production serves): a version whose
+    # files the artifact store lost is named with its repair before anything is decided
+    for mv in (chal, champ):
+        if mv is not None:
+            require_files(client, name, mv, uri)
     if champ is not None and str(champ.version) == version:
         return record("unchanged", f"v{version} already is the {CHAMPION}")
     if chal.tags.get("rolled_back_at") and not explicit:
@@ -179,11 +185,13 @@ def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
             "(it was the first one)"
         )
     try:
-        client.get_model_version(name, previous)
+        target = client.get_model_version(name, previous)
     except MlflowException:
         raise PromotionError(
             f"the previous {CHAMPION} of {name} v{champ.version}, v{previous}, no longer exists"
         ) from None
+    # rolling back to a version that cannot be loaded would leave production without a model
+    require_files(client, name, target, tracking_uri())
     at = _now()
     move_champion(
         client,

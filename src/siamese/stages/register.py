@@ -3,15 +3,30 @@
 (siamese.stages.promote), taken on the benchmark pairs against the current champion.
 
 A failure after the version exists deletes that version again (and gives the challenger alias
-back to the previous challenger), so the registry never holds half a registration."""
+back to the previous challenger), so the registry never holds half a registration.
+
+One model, one version: every version is tagged with the digest of the package it serves
+(weights, architecture, preprocessing, calibration, code). Registering a package that a version
+already serves creates no new version: the challenger alias points to that version instead
+(a retraining that reproduced the same model, a rerun after a lost DVC cache). When that
+version's files were lost from the artifact store, they are uploaded again in place.
+
+The registry may lack what ``artifacts/train`` recorded: its MLflow run (``run.json``) is gone
+when ``mlflow.db`` was lost or MLFLOW_TRACKING_URI points to another store. A plain register then
+stops with a ``RegistryStateError`` naming ``siamese register --force``, which registers the
+exported model in a new run re-created from the exported training (``siamese run`` does that by
+itself, see :func:`siamese.registry.versions.registry_gaps`)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from siamese.config import Params
-from siamese.io import atomic_dir, read_json, write_json
+from siamese.errors import RegistryStateError
+from siamese.io import atomic_dir, dir_md5, read_json, write_json
 from siamese.registry import runs, tracking
 from siamese.registry.aliases import (
     CHALLENGER,
@@ -19,15 +34,32 @@ from siamese.registry.aliases import (
     REGISTRATION_TAG,
     alias_version,
 )
+from siamese.registry.names import check_tracking_names
 from siamese.registry.registration import (
+    built_package,
     ensure_registered_model,
     log_model,
     log_run_results,
+    recreate_run,
     remove_unfinished_versions,
+    restore_model_files,
 )
-from siamese.registry.tracking import active_tracking_uri, tracking_uri
+from siamese.registry.tracking import (
+    active_tracking_uri,
+    is_tracking_unreachable,
+    run_exists,
+    tracking_uri,
+)
+from siamese.registry.versions import (
+    MODEL_DIGEST_TAG,
+    PACKAGE_DIGEST_TAG,
+    RUN_FILE,
+    missing_files,
+    versions_with,
+)
 
 log = logging.getLogger(__name__)
+REGISTERED_AS_TAG = "siamese.registered_as"  # on a training run whose model a version served
 
 
 def run_register(
@@ -38,30 +70,97 @@ def run_register(
     calibration_dir: str | Path,
     eval_dir: str | Path,
     out_dir: str | Path,
+    force: bool = False,
 ) -> dict:
+    """Register the exported model as ``challenger``, or point the alias to the version that
+    already serves the same package. ``force``: when the tracking store lacks the training run,
+    re-create the run from the exported training instead of stopping."""
+    check_tracking_names(params)  # before any registry write
     model_dir, eval_dir = Path(model_dir), Path(eval_dir)
     uri = tracking_uri()
     client = tracking.client(uri)
     name = params.register.model_name
-    run_id = read_json(model_dir / "run.json")["run_id"]
+    run_id = read_json(model_dir / RUN_FILE)["run_id"]
     calibration_path = Path(calibration_dir) / "calibration.json"
     calibration = read_json(calibration_path)
     test = read_json(eval_dir / "metrics.json")
+    result = {
+        "model_name": name,
+        "aliases": [CHALLENGER],
+        "test": test,
+        "threshold": calibration["threshold"],
+        "tracking_uri": uri,
+        "train_run_id": run_id,
+        "reused_version": False,
+        "recreated_run": False,
+    }
+    # versions an interrupted register of this run left pending go first (never reused)
+    result["removed_unfinished_versions"] = remove_unfinished_versions(client, name, run_id)
+    with built_package(model_dir, calibration_path, params.serve) as package:
+        result["package_sha256"] = package.package_digest
+        result["model_sha256"] = package.model_digest
+        same = _version_serving(client, name, package, uri)
+        if same is not None:
+            mv, restored = same
+            result.update(_reuse(client, name, mv, run_id), restored_files=restored)
+            with atomic_dir(out_dir) as tmp_out:
+                write_json(tmp_out / "registration.json", result)
+            return result
+        if not run_exists(client, run_id):
+            if not force:
+                raise RegistryStateError(_lost_run_message(run_id, uri, model_dir))
+            run_id = recreate_run(
+                client,
+                params,
+                run_id,
+                Path(prepared_dir),
+                Path(pairs_dir),
+                dir_md5(prepared_dir),
+                dir_md5(pairs_dir),
+                _train_summary(model_dir),
+            )
+            result["recreated_run"] = True
+        result["run_id"] = run_id
+        log_run_results(client, run_id, calibration, test, eval_dir)
+        with active_tracking_uri(uri):
+            model_uri = log_model(run_id, package.artifacts, package.image_size)
+    digests = {PACKAGE_DIGEST_TAG: package.package_digest, MODEL_DIGEST_TAG: package.model_digest}
+    return _create_version(client, name, run_id, model_uri, digests, result, out_dir)
 
-    removed = remove_unfinished_versions(client, name, run_id)
-    log_run_results(client, run_id, calibration, test, eval_dir)
-    with active_tracking_uri(uri):
-        model_uri = log_model(run_id, model_dir, calibration_path, params.serve)
+
+def _version_serving(client, name: str, package, uri: str) -> tuple[object, list[str]] | None:
+    """The version that already serves this package, with the files uploaded again if the
+    artifact store lost them (the version, the files that were missing), or None.
+
+    The same package (model and code) is reused as it is. A version of the same model whose
+    files are gone is restored with this package even when its code differs: its weights and
+    calibration are the ones it was promoted with, and the alternative is no model at all."""
+    same = versions_with(client, name, PACKAGE_DIGEST_TAG, package.package_digest)
+    if same:
+        return same[0], _restore_if_lost(client, name, same[0], package, uri)
+    for mv in versions_with(client, name, MODEL_DIGEST_TAG, package.model_digest):
+        if missing_files(client, name, mv.version, uri):
+            return mv, _restore_if_lost(client, name, mv, package, uri)
+    return None
+
+
+def _create_version(
+    client, name: str, run_id: str, model_uri: str, tags: dict, result: dict, out_dir: Path
+) -> dict:
+    """Create the version (last), give it the challenger alias, mark it complete and publish
+    registration.json; anything failing after the version exists removes it again."""
     ensure_registered_model(client, name)
     previous_challenger = alias_version(client, name, CHALLENGER)
     run = client.get_run(run_id)
-    summary = runs.results_summary(run.data.tags, test, calibration["threshold"])
+    test, calibration_threshold = result["test"], result["threshold"]
+    summary = runs.results_summary(run.data.tags, test, calibration_threshold)
     runs.describe_results(client, run_id, summary)
     version_tags = {
         "git_commit": run.data.tags.get("git_commit", "unknown"),
         "test.roc_auc": f"{test['roc_auc']:.6f}",
-        "calibration.threshold": f"{calibration['threshold']:.6f}",
+        "calibration.threshold": f"{calibration_threshold:.6f}",
         **{k: v for k, v in run.data.tags.items() if k.startswith(("data.", "dvc."))},
+        **tags,
         REGISTRATION_TAG: "pending",
     }
     if previous_challenger is not None:
@@ -79,28 +178,15 @@ def run_register(
     )
     try:
         client.set_registered_model_alias(name, CHALLENGER, mv.version)
-        log.info(
-            "alias %s of %s: %s -> v%s (registered)",
-            CHALLENGER,
-            name,
-            f"v{previous_challenger}" if previous_challenger else "none",
-            mv.version,
-        )
+        _log_alias(name, previous_challenger, mv.version, "registered")
         # the last registry write: from here on the version is whole
         client.set_model_version_tag(name, mv.version, REGISTRATION_TAG, "complete")
-        result = {
-            "model_name": name,
-            "version": str(mv.version),
-            "aliases": [CHALLENGER],
-            "run_id": run_id,
-            "experiment_id": run.info.experiment_id,
-            "model_uri": f"models:/{name}/{mv.version}",
-            "previous_challenger": previous_challenger,
-            "test": test,
-            "threshold": calibration["threshold"],
-            "tracking_uri": uri,
-            "removed_unfinished_versions": removed,
-        }
+        result.update(
+            version=str(mv.version),
+            experiment_id=run.info.experiment_id,
+            model_uri=f"models:/{name}/{mv.version}",
+            previous_challenger=previous_challenger,
+        )
         with atomic_dir(out_dir) as tmp_out:
             write_json(tmp_out / "registration.json", result)
     except BaseException as err:
@@ -123,3 +209,84 @@ def run_register(
             raise err from None
         raise
     return result
+
+
+def _log_alias(name: str, before: str | None, after, why: str) -> None:
+    log.info(
+        "alias %s of %s: %s -> v%s (%s)",
+        CHALLENGER,
+        name,
+        f"v{before}" if before else "none",
+        after,
+        why,
+    )
+
+
+def _reuse(client, name: str, mv, train_run_id: str) -> dict:
+    """Point the challenger alias to ``mv``, which already serves this exact package, instead of
+    registering a duplicate; the training run (when the store has it) is tagged with it."""
+    version = str(mv.version)
+    previous_challenger = alias_version(client, name, CHALLENGER)
+    if previous_challenger != version:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        _log_alias(name, previous_challenger, version, "same package as this version")
+    log.warning(
+        "%s v%s already serves this exact model (%s %s); no new version registered",
+        name,
+        version,
+        MODEL_DIGEST_TAG,
+        (mv.tags or {}).get(MODEL_DIGEST_TAG, "")[:12],
+    )
+    if train_run_id != mv.run_id and run_exists(client, train_run_id):
+        client.set_tag(train_run_id, REGISTERED_AS_TAG, f"{name}/{version}")
+    try:
+        experiment_id = client.get_run(mv.run_id).info.experiment_id
+    except MlflowException as err:
+        if is_tracking_unreachable(err):
+            raise
+        experiment_id = None
+    return {
+        "version": version,
+        "run_id": mv.run_id,
+        "experiment_id": experiment_id,
+        "model_uri": f"models:/{name}/{version}",
+        "previous_challenger": previous_challenger,
+        "reused_version": True,
+    }
+
+
+def _restore_if_lost(client, name: str, mv, package, uri: str) -> list[str]:
+    """Upload the version's model files again when the artifact store lost them (``package``
+    holds its model); the files that were missing."""
+    missing = missing_files(client, name, mv.version, uri)
+    if missing:
+        with active_tracking_uri(uri):
+            restore_model_files(client, name, mv, package)
+        still = missing_files(client, name, mv.version, uri)
+        if still:
+            raise RegistryStateError(
+                f"uploaded the model files of {name} v{mv.version} again, but {', '.join(still)} "
+                "is still missing from the artifact store; check its permissions and space"
+            )
+    return missing
+
+
+def _train_summary(model_dir: Path) -> dict:
+    """The exported training's summary (artifacts/train_metrics.json), for a re-created run."""
+    path = model_dir.parent / "train_metrics.json"
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError):
+        log.warning("%s is missing or unreadable; the re-created run has no train.* metrics", path)
+        return {}
+    return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
+
+
+def _lost_run_message(run_id: str, uri: str, model_dir: Path) -> str:
+    return (
+        f"the MLflow run {run_id} that trained {model_dir} (its {RUN_FILE}) is not in the "
+        f"tracking store {uri}: the store was lost or replaced (a deleted mlflow.db), or "
+        "MLFLOW_TRACKING_URI points to another one. If the store is right, `siamese register "
+        "--force` registers the exported model in a new run re-created from the exported "
+        "training (`siamese run` does this by itself); `dvc repro --force train` trains it again"
+    )

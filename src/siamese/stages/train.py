@@ -26,10 +26,12 @@ from siamese.config import Params
 from siamese.data.artifacts import DATA_FILE, pairs_path
 from siamese.io import dir_md5, write_json
 from siamese.registry import runs
+from siamese.registry.names import check_tracking_names
 from siamese.registry.tracking import active_tracking_uri, tracking_uri
 from siamese.training import resume
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.fit import fit_encoder
+from siamese.training.settings import check_trainer
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SIAMESE_MLFLOW_RUN_ID"
@@ -65,7 +67,8 @@ def _begin(
     if found is not None:
         run_id, ckpt = found
         epoch, _ = resume.checkpoint_progress(ckpt)
-        runs.reopen(run_id, epoch)
+        with runs.ended_failed_on_error(run_id):
+            runs.reopen(run_id, epoch)
         log.warning(
             "resuming the interrupted training (MLflow run %s) from %s, after epoch %d",
             run_id,
@@ -75,9 +78,10 @@ def _begin(
         return {"run_id": run_id, "ckpt": str(ckpt), "resumed_after_epoch": epoch}
     resume.reset(scratch)
     run_id = runs.start_run(
-        params, prepared_dir, pairs_dir, prepared_md5, pairs_md5, fingerprint, run_name
+        params, prepared_dir, pairs_dir, prepared_md5, pairs_md5, run_name, fingerprint
     )
-    resume.record(scratch, run_id, fingerprint)
+    with runs.ended_failed_on_error(run_id):
+        resume.record(scratch, run_id, fingerprint)
     return {"run_id": run_id, "ckpt": "", "resumed_after_epoch": None}
 
 
@@ -114,9 +118,12 @@ def run_train(
     pl.seed_everything(params.seed, workers=True, verbose=False)
     launcher = _is_launcher()
     scratch = resume.scratch_dir(out_dir)
+    if launcher:  # before the MLflow run: Lightning takes the trainer settings here, and MLflow
+        check_trainer(params)  # the names, or nothing is trained that cannot be registered
+        check_tracking_names(params)
     dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
-    with active_tracking_uri(tracking_uri()):
+    with active_tracking_uri(tracking_uri()), _scratch_dropped_unless_resumable(scratch):
         if launcher:
             begun = _begin(params, prepared_dir, pairs_dir, scratch, run_name)
             handover = _handed_over(begun["run_id"], begun["ckpt"])
@@ -124,22 +131,36 @@ def run_train(
             monitor = runs.system_metrics(begun["run_id"])
         else:  # a DDP child: the launcher handed the run and the checkpoint over
             handover, monitor = contextlib.nullcontext(), contextlib.nullcontext()
-        with handover, monitor:
+        # from here on, whatever stops the stage (an error, Ctrl-C, SIGTERM, a full disk while
+        # publishing) ends the launcher's run FAILED; the previous artifacts/train stays
+        with runs.ended_failed_on_error(begun["run_id"] if launcher else None), handover:
             run_id = os.environ[RUN_ID_ENV]
-            summary = fit_encoder(
-                params,
-                dm,
-                scratch,
-                runs.lightning_logger(params, run_id),
-                resume_from=os.environ.get(RESUME_ENV) or None,
-                launcher=launcher,
-                on_failure=lambda err: runs.mark_failed(run_id, err),
-            )
-        if summary:
-            if begun["resumed_after_epoch"] is not None:
-                summary["resumed_after_epoch"] = begun["resumed_after_epoch"]
-            _finish(summary, begun["run_id"], out_dir, scratch, metrics_path)
+            with monitor:  # sampling ends with the fit, before the run is finished
+                summary = fit_encoder(
+                    params,
+                    dm,
+                    scratch,
+                    runs.lightning_logger(params, run_id),
+                    resume_from=os.environ.get(RESUME_ENV) or None,
+                    launcher=launcher,
+                )
+            if summary:
+                if begun["resumed_after_epoch"] is not None:
+                    summary["resumed_after_epoch"] = begun["resumed_after_epoch"]
+                _finish(summary, begun["run_id"], out_dir, scratch, metrics_path)
         return summary
+
+
+@contextlib.contextmanager
+def _scratch_dropped_unless_resumable(scratch: Path) -> Iterator[None]:
+    """A training that stops before its first epoch checkpoint leaves nothing to resume from: its
+    scratch directory goes too, so a failed stage leaves no partial file under artifacts/."""
+    try:
+        yield
+    except BaseException:
+        if not resume.last_checkpoint(scratch).is_file():
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def _finish(

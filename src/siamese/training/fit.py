@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers.logger import Logger  # the base class: any backend
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from siamese.config import MONITORS, Params
-from siamese.errors import TrainingFault
+from siamese.errors import ParamsError, TrainingFault
 from siamese.models.loading import save_encoder
 from siamese.training.callbacks import SaveLastCheckpoint
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.module import SiameseModule
 from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
+from siamese.training.settings import trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def build_trainer(
 ) -> tuple[pl.Trainer, ModelCheckpoint, SaveLastCheckpoint]:
     """The Trainer, with the callback that keeps the best epoch and the one that saves every
     epoch for resuming (both writing under ``scratch``)."""
-    t, tr = params.train, params.trainer
+    t = params.train
     # which weights are exported: the best validation epoch by AUC or pair loss, or the last
     # (AUC saturates at 1.0 on a handful of validation identities, and ties never improve)
     monitor, mode = MONITORS[t.monitor]
@@ -46,26 +47,34 @@ def build_trainer(
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping_patience)
         )
-    trainer = pl.Trainer(
-        accelerator=tr.accelerator,
-        devices=tr.devices,
-        num_nodes=tr.num_nodes,
-        strategy=tr.strategy,
-        precision=tr.precision,
-        deterministic=tr.deterministic,
+    try:
+        trainer = _trainer(params, scratch, logger, callbacks)
+    except MisconfigurationException as err:
+        # Lightning checks the trainer settings against this machine only here (an accelerator
+        # that is not installed, more devices than it has): a params error, not a crash
+        raise ParamsError(
+            f"trainer settings cannot run on this machine: {err} (trainer.accelerator, "
+            "trainer.devices, trainer.strategy, trainer.precision in params.yaml)"
+        ) from err
+    return trainer, best, last
+
+
+def _trainer(params: Params, scratch: Path, logger: Logger, callbacks: list) -> pl.Trainer:
+    t = params.train
+    return pl.Trainer(
+        **trainer_settings(params),
         max_epochs=t.max_epochs,
         max_time=None if t.max_minutes is None else {"minutes": t.max_minutes},
         logger=logger,
         callbacks=callbacks,
         # the data module's samplers already give each rank its share of every epoch
         use_distributed_sampler=False,
-        log_every_n_steps=tr.log_every_n_steps,
+        log_every_n_steps=params.trainer.log_every_n_steps,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=False,
         default_root_dir=str(scratch),
     )
-    return trainer, best, last
 
 
 def fit_encoder(
@@ -76,25 +85,20 @@ def fit_encoder(
     *,
     resume_from: str | None,
     launcher: bool,
-    on_failure: Callable[[BaseException], None] | None = None,
 ) -> dict:
     """Fit, resuming from the checkpoint ``resume_from`` if given, and export the best weights
     (``model.pt``, ``model.json``) into ``scratch``; the summary of the fit.
 
     Only the launching process (``launcher``) reports: it gets the summary, and on a failure
-    calls ``on_failure`` (the stage marks its tracking run failed) and says where the last good
-    checkpoint is kept. A DDP child it launched returns ``{}`` and lets its errors propagate."""
+    says where the last good checkpoint is kept (the stage ends its tracking run FAILED). A DDP
+    child it launched returns ``{}`` and lets its errors propagate."""
     module = SiameseModule(params, dm.val_pairs, dm.val_images)
     trainer, best_ckpt, last_ckpt = build_trainer(params, scratch, logger)
     started = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     except BaseException as err:
-        if not launcher:
-            raise
-        if on_failure is not None:
-            on_failure(err)
-        if not last_ckpt.path.is_file():
+        if not launcher or not last_ckpt.path.is_file():
             raise
         epoch, _ = checkpoint_progress(last_ckpt.path)
         kept = (

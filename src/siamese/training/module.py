@@ -16,6 +16,8 @@ from siamese.evaluation import metrics
 from siamese.losses import build_loss
 from siamese.mining import MINERS
 from siamese.models.encoders import SiameseEncoder
+from siamese.models.loading import embedding_distances
+from siamese.models.precision import full_precision, to_numpy
 from siamese.training.distributed import gather_batch
 
 COLLAPSE_SPREAD = 1e-3  # mean in-batch distance below this = a collapsed embedding
@@ -97,7 +99,8 @@ class SiameseModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, _ = batch
-        self._val_emb.append(self.encoder(x).detach().cpu())
+        # float32 at least: the metrics below read them as numpy, which has no bfloat16
+        self._val_emb.append(full_precision(self.encoder(x).detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_pairs is None or not self._val_emb:
@@ -110,7 +113,8 @@ class SiameseModule(pl.LightningModule):
         b = emb[[pos[int(i)] for i in self.val_pairs["b"]]]
         y = self.val_pairs["y"]
         with torch.no_grad():
-            d = self.encoder.pair_distance(a, b).numpy().astype(np.float64)
+            # the distances calibration and evaluation compute: float64, the model's metric
+            d = embedding_distances(self.encoder, to_numpy(a), to_numpy(b))
             loss = self.criterion.pair_loss(self.encoder, a, b, torch.from_numpy(y))
         if not np.all(np.isfinite(d)):
             auc, acc, eer = 0.5, 0.5, 0.5
