@@ -327,7 +327,7 @@ def test_chunked_embedding_is_identical_to_embedding_all_decoded_images(
     columns = [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
     if mode == "embed":
         frame = pd.DataFrame({EMBED_COLUMN: images})
-    decoded = np.stack([decode_image(v, model.image_size) for c in columns for v in frame[c]])
+    decoded = np.stack([decode_image(v, model.image) for c in columns for v in frame[c]])
     want = model.embeddings(decoded)  # all decoded images at once, batches of chunk_images
     if mode == "embed":
         got = model.predict(None, frame, {"mode": "embed"})
@@ -1015,7 +1015,7 @@ def test_index_and_search_find_the_person(served, tmp_path):
             [h["distance"] for h in ivf_hits], [h["distance"] for h in hits], rtol=1e-5
         )
         # the exact index equals brute force through the model's own metric
-        q = model.embeddings(decode_image(query.read_bytes(), model.image_size)[None])
+        q = model.embeddings(decode_image(query.read_bytes(), model.image)[None])
         d = enc.distance_matrix(torch.from_numpy(q), torch.from_numpy(g_emb)).numpy()[0]
         assert hits[0]["distance"] == pytest.approx(d.min(), rel=1e-4, abs=1e-6)
         correct += hits[0]["identity"] == query.stem

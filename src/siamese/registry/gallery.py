@@ -85,7 +85,7 @@ def build_gallery(
     # a gallery is searched, not trained on: an image filed under two identities, or twice
     # under one, is kept (every file is a gallery entry)
     data = load_folder_dataset(
-        root, model.image_size, min_images=1, on_duplicate_image="keep", drop_copies=False
+        root, model.image, min_images=1, on_duplicate_image="keep", drop_copies=False
     )
     emb = model.embeddings(data.images)
     distance = model.encoder.config["distance"]
@@ -194,6 +194,6 @@ def search_image(
             "its config differs"
         )
     data = read_file(image)
-    arr = decode_image(data, model.image_size, name=str(image), max_pixels=model.max_pixels)
+    arr = decode_image(data, model.image, name=str(image), max_pixels=model.max_pixels)
     query = model.embeddings(arr[None])
     return search_embeddings(path, meta, query, k, model.encoder)[0]
