@@ -250,7 +250,7 @@ def test_decode_refuses_big_images_before_decoding():
     with pytest.raises(BadImageError, match="1000x1000 = 1000000 pixels, over the limit of"):
         decode_image(png_header_only(1000, 1000), 24, "big.png", max_pixels=MAX_PIXELS)
     ok = decode_image(encode_png(np.full((200, 250), 7, np.uint8)), 24, "ok.png", max_pixels=None)
-    assert ok.shape == (24, 24) and (ok == 7).all()
+    assert ok.shape == (24, 24, 1) and (ok == 7).all()
     with pytest.raises(ParamsError, match="serve.max_pixels"):
         validate_params({"serve": {"max_pixels": 0}})
 

@@ -199,7 +199,13 @@ class MineParams(_Strict):
 class ModelParams(_Strict):
     encoder: Literal[tuple(ENCODERS)] = "conv4"
     embedding_dim: int = Field(64, ge=2, le=4096)
-    channels: int = Field(64, ge=1, le=1024)
+    channels: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="the encoder's conv width (filters per layer); the images' own channels are "
+        "data.channels",
+    )
     normalize: bool = Field(True, description="L2-normalise embeddings")
 
 
