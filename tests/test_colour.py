@@ -133,6 +133,45 @@ def test_encoders_take_colour_and_wide_images(name):
 
 
 # ---------------------------------------------------------------------------------------------
+# augmentation
+
+
+def test_colour_only_augmentations_work_on_three_channels_and_keep_the_shape():
+    from siamese.data.augment import build_augment
+    from siamese.training.datamodule import ImageDataset
+
+    steps = [
+        {"name": "ColorJitter", "params": {"brightness": 0.3, "hue": 0.1, "p": 1.0}},
+        {"name": "HueSaturationValue", "params": {"p": 1.0}},
+        {"name": "RGBShift", "params": {"p": 1.0}},
+    ]
+    params = validate_params({"data": {"channels": 3, "image_size": [16, 24]}, "augment": steps})
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 24, 3), dtype=np.uint8)
+    ds = ImageDataset(images, np.arange(4), build_augment(params.augment, params.seed))
+    x, _ = ds[1]
+    assert x.shape == (3, 16, 24)
+    plain = preprocess(torch.from_numpy(images[1:2]))[0]
+    assert not torch.equal(x, plain)  # the colours changed
+    # hue is a colour-only notion: the three channels change differently, not by one offset
+    diff = (x - plain).flatten(1)
+    assert not torch.allclose(diff[0], diff[1]) and not torch.allclose(diff[1], diff[2])
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        ({"name": "ToGray", "params": {"num_output_channels": 1}}, "into (16, 16)"),
+        ({"name": "RandomCrop", "params": {"height": 8, "width": 8}}, "into (8, 8, 3)"),
+    ],
+)
+def test_an_augmentation_that_changes_the_image_shape_is_refused_naming_the_step(step, says):
+    with pytest.raises(ParamsError) as err:
+        validate_params({"data": {"channels": 3, "image_size": 16}, "augment": [step]})
+    msg = str(err.value)
+    assert f"augment: augment[0] ({step['name']})" in msg and says in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------
 # params
 
 

@@ -17,12 +17,20 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # every choice list comes from the registry of its implementations: one source of truth
 from siamese.calibration.probability import METHODS as PROBABILITY_MAPS
 from siamese.calibration.thresholds import STRATEGIES
-from siamese.data.augment import check_steps, resolve_steps
+from siamese.data.augment import check_image_shape, check_steps, resolve_steps
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES
 from siamese.data.images import CHANNELS, RESIZES, ImageSpec
 from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS
@@ -518,8 +526,15 @@ class Params(_Strict):
 
     @field_validator("augment")
     @classmethod
-    def _augment_steps_exist(cls, steps: list[AugmentStep] | str) -> list[AugmentStep] | str:
-        check_steps(resolve_steps(steps))
+    def _augment_steps_exist(
+        cls, steps: list[AugmentStep] | str, info: ValidationInfo
+    ) -> list[AugmentStep] | str:
+        resolved = resolve_steps(steps)
+        check_steps(resolved)
+        data = info.data.get("data")  # absent when data.* itself failed validation
+        if resolved and data is not None:
+            # every step works on the configured images and keeps their shape
+            check_image_shape(resolved, data.image.shape)
         return steps
 
 
