@@ -1026,6 +1026,16 @@ def test_index_and_search_find_the_person(served, tmp_path):
     lines = res.output.strip().splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == "1"
 
+    # a gallery built before colour and resize existed (its model_config without in_channels
+    # and resize: gray, stretched) is still searched by the same model
+    assert meta["model_config"]["in_channels"] == 1 and meta["model_config"]["resize"] == "stretch"
+    for key in ("in_channels", "resize"):
+        del meta["model_config"][key]
+    (exact / "gallery.json").write_text(json.dumps(meta))
+    old = _cli("search", str(people[0]), "--index", str(exact), "-k", "2", "--json")
+    assert old.exit_code == 0, old.output
+    assert [h["identity"] for h in json.loads(old.output)] == [line.split()[2] for line in lines]
+
 
 def test_learned_head_gallery_falls_back_to_brute_force(tmp_path, served):
     """A weighted-L1 head has no FAISS metric: search runs through encoder.distance_matrix."""

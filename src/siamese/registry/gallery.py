@@ -188,7 +188,9 @@ def search_image(
 
     meta = read_gallery(path)
     model = load_served_model(model_uri or meta["model"], tracking_uri)
-    if model.encoder.config != meta["model_config"]:
+    # a gallery built before colour and resize existed recorded a gray, stretched model
+    built_with = {"in_channels": 1, "resize": "stretch", **meta["model_config"]}
+    if model.encoder.config != built_with:
         raise GalleryError(
             f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
             "its config differs"
