@@ -57,6 +57,13 @@ def svc2004() -> Path:
     return _require(SHARED_DATA / "svc2004")
 
 
+@pytest.fixture(scope="session")
+def lfw() -> Path:
+    """Labeled Faces in the Wild as published: <person>/<person>_NNNN.jpg, 250 x 250 RGB,
+    4,560 people, most with a single photo."""
+    return _require(SHARED_DATA / "lfw" / "lfw")
+
+
 @pytest.fixture
 def small_faces(att_faces, tmp_path) -> Path:
     """A copy of 8 AT&T identities (5 images each): real photos, small enough for fast tests."""

@@ -61,6 +61,8 @@ def plain_loop(params, tmp: Path, epochs: int) -> float:
         m.normalize,
         t.distance,
         head=crit.head,
+        in_channels=params.data.channels,
+        resize=params.data.resize,
     )
     enc.train()
     opt = torch.optim.AdamW(enc.parameters(), lr=t.lr, weight_decay=t.weight_decay)

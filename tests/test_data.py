@@ -9,14 +9,14 @@ from siamese.errors import BadImageError, DatasetError
 
 def test_digits_are_the_real_sklearn_digits():
     ds = load_digits_dataset(16)
-    assert ds.images.shape == (1797, 16, 16) and ds.images.dtype == np.uint8
+    assert ds.images.shape == (1797, 16, 16, 1) and ds.images.dtype == np.uint8
     assert len(set(ds.identities)) == 10
     assert len(set(ds.hashes)) > 1700  # real, mostly distinct images
 
 
 def test_folder_dataset_reads_real_faces(small_faces):
     ds = load_folder_dataset(small_faces, 32)
-    assert ds.images.shape == (40, 32, 32)
+    assert ds.images.shape == (40, 32, 32, 1)
     assert len(set(ds.identities)) == 8
     assert ds.sources[0].endswith(".pgm")
 

@@ -16,7 +16,7 @@ from siamese.data.sources import load_source
 def test_omniglot_zip_loads_every_character_grouped_by_alphabet(omniglot_zip):
     ds = load_source(str(omniglot_zip), 16)
     # 19,280 drawings, two of them byte-identical (Braille character01): that one is used once
-    assert ds.layout == "grouped" and ds.images.shape == (19279, 16, 16)
+    assert ds.layout == "grouped" and ds.images.shape == (19279, 16, 16, 1)
     assert ds.skipped["copies"] == ["images_background/Braille/character01/0192_19.png"]
     assert len(set(ds.identities)) == 964 and len(set(ds.groups)) == 30
     assert ds.identities[0] == "Alphabet_of_the_Magi/character01"

@@ -250,7 +250,7 @@ def test_decode_refuses_big_images_before_decoding():
     with pytest.raises(BadImageError, match="1000x1000 = 1000000 pixels, over the limit of"):
         decode_image(png_header_only(1000, 1000), 24, "big.png", max_pixels=MAX_PIXELS)
     ok = decode_image(encode_png(np.full((200, 250), 7, np.uint8)), 24, "ok.png", max_pixels=None)
-    assert ok.shape == (24, 24) and (ok == 7).all()
+    assert ok.shape == (24, 24, 1) and (ok == 7).all()
     with pytest.raises(ParamsError, match="serve.max_pixels"):
         validate_params({"serve": {"max_pixels": 0}})
 
@@ -327,7 +327,7 @@ def test_chunked_embedding_is_identical_to_embedding_all_decoded_images(
     columns = [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
     if mode == "embed":
         frame = pd.DataFrame({EMBED_COLUMN: images})
-    decoded = np.stack([decode_image(v, model.image_size) for c in columns for v in frame[c]])
+    decoded = np.stack([decode_image(v, model.image) for c in columns for v in frame[c]])
     want = model.embeddings(decoded)  # all decoded images at once, batches of chunk_images
     if mode == "embed":
         got = model.predict(None, frame, {"mode": "embed"})
@@ -1015,7 +1015,7 @@ def test_index_and_search_find_the_person(served, tmp_path):
             [h["distance"] for h in ivf_hits], [h["distance"] for h in hits], rtol=1e-5
         )
         # the exact index equals brute force through the model's own metric
-        q = model.embeddings(decode_image(query.read_bytes(), model.image_size)[None])
+        q = model.embeddings(decode_image(query.read_bytes(), model.image)[None])
         d = enc.distance_matrix(torch.from_numpy(q), torch.from_numpy(g_emb)).numpy()[0]
         assert hits[0]["distance"] == pytest.approx(d.min(), rel=1e-4, abs=1e-6)
         correct += hits[0]["identity"] == query.stem
@@ -1025,6 +1025,16 @@ def test_index_and_search_find_the_person(served, tmp_path):
     res = _cli("search", str(people[0]), "--index", str(exact), "-k", "2")
     lines = res.output.strip().splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == "1"
+
+    # a gallery built before colour and resize existed (its model_config without in_channels
+    # and resize: gray, stretched) is still searched by the same model
+    assert meta["model_config"]["in_channels"] == 1 and meta["model_config"]["resize"] == "stretch"
+    for key in ("in_channels", "resize"):
+        del meta["model_config"][key]
+    (exact / "gallery.json").write_text(json.dumps(meta))
+    old = _cli("search", str(people[0]), "--index", str(exact), "-k", "2", "--json")
+    assert old.exit_code == 0, old.output
+    assert [h["identity"] for h in json.loads(old.output)] == [line.split()[2] for line in lines]
 
 
 def test_learned_head_gallery_falls_back_to_brute_force(tmp_path, served):

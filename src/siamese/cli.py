@@ -648,12 +648,32 @@ def data_add(
     name: str = typer.Option("", help="name under data/ (default: the folder name)"),
     project: Path = typer.Option(Path("."), help="project directory"),
     use: bool = typer.Option(True, help="point data.source in params.yaml at it"),
+    on_bad_image: str = typer.Option(
+        None, help="error | skip: an unreadable image (default: data.on_bad_image)"
+    ),
+    on_small_identity: str = typer.Option(
+        None,
+        help="error | skip: an identity with too few images, e.g. LFW's one-photo people "
+        "(default: data.on_small_identity)",
+    ),
+    on_duplicate_image: str = typer.Option(
+        None,
+        help="error | skip | keep: one image under two identities (default: "
+        "data.on_duplicate_image)",
+    ),
 ) -> None:
-    """Copy a dataset into data/<name>, track it with DVC and use it as data.source."""
+    """Copy a dataset into data/<name>, track it with DVC and use it as data.source. The
+    --on-* choices override params.yaml's data.on_* for the check and, with --use, are written
+    there too, so prepare reads the dataset the same way."""
     from siamese.stages.data_add import add_dataset
 
+    choices = {
+        "on_bad_image": on_bad_image,
+        "on_small_identity": on_small_identity,
+        "on_duplicate_image": on_duplicate_image,
+    }
     try:
-        target = add_dataset(path, project, name or None, use)
+        target = add_dataset(path, project, name or None, use, choices)
     except (ParamsError, ValueError, RuntimeError) as err:
         _fail(str(err))
     typer.echo(f"added {path} as {target} (tracked by DVC: {target}.dvc)")

@@ -17,13 +17,22 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # every choice list comes from the registry of its implementations: one source of truth
 from siamese.calibration.probability import METHODS as PROBABILITY_MAPS
 from siamese.calibration.thresholds import STRATEGIES
-from siamese.data.augment import check_steps, resolve_steps
+from siamese.data.augment import check_image_shape, check_steps, resolve_steps
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES
+from siamese.data.images import CHANNELS, RESIZES, ImageSpec
 from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS
 from siamese.distances import DISTANCES
 from siamese.errors import ParamsError
@@ -79,7 +88,22 @@ class DataParams(_Strict):
         default_factory=list,
         description="add each training identity rotated by these degrees as a new identity",
     )
-    image_size: int = Field(28, ge=8, le=512)
+    image_size: int | list[int] = Field(
+        28,
+        description="S: every image becomes S x S pixels; [H, W]: height x width (e.g. wide "
+        "signatures); each side 8 to 512",
+    )
+    channels: Literal[CHANNELS] = Field(
+        1,
+        description="1: grayscale; 3: RGB colour (grayscale images are expanded to 3 equal "
+        "channels, transparency is composited on white)",
+    )
+    resize: Literal[tuple(RESIZES)] = Field(
+        "stretch",
+        description="stretch: scale each axis to image_size (the aspect ratio changes); pad: "
+        "keep the aspect ratio and letterbox with the image's own background (the median of its "
+        "border pixels); crop: keep the aspect ratio, scale the short side and cut the centre",
+    )
     min_images_per_identity: int = Field(2, ge=2)
     on_bad_image: Literal["error", "skip"] = "error"
     on_small_identity: Literal["error", "skip"] = "error"
@@ -97,6 +121,26 @@ class DataParams(_Strict):
     )
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size_is_side_or_height_width(cls, v: Any) -> Any:
+        def side(x: Any) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and 8 <= x <= 512
+
+        if side(v):
+            return v
+        if isinstance(v, list | tuple) and len(v) == 2 and all(side(x) for x in v):
+            return [int(x) for x in v]
+        raise ValueError(
+            "must be one side S (an integer from 8 to 512: S x S pixels) or [height, width] of "
+            f"two such integers (got {v!r})"
+        )
+
+    @property
+    def image(self) -> ImageSpec:
+        """What every image becomes (size, channels, resize): prepare, training and the model."""
+        return ImageSpec.of(self.image_size, self.channels, self.resize)
 
     @model_validator(mode="after")
     def _depth_fits_layout(self) -> DataParams:
@@ -116,6 +160,17 @@ class DataParams(_Strict):
             raise ValueError(
                 f"data.identity_depth must be 1 for layout flat (got {depth}); use layout grouped "
                 "for deeper identity folders"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rotations_need_square_images(self) -> DataParams:
+        image = self.image
+        if self.rotation_classes and image.height != image.width:
+            raise ValueError(
+                f"data.rotation_classes needs square images: a {image.height} x {image.width} "
+                "image turned by 90 degrees no longer fits; set data.image_size to one side S "
+                "or data.rotation_classes: []"
             )
         return self
 
@@ -152,7 +207,13 @@ class MineParams(_Strict):
 class ModelParams(_Strict):
     encoder: Literal[tuple(ENCODERS)] = "conv4"
     embedding_dim: int = Field(64, ge=2, le=4096)
-    channels: int = Field(64, ge=1, le=1024)
+    channels: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="the encoder's conv width (filters per layer); the images' own channels are "
+        "data.channels",
+    )
     normalize: bool = Field(True, description="L2-normalise embeddings")
 
 
@@ -476,8 +537,15 @@ class Params(_Strict):
 
     @field_validator("augment")
     @classmethod
-    def _augment_steps_exist(cls, steps: list[AugmentStep] | str) -> list[AugmentStep] | str:
-        check_steps(resolve_steps(steps))
+    def _augment_steps_exist(
+        cls, steps: list[AugmentStep] | str, info: ValidationInfo
+    ) -> list[AugmentStep] | str:
+        resolved = resolve_steps(steps)
+        check_steps(resolved)
+        data = info.data.get("data")  # absent when data.* itself failed validation
+        if resolved and data is not None:
+            # every step works on the configured images and keeps their shape
+            check_image_shape(resolved, data.image.shape)
         return steps
 
 

@@ -24,8 +24,9 @@ def write_prepared(
     groups: np.ndarray,
     forged: np.ndarray,
 ) -> None:
-    """``data.npz`` of the prepare stage: uint8 images with their label, split index (into
-    ``SPLITS``), group index (-1: no groups) and skilled-forgery flag."""
+    """``data.npz`` of the prepare stage: uint8 images, (N, H, W, C) channels last (C = 1 gray,
+    3 RGB: the layout PIL decodes to and albumentations augments), with their label, split
+    index (into ``SPLITS``), group index (-1: no groups) and skilled-forgery flag."""
     save_npz(
         Path(out_dir) / DATA_FILE,
         images=images,
@@ -44,7 +45,9 @@ class PreparedData:
 
     def __init__(self, prepared_dir: str | Path):
         with np.load(Path(prepared_dir) / DATA_FILE) as z:
-            self.images = z["images"]
+            images = z["images"]
+            # (N, H, W): written before colour existed, the C = 1 case
+            self.images = images[..., None] if images.ndim == 3 else images
             self.labels = z["labels"]
             self.split = z["split"]
             self.groups = z["groups"]

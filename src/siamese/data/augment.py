@@ -91,6 +91,29 @@ def check_steps(steps: list) -> None:
             raise ValueError(f"augment[{i}] ({step.name}): invalid params: {err}") from None
 
 
+def check_image_shape(steps: list, shape: tuple[int, int, int]) -> None:
+    """Apply every step (forced on: p = 1) once to an image of ``shape`` (H, W, C): a step that
+    fails on these channels or changes the shape (ToGray to one channel, a crop to another size)
+    fails at validation time, naming the step, instead of a batch minutes into training."""
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for i, step in enumerate(steps):
+        cls = _transform_class(step.name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = cls(**{**step.params, "p": 1.0})(image=image)["image"]
+        except Exception as err:
+            raise ValueError(
+                f"augment[{i}] ({step.name}) fails on {shape[0]} x {shape[1]} images with "
+                f"{shape[2]} channel(s) (data.image_size, data.channels): {err}"
+            ) from None
+        if out.shape != image.shape:
+            raise ValueError(
+                f"augment[{i}] ({step.name}) turns a {shape} (H, W, C) image into {out.shape}; "
+                "augmentation must keep data.image_size and data.channels"
+            )
+
+
 def build_augment(steps: list | str, seed: int) -> Any | None:
     steps = resolve_steps(steps)
     if not steps:

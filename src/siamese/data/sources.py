@@ -1,5 +1,6 @@
-"""Dataset sources. Each yields identity-labelled grayscale images plus where each came from, so
-the manifest can trace every training example back to its origin.
+"""Dataset sources. Each yields identity-labelled images (grayscale or RGB, as an ``ImageSpec``
+says) plus where each came from, so the manifest can trace every training example back to its
+origin.
 
 A folder source is a directory or a zip archive of one, in one of these layouts (``data.layout``):
 
@@ -29,7 +30,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES, read_file, read_zip_entry
-from siamese.data.images import IMAGE_EXTENSIONS, decode_image, resize_array
+from siamese.data.images import IMAGE_EXTENSIONS, ImageSpec, decode_image, resize_array
 from siamese.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def _no_skips() -> dict[str, list[str]]:
 
 @dataclass
 class LoadedDataset:
-    images: np.ndarray  # (N, S, S) uint8
+    images: np.ndarray  # (N, H, W, C) uint8
     identities: list[str]  # per image
     sources: list[str]  # per image: relative path or "digits:<index>"
     hashes: list[str]  # per image: sha256 of the source content
@@ -74,7 +75,7 @@ class LoadedDataset:
         return any(g is not None for g in self.groups)
 
 
-def load_digits_dataset(size: int) -> LoadedDataset:
+def load_digits_dataset(size: ImageSpec | int) -> LoadedDataset:
     """scikit-learn's 1,797 real handwritten digits; the identity is the digit."""
     from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import
 
@@ -306,7 +307,7 @@ def _resolve_layout(
 
 def load_folder_dataset(
     root: str | Path,
-    size: int,
+    size: ImageSpec | int,
     min_images: int = 2,
     on_bad_image: str = "error",
     on_small_identity: str = "error",
@@ -453,7 +454,7 @@ def _handle_duplicates(
 def _read_images(
     tree: _Tree,
     root: Path,
-    size: int,
+    size: ImageSpec | int,
     min_images: int,
     on_bad_image: str,
     on_small_identity: str,
@@ -556,7 +557,7 @@ def _read_images(
 
 def load_source(
     source: str,
-    size: int,
+    size: ImageSpec | int,
     min_images: int = 2,
     on_bad_image: str = "error",
     on_small_identity: str = "error",

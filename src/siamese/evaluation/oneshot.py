@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from siamese.data.files import read_file, read_zip_entry
-from siamese.data.images import read_image
+from siamese.data.images import ImageSpec, read_image
 from siamese.distances import pairwise_distance
 from siamese.io import atomic_dir
 from siamese.models.loading import embed
@@ -244,7 +244,7 @@ def read_runs(folder: str | Path) -> list[OneShotRun]:
 def score_runs(encoder, runs: list[OneShotRun]) -> dict:
     """Share of test items whose nearest training image under ``encoder`` is the listed one."""
 
-    size = encoder.config["image_size"]
+    size = ImageSpec.from_config(encoder.config)
     per_run, correct, total = {}, 0, 0
     for run in runs:
         tr = embed(encoder, np.stack([read_image(p, size) for p in run.training]))

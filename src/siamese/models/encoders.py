@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from siamese.data.images import ImageSpec
 from siamese.distances import pair_distance, pairwise_distance
 from siamese.models.heads import build_head, head_distance
 
@@ -34,46 +35,77 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+Size = int | tuple[int, int] | list[int]  # image_size: S (square) or (H, W)
+
+
+def _sides(image_size: Size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size
+    return int(height), int(width)
+
+
 class Conv4(nn.Module):
     """The Conv-4 backbone of the few-shot literature (4 x conv3x3-BN-ReLU-pool) plus a linear
-    projection to the embedding. Pooling stops once the map is 1x1, so small inputs still work."""
+    projection to the embedding. Pooling stops once the shorter side is 1, so small inputs still
+    work; the flatten size follows from H and W, so wide images work too.
 
-    def __init__(self, image_size: int, embedding_dim: int, channels: int = 64):
+    ``channels`` is the conv width; ``in_channels`` the image's channels (1 gray, 3 RGB)."""
+
+    def __init__(
+        self, image_size: Size, embedding_dim: int, channels: int = 64, in_channels: int = 1
+    ):
         super().__init__()
-        blocks, side, c_in = [], image_size, 1
+        (height, width), c_in = _sides(image_size), in_channels
+        blocks = []
         for _ in range(4):
-            pool = side >= 2
+            pool = min(height, width) >= 2
             blocks.append(_block(c_in, channels, pool))
-            side = side // 2 if pool else side
+            if pool:
+                height, width = height // 2, width // 2
             c_in = channels
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(channels * side * side, embedding_dim)
+        self.head = nn.Linear(channels * height * width, embedding_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
 
 
 @register("conv4")
-def conv4(image_size: int, embedding_dim: int, channels: int = 64) -> nn.Module:
-    return Conv4(image_size, embedding_dim, channels)
+def conv4(
+    image_size: Size, embedding_dim: int, channels: int = 64, in_channels: int = 1
+) -> nn.Module:
+    return Conv4(image_size, embedding_dim, channels, in_channels)
 
 
 @register("mlp")
-def mlp(image_size: int, embedding_dim: int, channels: int = 64) -> nn.Module:
+def mlp(
+    image_size: Size, embedding_dim: int, channels: int = 64, in_channels: int = 1
+) -> nn.Module:
     """A small fully connected encoder: a cheap baseline and fast test double of real size."""
     hidden = channels * 4
+    height, width = _sides(image_size)
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(image_size * image_size, hidden),
+        nn.Linear(in_channels * height * width, hidden),
         nn.ReLU(inplace=True),
         nn.Linear(hidden, embedding_dim),
     )
 
 
-def build_encoder(name: str, image_size: int, embedding_dim: int, channels: int = 64) -> nn.Module:
+def build_encoder(
+    name: str, image_size: Size, embedding_dim: int, channels: int = 64, in_channels: int = 1
+) -> nn.Module:
+    """Encoder ``name`` for ``in_channels`` x H x W inputs (``image_size``: S or (H, W));
+    ``channels`` is its conv width (model.channels)."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; available: {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name](image_size=image_size, embedding_dim=embedding_dim, channels=channels)
+    return ENCODERS[name](
+        image_size=image_size,
+        embedding_dim=embedding_dim,
+        channels=channels,
+        in_channels=in_channels,
+    )
 
 
 LEARNED_DISTANCE = "learned"
@@ -87,17 +119,24 @@ class SiameseEncoder(nn.Module):
     def __init__(
         self,
         encoder: str,
-        image_size: int,
+        image_size: Size,
         embedding_dim: int,
         channels: int,
         normalize: bool,
         distance: str = "euclidean",
         head: str | None = None,
+        in_channels: int = 1,
+        resize: str = "stretch",
     ):
         super().__init__()
+        # the images it takes, stored with it (model.json, the package) so every consumer
+        # decodes and resizes exactly as training did; validated here
+        image = ImageSpec.of(image_size, in_channels, resize)
         self.config = {
             "encoder": encoder,
-            "image_size": image_size,
+            "image_size": image.size,
+            "in_channels": image.channels,
+            "resize": image.resize,
             "embedding_dim": embedding_dim,
             "channels": channels,
             "normalize": normalize,
@@ -105,7 +144,10 @@ class SiameseEncoder(nn.Module):
             "distance": LEARNED_DISTANCE if head else distance,
             "head": head,
         }
-        self.net = build_encoder(encoder, image_size, embedding_dim, channels)
+        self.image = image
+        self.net = build_encoder(
+            encoder, (image.height, image.width), embedding_dim, channels, image.channels
+        )
         self.normalize = normalize
         self.head = build_head(head, embedding_dim)
 
@@ -139,5 +181,7 @@ class SiameseEncoder(nn.Module):
 
 
 def preprocess(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, S, S) -> float (N, 1, S, S) in [-1, 1]; used for training and serving alike."""
-    return images_uint8.float().div(127.5).sub(1.0).unsqueeze(1)
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]; used for training and serving
+    alike. (N, H, W) is read as C = 1 (prepared data written before colour existed)."""
+    x = images_uint8 if images_uint8.ndim == 4 else images_uint8.unsqueeze(-1)
+    return x.float().div(127.5).sub(1.0).permute(0, 3, 1, 2).contiguous()

@@ -29,6 +29,9 @@ def encoder_from_config(cfg: dict) -> SiameseEncoder:
         cfg["normalize"],
         cfg.get("distance", "euclidean"),
         cfg.get("head"),
+        # a model.json written before colour and resize existed: gray, stretched
+        in_channels=cfg.get("in_channels", 1),
+        resize=cfg.get("resize", "stretch"),
     )
 
 
@@ -71,7 +74,7 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
 
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """uint8 (N, S, S) images -> float32 (N, D) embeddings."""
+    """uint8 (N, H, W, C) images (or (N, H, W): C = 1) -> float32 (N, D) embeddings."""
     out = []
     for i in range(0, len(images), batch_size):
         x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))

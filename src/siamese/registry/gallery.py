@@ -85,7 +85,7 @@ def build_gallery(
     # a gallery is searched, not trained on: an image filed under two identities, or twice
     # under one, is kept (every file is a gallery entry)
     data = load_folder_dataset(
-        root, model.image_size, min_images=1, on_duplicate_image="keep", drop_copies=False
+        root, model.image, min_images=1, on_duplicate_image="keep", drop_copies=False
     )
     emb = model.embeddings(data.images)
     distance = model.encoder.config["distance"]
@@ -188,12 +188,14 @@ def search_image(
 
     meta = read_gallery(path)
     model = load_served_model(model_uri or meta["model"], tracking_uri)
-    if model.encoder.config != meta["model_config"]:
+    # a gallery built before colour and resize existed recorded a gray, stretched model
+    built_with = {"in_channels": 1, "resize": "stretch", **meta["model_config"]}
+    if model.encoder.config != built_with:
         raise GalleryError(
             f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
             "its config differs"
         )
     data = read_file(image)
-    arr = decode_image(data, model.image_size, name=str(image), max_pixels=model.max_pixels)
+    arr = decode_image(data, model.image, name=str(image), max_pixels=model.max_pixels)
     query = model.embeddings(arr[None])
     return search_embeddings(path, meta, query, k, model.encoder)[0]

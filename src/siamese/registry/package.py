@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from siamese.data.images import encode_png
+from siamese.data.images import ImageSpec, as_spec, encode_png
 from siamese.io import read_json, write_json
 from siamese.models.loading import CONFIG_FILE, load_state_dict, save_safetensors
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
@@ -25,7 +25,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/siamese: shipped as the
 
 
 def preprocessing_spec(
-    image_size: int,
+    image: ImageSpec | int,
     max_pixels: int | None,
     max_request_bytes: int | None = None,
     *,
@@ -33,17 +33,30 @@ def preprocessing_spec(
     chunk_images: int | None = None,
 ) -> dict:
     """``preprocessing.json``: how an input becomes the encoder's input, and the serving limits
-    the package carries (serve.* of params.yaml when it was registered)."""
+    the package carries (serve.* of params.yaml when it was registered). ``image_size``,
+    ``channels`` and ``resize`` are what the model was trained on; serving decodes with them."""
+    image = as_spec(image)
+    gray = "grayscale: PIL mode L (ITU-R 601-2 luma)"
+    rgb = "RGB: PIL mode RGB, grayscale expanded to 3 equal channels"
     return {
-        "image_size": int(image_size),
+        "image_size": image.size,
+        "channels": image.channels,
+        "resize": image.resize,
         "input": "encoded image bytes (PNG, JPEG, WebP, PGM, BMP, TIFF, GIF, ...: any raster "
         "format Pillow decodes), base64 strings, or arrays (H, W) / (H, W, 3|4), uint8 or float "
         "in [0, 1]",
         "orientation": "encoded images turned upright by their EXIF orientation first",
-        "color": "grayscale: PIL mode L (ITU-R 601-2 luma), alpha composited on white, "
+        "color": f"{gray if image.channels == 1 else rgb}, alpha composited on white, "
         "16-bit scaled by its maximum",
-        "resize": "bilinear to image_size x image_size",
+        "resize_method": {
+            "stretch": "bilinear to image_size (height x width), aspect ratio not kept",
+            "pad": "bilinear to fit image_size keeping the aspect ratio, centred, letterboxed "
+            "with the median of the image's border pixels",
+            "crop": "bilinear so the short side fits image_size keeping the aspect ratio, "
+            "centre-cropped",
+        }[image.resize],
         "dtype": "uint8",
+        "layout": "height x width x channels, fed to the encoder as channels x height x width",
         "normalization": dict(NORMALIZATION),
         "max_pixels": None if max_pixels is None else int(max_pixels),
         # HTTP request bodies (mlflow models serve) over this many bytes are answered with 413
@@ -81,7 +94,7 @@ def build_package(
     write_json(
         dest / "preprocessing.json",
         preprocessing_spec(
-            config["image_size"],
+            ImageSpec.from_config(config),
             max_pixels,
             max_request_bytes,
             max_rows=max_rows,
@@ -145,14 +158,20 @@ def signature():
     )
 
 
-def example_frame(image_size: int) -> pd.DataFrame:
-    """A one-pair input example (two synthetic gradients at the model's size)."""
-    ramp = np.linspace(0, 255, image_size, dtype=np.float64)
-    a = np.add.outer(ramp, ramp) / 2
+def example_frame(image: ImageSpec | int) -> pd.DataFrame:
+    """A one-pair input example (two synthetic gradients at the model's size and colour)."""
+    image = as_spec(image)
+    rows = np.linspace(0, 255, image.height, dtype=np.float64)
+    cols = np.linspace(0, 255, image.width, dtype=np.float64)
+    a = np.add.outer(rows, cols) / 2
+    b = a[::-1, ::-1]
+    if image.channels == 3:  # a colour model's example is in colour
+        a = np.stack([a, a[::-1], np.full_like(a, 128.0)], axis=-1)
+        b = np.stack([b, np.full_like(b, 64.0), b[:, ::-1]], axis=-1)
     return pd.DataFrame(
         {
             "image_a": [encode_png(a.astype(np.uint8))],
-            "image_b": [encode_png(a.T[::-1].astype(np.uint8))],
+            "image_b": [encode_png(b.astype(np.uint8))],
         }
     )
 
@@ -167,14 +186,14 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def pyfunc_kwargs(artifacts: dict[str, str], image_size: int) -> dict:
+def pyfunc_kwargs(artifacts: dict[str, str], image: ImageSpec) -> dict:
     """Arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a built package."""
     return {
         "python_model": str(MODEL_CODE),
         "artifacts": artifacts,
         "code_paths": [str(PACKAGE_DIR)],
         "signature": signature(),
-        "input_example": example_frame(image_size),
+        "input_example": example_frame(image),
         "pip_requirements": pip_requirements(),
     }
 
@@ -191,7 +210,7 @@ def save_package(
 ) -> Path:
     """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
 
-    image_size = read_json(Path(model_dir) / CONFIG_FILE)["image_size"]
+    image = ImageSpec.from_config(read_json(Path(model_dir) / CONFIG_FILE))
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = build_package(
             model_dir,
@@ -202,5 +221,5 @@ def save_package(
             max_rows=max_rows,
             chunk_images=chunk_images,
         )
-        mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image_size))
+        mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image))
     return Path(path)

@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from siamese.calibration.probability import apply_probability_map
-from siamese.data.images import array_image, decode_image
+from siamese.data.images import ImageSpec, array_image, decode_image
 from siamese.errors import BadImageError
 from siamese.io import read_json
 from siamese.models.loading import embed, embedding_distances, load_encoder
@@ -62,7 +62,7 @@ def invalid_input(message: str) -> MlflowException:
     return ServingError(message, status=400, error_code=INVALID_PARAMETER_VALUE)
 
 
-def _decode(value: Any, size: int, name: str, max_pixels: int | None) -> np.ndarray:
+def _decode(value: Any, size: ImageSpec, name: str, max_pixels: int | None) -> np.ndarray:
     if isinstance(value, np.ndarray) and value.dtype != object:
         return array_image(value, size, name=name, max_pixels=max_pixels)
     if isinstance(value, str):
@@ -98,14 +98,19 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
                 f"unsupported normalisation {preprocessing.get('normalization')}; this code "
                 f"applies {NORMALIZATION}"
             )
-        if preprocessing["image_size"] != encoder.config["image_size"]:
-            raise ValueError("preprocessing.image_size differs from the encoder's image size")
+        image = ImageSpec.from_preprocessing(preprocessing)
+        trained = ImageSpec.from_config(encoder.config)
+        if image != trained:
+            raise ValueError(
+                f"preprocessing.json ({image}) differs from the images the encoder was trained "
+                f"on ({trained})"
+            )
         self.encoder = encoder
         self.preprocessing = preprocessing
         self.calibration = calibration
         self.threshold = float(calibration["threshold"])
         self.probability_map = calibration.get("probability") or {"method": "none"}
-        self.image_size = int(preprocessing["image_size"])
+        self.image = image  # size, channels and resize: as training decoded
         self.max_pixels = preprocessing.get("max_pixels")
         self.max_request_bytes = preprocessing.get("max_request_bytes")
         self.max_rows = preprocessing.get("max_rows")
@@ -148,9 +153,9 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         without ever holding all decoded images. Between images the request's deadline is
         checked (serving only)."""
 
-        size, step = self.image_size, self.chunk_images
+        size, step = self.image, self.chunk_images
         total = len(frame) * len(columns)
-        buffer = np.empty((min(step, total), size, size), np.uint8)
+        buffer = np.empty((min(step, total), *size.shape), np.uint8)
         out: np.ndarray | None = None  # float64 (total, D), allocated once D is known
         k = done = 0
         for col in columns:
@@ -169,7 +174,7 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         return out
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 -> float64 (N, D) embeddings, exactly as evaluated, in batches of
+        """(N, H, W, C) uint8 -> float64 (N, D) embeddings, exactly as evaluated, in batches of
         ``chunk_images`` (what requests are embedded in)."""
 
         return embed(self.encoder, images, batch_size=self.chunk_images).astype(np.float64)

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from siamese.config import Params, ServeParams, flatten
+from siamese.data.images import ImageSpec
 from siamese.errors import RegistryStateError
 from siamese.io import read_json
 from siamese.models.loading import CONFIG_FILE
@@ -72,11 +73,12 @@ def log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir
 @dataclasses.dataclass(frozen=True)
 class BuiltPackage:
     """A training output's served package, built in a temporary folder: the pyfunc
-    ``artifacts`` map, the model's image size, and the digests that identify it (the model alone,
-    and the model with the code that serves it; see siamese.registry.package)."""
+    ``artifacts`` map, the images the model takes (size, channels, resize), and the digests that
+    identify it (the model alone, and the model with the code that serves it; see
+    siamese.registry.package)."""
 
     artifacts: dict[str, str]
-    image_size: int
+    image: ImageSpec
     model_digest: str
     package_digest: str
 
@@ -87,7 +89,7 @@ def built_package(
 ) -> Iterator[BuiltPackage]:
     """The served package of a training output, for the block."""
     calibration = read_json(calibration_path)
-    image_size = read_json(model_dir / CONFIG_FILE)["image_size"]
+    image = ImageSpec.from_config(read_json(model_dir / CONFIG_FILE))
     with tempfile.TemporaryDirectory() as tmp:
         dest = Path(tmp) / "package"
         limit = serve.max_request_bytes
@@ -100,15 +102,15 @@ def built_package(
             max_rows=serve.max_rows,
             chunk_images=serve.chunk_images,
         )
-        yield BuiltPackage(artifacts, image_size, model_digest(dest), package_digest(dest))
+        yield BuiltPackage(artifacts, image, model_digest(dest), package_digest(dest))
 
 
-def log_model(run_id: str, artifacts: dict[str, str], image_size: int) -> str:
+def log_model(run_id: str, artifacts: dict[str, str], image: ImageSpec) -> str:
     """Log the pyfunc into the run as a model from code: safetensors weights, preprocessing and
     calibration JSON (a built package, see ``built_package``), the siamese package as code;
     returns its URI."""
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(artifacts, image_size))
+        info = mlflow.pyfunc.log_model(name="model", **pyfunc_kwargs(artifacts, image))
     return info.model_uri
 
 
@@ -136,7 +138,7 @@ def restore_model_files(client, name: str, mv, package: BuiltPackage) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model"
         mlflow.pyfunc.save_model(
-            str(local), mlflow_model=meta, **pyfunc_kwargs(package.artifacts, package.image_size)
+            str(local), mlflow_model=meta, **pyfunc_kwargs(package.artifacts, package.image)
         )
         for pycache in local.rglob("__pycache__"):
             shutil.rmtree(pycache, ignore_errors=True)

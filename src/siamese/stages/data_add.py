@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 from siamese import paths
-from siamese.config import load_params
-from siamese.data.files import DEFAULT_MAX_FILE_BYTES
+from siamese.config import DataParams, load_params, validate_params
 from siamese.data.sources import load_folder_dataset
 from siamese.params_file import set_params
 
@@ -23,15 +22,44 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def add_dataset(source: Path, project: Path, name: str | None = None, use: bool = True) -> Path:
+# the data.on_* choices ``data add`` takes as options (and records in params.yaml)
+ON_CHOICES = ("on_bad_image", "on_small_identity", "on_duplicate_image")
+
+
+def add_dataset(
+    source: Path,
+    project: Path,
+    name: str | None = None,
+    use: bool = True,
+    choices: dict[str, str] | None = None,
+) -> Path:
+    """Copy ``source`` into ``data/``, track it with DVC and (``use``) point data.source at it.
+
+    The dataset is read first as prepare will read it: under the project's data.* params, with
+    ``choices`` (data.on_bad_image / on_small_identity / on_duplicate_image given on the command
+    line) over them, so a dataset prepare would refuse is refused here and one it would read
+    with skips (LFW as published: most people have one photo) can be added. With ``use``, the
+    given choices are written to params.yaml beside data.source, so prepare reads it the same
+    way."""
     source, project = Path(source).resolve(), Path(project).resolve()
+    choices = {k: v for k, v in (choices or {}).items() if v is not None}
     # validate before copying anything so a bad dataset leaves the project untouched (reads are
     # bounded by the project's data.max_file_bytes: a device or FIFO is refused, never copied)
     params_file = project / paths.PARAMS
-    cap = DEFAULT_MAX_FILE_BYTES
-    if params_file.is_file():
-        cap = load_params(params_file).data.max_file_bytes
-    load_folder_dataset(source, size=16, max_file_bytes=cap)
+    data = load_params(params_file).data if params_file.is_file() else DataParams()
+    # a bad choice is a ParamsError naming data.<key> and the allowed values
+    data = validate_params(
+        {"data": {**data.model_dump(mode="json"), **choices}}, origin="data add options"
+    ).data
+    load_folder_dataset(
+        source,
+        size=16,
+        min_images=data.min_images_per_identity,
+        on_bad_image=data.on_bad_image,
+        on_small_identity=data.on_small_identity,
+        on_duplicate_image=data.on_duplicate_image,
+        max_file_bytes=data.max_file_bytes,
+    )
     rel = DATA_DIR / (name or source.name)
     target = project / rel
     if target.exists():
@@ -49,5 +77,6 @@ def add_dataset(source: Path, project: Path, name: str | None = None, use: bool 
         _remove(target)
         raise RuntimeError(f"dvc add {rel} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     if use:
-        set_params(project / "params.yaml", [f"data.source={rel.as_posix()}"])
+        chosen = [f"data.{k}={v}" for k, v in sorted(choices.items())]
+        set_params(project / "params.yaml", [f"data.source={rel.as_posix()}", *chosen])
     return rel

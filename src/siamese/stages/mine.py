@@ -9,7 +9,7 @@ import numpy as np
 
 from siamese.config import Params
 from siamese.data.artifacts import PreparedData, write_pairs
-from siamese.data.images import resize_array
+from siamese.data.images import ImageSpec, resize_array
 from siamese.errors import DatasetError
 from siamese.io import atomic_dir, write_json
 from siamese.mining.offline import (
@@ -37,10 +37,10 @@ def _reference_embeddings(uri: str, data: PreparedData) -> dict | None:
         log.warning("no reference model at %s (%s); using random negatives", uri, err)
         return None
     idx = data.indices("train", forged=False)
-    size = encoder.config["image_size"]
+    spec = ImageSpec.from_config(encoder.config)
     images = data.images[idx]
-    if images.shape[1] != size:
-        images = np.stack([resize_array(im, size) for im in images])
+    if images.shape[1:] != spec.shape:  # a reference model of another image size or colour
+        images = np.stack([resize_array(im, spec) for im in images])
     return {"uri": uri, "indices": idx, "embeddings": embed(encoder, images), "count": 0}
 
 

@@ -55,7 +55,7 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         log.warning("%s", state.warning)
     ds = load_source(
         d.source,
-        d.image_size,
+        d.image,
         d.min_images_per_identity,
         d.on_bad_image,
         d.on_small_identity,
@@ -105,6 +105,8 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         "source_record": state.record,  # the DVC record of the source (None: unversioned)
         "source_fingerprint": state.fingerprint,  # a source outside data/: its content hash
         "image_size": d.image_size,
+        "channels": d.channels,
+        "resize": d.resize,
         "images": int(len(labels)),
         "identities": len(names),
         "layout": ds.layout,

@@ -123,7 +123,7 @@ def run_register(
         result["run_id"] = run_id
         log_run_results(client, run_id, calibration, test, eval_dir)
         with active_tracking_uri(uri):
-            model_uri = log_model(run_id, package.artifacts, package.image_size)
+            model_uri = log_model(run_id, package.artifacts, package.image)
     digests = {PACKAGE_DIGEST_TAG: package.package_digest, MODEL_DIGEST_TAG: package.model_digest}
     return _create_version(client, name, run_id, model_uri, digests, result, out_dir)
 

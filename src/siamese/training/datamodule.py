@@ -19,7 +19,7 @@ from siamese.models.encoders import preprocess
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (S, S) -> float (1, S, S), the encoder's input."""
+    """uint8 (H, W, C) -> float (C, H, W), the encoder's input."""
     return preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])[0]
 
 

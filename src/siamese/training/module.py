@@ -51,6 +51,8 @@ class SiameseModule(pl.LightningModule):
             m.normalize,
             t.distance,
             head=self.criterion.head,
+            in_channels=self.p.data.channels,
+            resize=self.p.data.resize,
         )
         self.val_pairs = val_pairs
         self.val_images = None if val_images is None else np.asarray(val_images)
