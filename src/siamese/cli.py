@@ -32,6 +32,7 @@ from siamese.errors import (
     StageFailed,
     TrainingFault,
     from_os_error,
+    in_chain,
 )
 from siamese.io import write_json
 from siamese.locking import project_lock
@@ -87,17 +88,6 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _in_chain(err: BaseException | None, kind: type) -> BaseException | None:
-    """``err`` or the first exception that caused it which is a ``kind``."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
     """The one line and the exit code the user gets for ``err``: the project's one translation of
     a failure. A project error (siamese.errors) carries its exit code; a tracking-store failure
@@ -106,7 +96,7 @@ def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
     siamese.errors.from_os_error); a signal or Ctrl-C exits 128 + its number; anything else is
     an unexpected error (exit 1) whose traceback ``--verbose`` shows."""
     prefix = f"{stage}: " if stage else ""
-    interrupt = _in_chain(err, KeyboardInterrupt)
+    interrupt = in_chain(err, KeyboardInterrupt)
     if interrupt is not None:
         signum = getattr(interrupt, "signum", signal.SIGINT)
         what = "nothing was published" if stage else "the stage that was running published nothing"
@@ -124,7 +114,7 @@ def explain(err: BaseException, stage: str | None = None) -> tuple[str, int]:
         tracked = tracking_error(err, stage or "siamese")
         if tracked is not None:
             return str(tracked), tracked.exit_code
-    os_err = _in_chain(err, OSError)
+    os_err = in_chain(err, OSError)
     if os_err is not None:
         if os_err.errno is None and isinstance(os_err, FileNotFoundError):
             return str(os_err), EXIT_BAD_INPUT  # the project's own "X not found: run Y" messages
@@ -188,7 +178,7 @@ def _run_stage(fn, params_path: Path, *args) -> None:
     except (Exception, KeyboardInterrupt) as err:
         _report(err, stage)
     except SystemExit as err:  # Lightning exits 1 after it handled an interrupt in the fit
-        if _in_chain(err, KeyboardInterrupt) is None:
+        if in_chain(err, KeyboardInterrupt) is None:
             raise
         _report(err, stage)
     if result:

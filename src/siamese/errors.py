@@ -188,3 +188,15 @@ class RegistryStateError(RuntimeError):
     repairs it. Exit 2: rerunning the same command cannot help, the repairing command does."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def in_chain(err: BaseException | None, kind: type) -> BaseException | None:
+    """``err`` or the first exception that caused it which is a ``kind`` (the one walk of a
+    cause chain, used by the CLI's error translation and the tracking-error mapping)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

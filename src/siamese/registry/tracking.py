@@ -13,7 +13,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.utils import mlflow_tags
 
-from siamese.errors import TrackingRejectedError, TrackingUnavailableError
+from siamese.errors import TrackingRejectedError, TrackingUnavailableError, in_chain
 from siamese.io import file_md5
 
 DEFAULT_DB = "mlflow.db"
@@ -105,7 +105,7 @@ def tracking_error(
 
     if is_tracking_unreachable(err):
         return TrackingUnavailableError(unreachable_message(err, stage))
-    found = _in_chain(err, MlflowException)
+    found = in_chain(err, MlflowException)
     if found is None:
         return None
     status = found.get_http_status_code()
@@ -128,16 +128,6 @@ def tracking_error(
         f"{where} failed the {stage} stage's request {said}. {unchanged} Rerun when the server "
         "is healthy."
     )
-
-
-def _in_chain(err: BaseException | None, kind: type) -> BaseException | None:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, kind):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def _first_line(err: BaseException) -> str:
