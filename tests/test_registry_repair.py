@@ -194,7 +194,7 @@ def test_registry_state_names_its_repair_and_the_repair_works(broken, state, tmp
         registration = json.loads((project / "artifacts/register/registration.json").read_text())
         assert registration["reused_version"] and registration["version"] == "1", registration
         assert registration["train_run_id"] != registration["run_id"]  # a new training run
-        experiment = _client(project).get_experiment_by_name("siamese").experiment_id
+        experiment = _client(project).get_experiment_by_name(NAME).experiment_id
         assert len(_client(project).search_runs([experiment])) == 2
 
     # a working state: one version, the champion, loading and serving
