@@ -10,6 +10,8 @@ A challenger whose evaluation failed or is missing (its run is not FINISHED, or 
 ``test.*`` metric for the promotion metric) is never promoted: the refusal is tagged on the
 version and raised as ``PromotionError``. The first version (no champion yet) is promoted.
 
+On a team server only a release manager (MANAGE on the registered model) may promote or roll
+back: both ask the server first and refuse before anything changes (siamese.registry.access).
 The versions compared are checked against the digests recorded at registration before they are
 scored, and the record names the digest that was evaluated (``promotion.model_sha256``).
 
@@ -31,6 +33,7 @@ from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.errors import PromotionError
 from siamese.io import atomic_dir, file_md5, write_json
 from siamese.registry import tracking
+from siamese.registry.access import require_release_permission
 from siamese.registry.aliases import (
     CHALLENGER,
     CHAMPION,
@@ -68,6 +71,7 @@ def run_promote(
     uri = tracking_uri()
     client = tracking.client(uri)
     name = params.register.model_name
+    require_release_permission(uri, name, "promote")
     r = params.register
     key = metric_key(params)
     explicit = version is not None
@@ -181,6 +185,7 @@ def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
 
     client = tracking.client()
     name = params.register.model_name
+    require_release_permission(tracking_uri(), name, "rollback")
     champ = version_by_alias(client, name, CHAMPION)
     if champ is None:
         raise PromotionError(f"model {name} has no {CHAMPION}; nothing to roll back")
