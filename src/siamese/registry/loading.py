@@ -117,9 +117,8 @@ def load_pyfunc(uri: str, tracking_uri: str | None = None) -> tuple[mlflow.pyfun
                 )
             digest = verify_package(local, uri, tracking_uri)
             return mlflow.pyfunc.load_model(str(local)), digest
-        except PackageIntegrityError:
-            raise
         except Exception as err:
+            # a file gone from the store (an altered package too) is named with its repair
             problem = missing_files_error(uri, tracking_uri)
             if problem is None:
                 raise
@@ -151,8 +150,6 @@ def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) ->
             )
             verify_package(path, str(uri), tracking_uri)
             return load_encoder(Path(path) / "artifacts" / "encoder")
-        except PackageIntegrityError:
-            raise
         except Exception as err:
             problem = missing_files_error(str(uri), tracking_uri)
             if problem is None:
