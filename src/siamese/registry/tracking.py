@@ -120,7 +120,7 @@ def tracking_error(
     said = f"({found.error_code}): {_first_line(found).removeprefix(found.error_code + ': ')}"
     unchanged = f"The {stage} stage published nothing and its previous outputs are unchanged."
     if status == 401:
-        return AccessDeniedError(not_authenticated_message(stage))
+        return AccessDeniedError(not_authenticated_message(stage, said))
     if status == 403:
         return AccessDeniedError(
             f"permission denied: {where} does not let {caller()} do what the {stage} stage "
@@ -152,7 +152,7 @@ def caller() -> str:
     )
 
 
-def not_authenticated_message(stage: str) -> str:
+def not_authenticated_message(stage: str, said: str = "") -> str:
     """What a user needs after the server answered 401: which credentials it got, and how to set
     the right ones."""
     given = (
@@ -162,9 +162,9 @@ def not_authenticated_message(stage: str) -> str:
     )
     return (
         f"not authenticated: the MLflow tracking server {tracking_uri()} requires a login and "
-        f"{given}. The {stage} stage changed nothing. Set MLFLOW_TRACKING_USERNAME and "
-        "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to your account on that server, "
-        "then rerun."
+        f"{given}{f' {said}' if said else ''}. The {stage} stage changed nothing. Set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to "
+        "your account on that server, then rerun."
     )
 
 
