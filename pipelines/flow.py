@@ -30,7 +30,13 @@ from prefect.types.entrypoint import EntrypointType
 
 from siamese import paths
 from siamese.config import apply_overrides, load_params, read_params_file, validate_params
-from siamese.errors import EXIT_FAILED, EXIT_PROMOTION_REFUSED, EXIT_UNREACHABLE, StageFailed
+from siamese.errors import (
+    EXIT_ACCESS_DENIED,
+    EXIT_FAILED,
+    EXIT_PROMOTION_REFUSED,
+    EXIT_UNREACHABLE,
+    StageFailed,
+)
 from siamese.locking import project_lock
 from siamese.params_file import set_params
 from siamese.registry.names import check_tracking_names
@@ -256,6 +262,8 @@ def _retry_unless_refused(task, task_run, state) -> bool:
         state.result()
     except PromotionRefused:
         return False
+    except StageFailed as err:  # refused credentials or role: a retry gets the same answer
+        return err.exit_code != EXIT_ACCESS_DENIED
     except Exception:
         return True
     return False

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from siamese import paths
 from siamese.cli import VERBOSE_ENV, app, explain
-from siamese.errors import EXIT_BAD_INPUT, EXIT_SYSTEM, EXIT_UNREACHABLE
+from siamese.errors import EXIT_ACCESS_DENIED, EXIT_BAD_INPUT, EXIT_SYSTEM, EXIT_UNREACHABLE
 from siamese.params_file import set_params
 from tests.helpers.checkpoints import wait_for_checkpoint
 from tests.helpers.params import FAST_PARAMS, QUICK
@@ -86,8 +86,8 @@ def test_os_errors_become_one_line_naming_the_path_the_cause_and_the_fix(tmp_pat
     [
         ("INVALID_PARAMETER_VALUE", EXIT_BAD_INPUT, "rejected the register stage's request"),
         ("RESOURCE_DOES_NOT_EXIST", EXIT_BAD_INPUT, "register.model_name"),
-        ("PERMISSION_DENIED", EXIT_UNREACHABLE, "MLFLOW_TRACKING_TOKEN"),
-        ("UNAUTHENTICATED", EXIT_UNREACHABLE, "MLFLOW_TRACKING_USERNAME"),
+        ("PERMISSION_DENIED", EXIT_ACCESS_DENIED, "permission denied: "),
+        ("UNAUTHENTICATED", EXIT_ACCESS_DENIED, "MLFLOW_TRACKING_USERNAME"),
         ("INTERNAL_ERROR", EXIT_UNREACHABLE, "Rerun when the server is healthy"),
     ],
 )

@@ -4,7 +4,6 @@ served by the server from their own root) over HTTP instead of the project's SQL
 from __future__ import annotations
 
 import os
-import uuid
 
 import mlflow
 import pytest
@@ -12,32 +11,23 @@ import pytest
 from siamese.params_file import set_params
 from siamese.registry.tracking import active_tracking_uri
 from tests.helpers.params import QUICK
-from tests.helpers.servers import background, free_port, mlflow_server_cmd, wait_http
+from tests.helpers.servers import (
+    background,
+    free_port,
+    mlflow_server_cmd,
+    postgres_database,
+    wait_http,
+)
 from tests.helpers.stages import run_promote_stage, run_register_stage, run_stages_until_evaluate
 
 pytestmark = pytest.mark.integration
-
-PG = os.environ.get("SIAMESE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 @pytest.fixture
 def postgres_db():
     """A fresh database for this test on the PostgreSQL server, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed")
-    try:
-        admin = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
-    except psycopg2.OperationalError as err:
-        pytest.skip(f"PostgreSQL unreachable at {PG} ({err}); set SIAMESE_TEST_POSTGRES")
-    admin.autocommit = True
-    name = f"siamese_mlflow_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ EXIT_PROMOTION_REFUSED = 3
 EXIT_UNREACHABLE = 4
 EXIT_TRAINING_FAULT = 5
 EXIT_SYSTEM = 6
+EXIT_ACCESS_DENIED = 7
 
 
 class ParamsError(ValueError):
@@ -103,6 +104,23 @@ class TrackingUnavailableError(RuntimeError):
     an internal error): rerun when it is back or the credentials are fixed."""
 
     exit_code = EXIT_UNREACHABLE
+
+
+class AccessDeniedError(RuntimeError):
+    """The MLflow tracking server did not let this caller do it: no credentials or wrong ones
+    (401), or a user whose role lacks the permission (403; moving ``champion`` without MANAGE on
+    the registered model). Nothing was changed; rerunning cannot help until the credentials or
+    the grants change, so it has its own exit code (and no retry)."""
+
+    exit_code = EXIT_ACCESS_DENIED
+
+
+class PackageIntegrityError(RuntimeError):
+    """A model package's files differ from the SHA-256 digests recorded when it was registered
+    (its weights or specs were altered afterwards): it is refused, never served. The message
+    names the file and both digests."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class StageFailed(RuntimeError):

@@ -1,5 +1,10 @@
 """Load what the registry holds: a model URI pinned to its version, the served pyfunc model, or
-the bare encoder of a logged or registered model (for mining, one-shot runs and galleries)."""
+the bare encoder of a logged or registered model (for mining, one-shot runs and galleries).
+
+Every load checks the package first (siamese.registry.integrity): each file against the
+package's ``checksums.json`` and, for a registered version, the files' model digest against the
+version's ``siamese.model_sha256`` tag recorded at registration. An altered package is refused
+with a ``PackageIntegrityError`` naming the file (or the version) and both digests."""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from siamese.errors import RegistryStateError
+from siamese.errors import PackageIntegrityError, RegistryStateError
 from siamese.models.encoders import SiameseEncoder
 from siamese.models.loading import CONFIG_FILE, load_encoder
+from siamese.registry.integrity import CHECKSUMS_FILE, verify_checksums
+from siamese.registry.package import model_digest
 from siamese.registry.tracking import active_tracking_uri, client, is_tracking_unreachable
 from siamese.registry.tracking import tracking_uri as default_tracking_uri
-from siamese.registry.versions import files_missing_message, missing_files
+from siamese.registry.versions import MODEL_DIGEST_TAG, files_missing_message, missing_files
 
 
 def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
@@ -56,18 +63,72 @@ def missing_files_error(uri: str, tracking_uri: str | None = None) -> RegistrySt
     return RegistryStateError(files_missing_message(mlflow_client, name, mv, missing, tracking_uri))
 
 
-def load_served_model(uri: str, tracking_uri: str | None = None):
-    """The served model object (siamese.registry.pyfunc.SiameseModel) of a model URI or folder.
-    A registered version whose files are gone raises a ``RegistryStateError`` naming the repair."""
+def _registered_version(uri: str, tracking_uri: str):
+    """The registered version a ``models:/NAME/VERSION`` or ``models:/NAME@alias`` URI names;
+    None for any other URI."""
+    if not uri.startswith("models:/"):
+        return None
+    ref = uri.removeprefix("models:/")
+    mlflow_client = client(tracking_uri)
+    if "@" in ref:
+        name, alias = ref.rsplit("@", 1)
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    name, version = ref.split("/", 1)
+    return mlflow_client.get_model_version(name, version.strip("/"))
+
+
+def verify_package(model_dir: str | Path, uri: str, tracking_uri: str) -> str:
+    """Check a downloaded model (the folder holding ``MLmodel`` and ``artifacts/``) before it is
+    loaded; its model digest (what ``siamese.model_sha256`` records). Raises a
+    ``PackageIntegrityError`` naming the altered file, or the version whose digest differs."""
+    artifacts = Path(model_dir) / "artifacts"
+    if (artifacts / CHECKSUMS_FILE).is_file():
+        verify_checksums(artifacts / CHECKSUMS_FILE, f"model {uri}")
+    digest = model_digest(artifacts)
+    mv = _registered_version(uri, tracking_uri)
+    recorded = None if mv is None else (mv.tags or {}).get(MODEL_DIGEST_TAG)
+    if recorded is not None and recorded != digest:
+        raise PackageIntegrityError(
+            f"model {mv.name} version {mv.version} ({uri}) was altered after registration: its "
+            f"files in the artifact store give the model digest {digest}, recorded "
+            f"{MODEL_DIGEST_TAG}={recorded} when it was registered. Refusing to load it; "
+            "restore its files, or `siamese rollback` to the previous champion"
+        )
+    return digest
+
+
+def load_pyfunc(uri: str, tracking_uri: str | None = None) -> tuple[mlflow.pyfunc.PyFuncModel, str]:
+    """The pyfunc model of a model URI or folder, checked (:func:`verify_package`) before it is
+    loaded, with its model digest. A registered version whose files are gone raises a
+    ``RegistryStateError`` naming the repair."""
     tracking_uri = tracking_uri or default_tracking_uri()
+    uri = str(uri)
     with active_tracking_uri(tracking_uri):
         try:
-            return mlflow.pyfunc.load_model(str(uri)).unwrap_python_model()
+            local = Path(uri)
+            if "://" in uri or uri.startswith(("models:", "runs:")):
+                # kept (as mlflow.pyfunc.load_model keeps its own download): the loaded model's
+                # code paths stay importable
+                dst = tempfile.mkdtemp(prefix="siamese-model-")
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri
+                    )
+                )
+            digest = verify_package(local, uri, tracking_uri)
+            return mlflow.pyfunc.load_model(str(local)), digest
         except Exception as err:
-            problem = missing_files_error(str(uri), tracking_uri)
+            # a file gone from the store (an altered package too) is named with its repair
+            problem = missing_files_error(uri, tracking_uri)
             if problem is None:
                 raise
             raise problem from err
+
+
+def load_served_model(uri: str, tracking_uri: str | None = None):
+    """The served model object (siamese.registry.pyfunc.SiameseModel) of a model URI or folder,
+    checked before it is loaded (see :func:`load_pyfunc`)."""
+    return load_pyfunc(uri, tracking_uri)[0].unwrap_python_model()
 
 
 def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:
@@ -87,6 +148,7 @@ def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) ->
             path = mlflow.artifacts.download_artifacts(
                 artifact_uri=str(uri), dst_path=tmp, tracking_uri=tracking_uri
             )
+            verify_package(path, str(uri), tracking_uri)
             return load_encoder(Path(path) / "artifacts" / "encoder")
         except Exception as err:
             problem = missing_files_error(str(uri), tracking_uri)

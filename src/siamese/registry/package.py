@@ -18,6 +18,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from siamese.data.images import ImageSpec, as_spec, encode_png
 from siamese.io import read_json, write_json
 from siamese.models.loading import CONFIG_FILE, load_state_dict, save_safetensors
+from siamese.registry.integrity import CHECKSUMS_FILE, write_checksums
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
 
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
@@ -102,17 +103,22 @@ def build_package(
         ),
     )
     write_json(dest / "calibration.json", calibration_spec(calibration))
+    # the SHA-256 of each file above: the served model refuses a package that differs
+    write_checksums(dest)
     return {
         "encoder": str(enc),
         "preprocessing": str(dest / "preprocessing.json"),
         "calibration": str(dest / "calibration.json"),
+        "checksums": str(dest / CHECKSUMS_FILE),
     }
 
 
 def model_digest(dest: str | Path) -> str:
     """SHA-256 of a built package's files (every path and its bytes under ``dest``): the weights,
     architecture, preprocessing and calibration of the model. build_package writes them
-    deterministically, so one model has one digest on every machine."""
+    deterministically, so one model has one digest on every machine. (``checksums.json`` is
+    derived from the others and left out, so versions registered before it existed keep their
+    digest.)"""
     return _tree_digest(Path(dest), "*").hexdigest()
 
 
@@ -129,7 +135,7 @@ def package_digest(dest: str | Path, code_dir: str | Path = PACKAGE_DIR) -> str:
 def _tree_digest(root: Path, pattern: str):
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob(pattern) if p.is_file()):
-        if "__pycache__" in f.parts:
+        if "__pycache__" in f.parts or f.name == CHECKSUMS_FILE:
             continue
         h.update(f"{f.relative_to(root).as_posix()}\0".encode())
         h.update(hashlib.sha256(f.read_bytes()).digest())

@@ -4,12 +4,12 @@ challenger and the champion are compared on equal terms."""
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 
 from siamese.config import Params
 from siamese.evaluation import metrics
 from siamese.registry.client import pairs_frame
+from siamese.registry.loading import load_pyfunc
 
 
 def metric_key(params: Params) -> str:
@@ -31,8 +31,10 @@ def improvement(params: Params, challenger: float, champion: float) -> float:
     return -diff if lower_is_better else diff
 
 
-def benchmark_score(params: Params, name: str, version: str, images, pairs) -> float:
-    """The version's promotion metric on the benchmark pairs, scored through its served pyfunc."""
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+def benchmark_score(params: Params, name: str, version: str, images, pairs) -> tuple[float, str]:
+    """The version's promotion metric on the benchmark pairs, scored through its served pyfunc,
+    and the model digest of the files that were scored (checked against the digest recorded at
+    registration before they were loaded: what was evaluated is what was registered)."""
+    model, digest = load_pyfunc(f"models:/{name}/{version}")
     out = model.predict(pairs_frame(images, pairs["a"], pairs["b"]))
-    return score(params, out["distance"].to_numpy(dtype=np.float64), pairs["y"])
+    return score(params, out["distance"].to_numpy(dtype=np.float64), pairs["y"]), digest

@@ -9,7 +9,9 @@ pickled object. Its artifacts are plain data:
 * ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
 * ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit,
   request size and row limits, images per chunk;
-* ``calibration.json``: threshold strategy, threshold, distance -> probability map.
+* ``calibration.json``: threshold strategy, threshold, distance -> probability map;
+* ``checksums.json``: the SHA-256 of each file above, checked before anything is loaded (a
+  package altered after registration is refused, see siamese.registry.integrity).
 
 Images are decoded and embedded ``chunk_images`` at a time (the embedding batches of
 :meth:`SiameseModel.embeddings` too, so chunked and whole-array results are identical): a
@@ -48,6 +50,7 @@ from siamese.registry.guard import (
     guard_scoring_server,
     set_serving_threads,
 )
+from siamese.registry.integrity import verify_checksums
 from siamese.registry.serving_input import EMBED_COLUMN, INPUT_COLUMNS
 
 MODES = ("pair", "embed")
@@ -87,6 +90,8 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         arts = context.artifacts
+        if "checksums" in arts:  # packages built before checksums existed have none
+            verify_checksums(arts["checksums"])
         encoder = load_encoder(arts["encoder"])
         self.setup(encoder, read_json(arts["preprocessing"]), read_json(arts["calibration"]))
         set_serving_threads()

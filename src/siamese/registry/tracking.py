@@ -13,7 +13,12 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.utils import mlflow_tags
 
-from siamese.errors import TrackingRejectedError, TrackingUnavailableError, in_chain
+from siamese.errors import (
+    AccessDeniedError,
+    TrackingRejectedError,
+    TrackingUnavailableError,
+    in_chain,
+)
 from siamese.io import file_md5
 
 DEFAULT_DB = "mlflow.db"
@@ -97,11 +102,13 @@ def unreachable_message(err: BaseException, stage: str) -> str:
 
 def tracking_error(
     err: BaseException, stage: str
-) -> TrackingRejectedError | TrackingUnavailableError | None:
+) -> AccessDeniedError | TrackingRejectedError | TrackingUnavailableError | None:
     """The project's error for a failure of the tracking store (``err`` or what caused it), or
-    None when it is not one. Unreachable, a server error or refused credentials are worth a rerun
-    later (exit 4); a request the store rejects as invalid (a bad or conflicting name, a model,
-    run or experiment that does not exist) needs a changed input (exit 2)."""
+    None when it is not one. Unreachable or a server error are worth a rerun later (exit 4);
+    missing or wrong credentials (401) and a role without the permission (403) need the
+    credentials or the grants changed (exit 7); a request the store rejects as invalid (a bad or
+    conflicting name, a model, run or experiment that does not exist) needs a changed input
+    (exit 2)."""
 
     if is_tracking_unreachable(err):
         return TrackingUnavailableError(unreachable_message(err, stage))
@@ -112,11 +119,13 @@ def tracking_error(
     where = f"the MLflow tracking store {tracking_uri()}"
     said = f"({found.error_code}): {_first_line(found).removeprefix(found.error_code + ': ')}"
     unchanged = f"The {stage} stage published nothing and its previous outputs are unchanged."
-    if status in (401, 403):
-        return TrackingUnavailableError(
-            f"{where} refused the {stage} stage's request {said}. {unchanged} Set the "
-            "credentials (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
-            "MLFLOW_TRACKING_TOKEN) or ask for access, then rerun."
+    if status == 401:
+        return AccessDeniedError(not_authenticated_message(stage, said))
+    if status == 403:
+        return AccessDeniedError(
+            f"permission denied: {where} does not let {caller()} do what the {stage} stage "
+            f"asked {said}. {unchanged} Ask the server's admin for the role it needs (README "
+            '"Team registry: users and roles").'
         )
     if 400 <= status < 500 and status != 429:
         return TrackingRejectedError(
@@ -127,6 +136,35 @@ def tracking_error(
     return TrackingUnavailableError(
         f"{where} failed the {stage} stage's request {said}. {unchanged} Rerun when the server "
         "is healthy."
+    )
+
+
+def caller() -> str:
+    """Who this process is to the tracking server, for messages: the user of
+    MLFLOW_TRACKING_USERNAME, a token, or no credentials."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return f"user {user!r}"
+    return (
+        "the token in MLFLOW_TRACKING_TOKEN"
+        if os.environ.get("MLFLOW_TRACKING_TOKEN")
+        else ("a client without credentials")
+    )
+
+
+def not_authenticated_message(stage: str, said: str = "") -> str:
+    """What a user needs after the server answered 401: which credentials it got, and how to set
+    the right ones."""
+    given = (
+        f"the credentials of {caller()} were not accepted"
+        if os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_TOKEN")
+        else "no credentials were given"
+    )
+    return (
+        f"not authenticated: the MLflow tracking server {tracking_uri()} requires a login and "
+        f"{given}{f' {said}' if said else ''}. The {stage} stage changed nothing. Set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to "
+        "your account on that server, then rerun."
     )
 
 

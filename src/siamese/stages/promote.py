@@ -10,6 +10,11 @@ A challenger whose evaluation failed or is missing (its run is not FINISHED, or 
 ``test.*`` metric for the promotion metric) is never promoted: the refusal is tagged on the
 version and raised as ``PromotionError``. The first version (no champion yet) is promoted.
 
+On a team server only a release manager (MANAGE on the registered model) may promote or roll
+back: both ask the server first and refuse before anything changes (siamese.registry.access).
+The versions compared are checked against the digests recorded at registration before they are
+scored, and the record names the digest that was evaluated (``promotion.model_sha256``).
+
 Every alias move is logged and recorded: on the version (``promotion.*`` tags, and
 ``previous_champion`` on a new champion) and in the registered model's ``champion_history`` tag
 (the latest moves as JSON), which ``run_rollback`` uses to go back one champion."""
@@ -28,6 +33,7 @@ from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.errors import PromotionError
 from siamese.io import atomic_dir, file_md5, write_json
 from siamese.registry import tracking
+from siamese.registry.access import require_release_permission
 from siamese.registry.aliases import (
     CHALLENGER,
     CHAMPION,
@@ -65,6 +71,7 @@ def run_promote(
     uri = tracking_uri()
     client = tracking.client(uri)
     name = params.register.model_name
+    require_release_permission(uri, name, "promote")
     r = params.register
     key = metric_key(params)
     explicit = version is not None
@@ -96,7 +103,8 @@ def run_promote(
             "promotion.champion_version": result["champion_version"] or "none",
             "promotion.at": result["at"],
         }
-        for k in ("challenger_value", "champion_value", "benchmark_md5"):
+        keys = ("challenger_value", "champion_value", "benchmark_md5")
+        for k in (*keys, "model_sha256", "champion_model_sha256"):
             if result.get(k) is not None:
                 tags[f"promotion.{k}"] = (
                     f"{result[k]:.6f}" if isinstance(result[k], float) else str(result[k])
@@ -131,10 +139,12 @@ def run_promote(
     images, pairs, md5 = _benchmark(Path(prepared_dir), Path(pairs_dir))
     result["benchmark_md5"] = md5
     with active_tracking_uri(uri):
-        chal_value = benchmark_score(params, name, version, images, pairs)
-        champ_value = (
-            benchmark_score(params, name, str(champ.version), images, pairs) if champ else None
-        )
+        chal_value, result["model_sha256"] = benchmark_score(params, name, version, images, pairs)
+        champ_value = None
+        if champ is not None:
+            champ_value, result["champion_model_sha256"] = benchmark_score(
+                params, name, str(champ.version), images, pairs
+            )
     values = {"challenger_value": chal_value, "champion_value": champ_value}
     if champ is None:
         decision, reason = "promoted", f"first {CHAMPION} ({key} {chal_value:.4f})"
@@ -175,6 +185,7 @@ def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
 
     client = tracking.client()
     name = params.register.model_name
+    require_release_permission(tracking_uri(), name, "rollback")
     champ = version_by_alias(client, name, CHAMPION)
     if champ is None:
         raise PromotionError(f"model {name} has no {CHAMPION}; nothing to roll back")
