@@ -176,3 +176,28 @@ def test_data_add_of_a_manifest_adds_its_folder(project, rows, tmp_path):
     run("prepare")
     summary = prepared()["summary"]
     assert summary["source_record"] == "data/team.dvc" and summary["split_by"] == "column"
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ("path,identity,group\na/1.png,a,g1\na/2.png,a,g2\n", "identity 'a' is in the groups 'g1'"),
+        ("path,identity,group\na/1.png,a,\n", "row 1 (a/1.png): the group cell is empty"),
+        ("path,identity,forged\na/1.png,a,maybe\n", "row 1 (a/1.png): forged is 'maybe'"),
+        (
+            "path,identity\nC:\\faces\\a.png,a\n",
+            "row 1: the path 'C:\\\\faces\\\\a.png' is absolute",
+        ),
+        ("path,identity\n,a\n", "row 1: the path cell is empty"),
+        ("path,identity\n", "lists no images (a header without rows)"),
+        ("", "is empty; it needs a header row"),
+        ("path,identity,path\na/1.png,a,b\n", "the column 'path' appears twice"),
+        (b"path,identity\na/1.png,caf\xe9\n", "is not UTF-8 text"),
+    ],
+)
+def test_a_table_is_checked_whole_before_any_image_is_read(tmp_path, table, says):
+    path = tmp_path / "m.csv"
+    path.write_bytes(table if isinstance(table, bytes) else table.encode())
+    with pytest.raises(DatasetError) as err:
+        read_manifest(path)
+    assert says in str(err.value) and str(path) in str(err.value), str(err.value)

@@ -118,8 +118,12 @@ def _read_table(table: Path) -> dict[str, list[str]]:
                 ) from None
             frame = pd.read_parquet(table, engine="pyarrow")
         else:
-            # text cells as written: no "NA" -> NaN, no number parsing; a BOM (Excel) is dropped
-            frame = pd.read_csv(table, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            # text cells as written: no "NA" -> NaN, no number parsing; a BOM (Excel) is dropped;
+            # the header read as a row, so a repeated column name is seen (pandas renames it)
+            frame = pd.read_csv(
+                table, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig"
+            )
+            frame = frame.iloc[1:].set_axis(frame.iloc[0].tolist(), axis="columns")
     except DatasetError:
         raise
     except UnicodeDecodeError as err:
@@ -138,13 +142,13 @@ def _read_table(table: Path) -> dict[str, list[str]]:
         reason = " ".join(str(err).split())
         raise DatasetError(f"manifest {table} cannot be read as {kind} ({reason})") from None
     columns: dict[str, list[str]] = {}
-    for name in frame.columns:
+    for position, name in enumerate(frame.columns):
         key = str(name).strip()
         if key in columns:
             raise DatasetError(
                 f"manifest {table}: the column {key!r} appears twice; keep one of them"
             )
-        columns[key] = [_cell(v) for v in frame[name].tolist()]
+        columns[key] = [_cell(v) for v in frame.iloc[:, position].tolist()]
     return columns
 
 
