@@ -331,7 +331,8 @@ def load_folder_dataset(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     drop_copies: bool = True,
 ) -> LoadedDataset:
-    """Read identity folders from a directory or a zip archive of one (layouts: module doc).
+    """Read identity folders from a directory or a zip archive of one (layouts: module doc), or
+    the images a manifest table lists (layout csv, or auto with a .csv / .parquet ``root``).
 
     ``on_duplicate_image``: what to do with an image whose bytes occur under two or more
     identities (error, skip every copy, or keep). ``max_file_bytes``: the largest file (or zip
