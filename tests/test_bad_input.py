@@ -231,6 +231,58 @@ def non_utf8_name(proj: Path) -> None:
     os.close(fd)
 
 
+MANIFEST = f"{DATA}/manifest.csv"
+
+
+def with_manifest(
+    edit: Callable[[list[dict[str, str]]], None] | None = None,
+    columns: tuple[str, ...] = ("path", "identity"),
+    then: Callable[[Path], None] | None = None,
+) -> Callable[[Path], None]:
+    """data.source: a CSV manifest (data.layout: csv) beside the faces, one row per face (path
+    relative to the table, identity, and ``split`` / ``group`` when asked for), after ``edit``
+    changed the rows and ``then`` the project."""
+
+    def setup(proj: Path) -> None:
+        rows = []
+        for n, path in enumerate(sorted((proj / DATA).rglob("*.pgm"))):
+            ident = path.parent.name
+            split = ("train", "train", "train", "train", "val", "val", "test", "test")
+            rows.append(
+                {
+                    "path": path.relative_to(proj / DATA).as_posix(),
+                    "identity": ident,
+                    "split": split[sorted(os.listdir(proj / DATA)).index(ident) % 8],
+                    "group": f"g{n % 2}",
+                }
+            )
+        if edit is not None:
+            edit(rows)
+        with (proj / MANIFEST).open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        set_params(proj / "params.yaml", [f"data.source={MANIFEST}", "data.layout=csv"])
+        if then is not None:
+            then(proj)
+
+    return setup
+
+
+def row(path: str, identity: str, split: str = "train") -> Callable[[list[dict]], None]:
+    """Add a row (the 41st: 8 x 5 faces come first)."""
+    return lambda rows: rows.append({"path": path, "identity": identity, "split": split})
+
+
+def resplit(identity: str, split: str) -> Callable[[list[dict]], None]:
+    """Every row of ``identity`` in ``split``."""
+    return lambda rows: [r.update(split=split) for r in rows if r["identity"] == identity]
+
+
+def cell(index: int, column: str, value: str) -> Callable[[list[dict]], None]:
+    return lambda rows: rows[index].__setitem__(column, value)
+
+
 # ------------------------------------------------------------------- checks of accepted input
 
 
@@ -501,6 +553,78 @@ CASES = [
         symlink("s1 again", "s1"),
         f"{DATA}/s1 again is a symlink",
         "remove the link",
+    ),
+    # a manifest table (data.layout: csv): each error names the table's row (or column)
+    error(
+        "manifest-row-missing-file",
+        with_manifest(row("s1/nope.png", "s1")),
+        f"{MANIFEST}, row 41: {DATA}/s1/nope.png",
+        "No such file",
+        BAD,
+    ),
+    skip(
+        "manifest-row-missing-file-skipped",
+        with_manifest(row("s1/nope.png", "s1"), then=with_params("data.on_bad_image=skip")),
+        check_images(N),
+        images=["s1/nope.png"],
+    ),
+    error(
+        "manifest-row-not-an-image",
+        with_manifest(row("s1/notes.txt", "s1"), then=add_file("s1/notes.txt", b"a note\n")),
+        f"{MANIFEST}, row 41: {DATA}/s1/notes.txt",
+        "not a readable image",
+        BAD,
+    ),
+    error(
+        "manifest-path-absolute",
+        with_manifest(row("/etc/hostname", "s1")),
+        f"{MANIFEST}, row 41",
+        "'/etc/hostname' is absolute",
+        "relative to the table's folder",
+    ),
+    error(
+        "manifest-path-escapes-with-dotdot",
+        with_manifest(row("s1/../../faces.png", "s1")),
+        f"{MANIFEST}, row 41",
+        "climbs out of the table's folder",
+    ),
+    error(
+        "manifest-empty-identity",
+        with_manifest(cell(2, "identity", "  ")),
+        f"{MANIFEST}, row 3 (s1/2.pgm)",
+        "the identity cell is empty",
+    ),
+    error(
+        "manifest-missing-required-column",
+        with_manifest(columns=("path", "person")),
+        f"{MANIFEST} has no column 'identity'",
+        "its columns: 'path', 'person'",
+        "rename the column",
+    ),
+    error(
+        "manifest-unknown-split",
+        with_manifest(cell(5, "split", "training"), columns=("path", "identity", "split")),
+        f"{MANIFEST}, row 6",
+        "unknown split 'training'",
+        "allowed: train, val, test",
+    ),
+    error(
+        "manifest-split-leaks-an-identity",
+        with_manifest(cell(4, "split", "test"), columns=("path", "identity", "split")),
+        "identity 's1' is in the splits 'train' (row 1: s1/1.pgm) and 'test' (row 5: s1/4.pgm)",
+        "give all of its rows one split",
+    ),
+    error(
+        "manifest-split-too-few-for-val",
+        with_manifest(resplit("s14", "train"), columns=("path", "identity", "split")),
+        "the split column gives the val split 1 identit(ies) ('s13')",
+        "mark more identities val",
+    ),
+    error(
+        "manifest-layout-csv-on-a-folder",
+        raw_params("data.layout", "csv"),
+        "data.layout csv reads a table",
+        f"got '{DATA}'",
     ),
     # params: the key named before any stage runs
     error(

@@ -1,6 +1,6 @@
 """Colour and any shape: ``data.channels`` (1 | 3), ``data.image_size`` (S | [H, W]) and
 ``data.resize`` (stretch | pad | crop), from the one decoder through prepare, training, the
-registered package and serving; and ``data add`` honouring the data.on_* choices."""
+registered package and serving (``data add`` honouring the data.on_* choices: test_data_add.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from siamese.config import validate_params
 from siamese.data.images import RESIZES, ImageSpec, decode_image, encode_png
 from siamese.errors import ParamsError
 from siamese.models.encoders import ENCODERS, SiameseEncoder, build_encoder, preprocess
+from tests.helpers.datasets import lfw_subset
 
 runner = CliRunner()
 
@@ -286,25 +286,6 @@ def test_the_served_model_decodes_every_file_exactly_as_prepare_did(
 # colour end to end on real LFW faces
 
 
-def lfw_subset(lfw: Path, dest: Path, people: int, per_person: int, singles: int = 0) -> Path:
-    """``people`` LFW people with at least ``per_person`` photos (the first ``per_person`` of
-    each) plus ``singles`` people with one photo, copied to ``dest``."""
-    chosen, lonely = [], []
-    for person in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        n = len(list(person.iterdir()))
-        if n >= per_person and len(chosen) < people:
-            chosen.append(person)
-        elif n == 1 and len(lonely) < singles:
-            lonely.append(person)
-        if len(chosen) == people and len(lonely) == singles:
-            break
-    for person, k in [(p, per_person) for p in chosen] + [(p, 1) for p in lonely]:
-        (dest / person.name).mkdir(parents=True)
-        for f in sorted(person.iterdir())[:k]:
-            shutil.copy(f, dest / person.name / f.name)
-    return dest
-
-
 COLOUR_PARAMS = [
     "data.channels=3",
     "data.image_size=[40, 32]",
@@ -416,39 +397,3 @@ def test_colour_lfw_prepares_trains_calibrates_evaluates_registers_and_serves(
     assert r.status_code == 200, r.text[:500]
     http = pd.DataFrame(r.json()["predictions"])["distance"]
     np.testing.assert_allclose(http, pair["distance"], rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# data add honours data.on_*
-
-
-def test_data_add_of_lfw_skips_one_photo_people_and_is_versioned_by_dvc(lfw, project, tmp_path):
-    faces = lfw_subset(lfw, tmp_path / "lfw_subset", people=6, per_person=2, singles=4)
-    before = (project / "params.yaml").read_text()
-    refused = runner.invoke(app, ["data", "add", str(faces), "--name", "lfw"])
-    assert refused.exit_code == 2 and "on_small_identity" in refused.output, refused.output
-    assert not (project / "data" / "lfw").exists()
-    assert (project / "params.yaml").read_text() == before
-
-    bad = runner.invoke(app, ["data", "add", str(faces), "--on-small-identity", "drop"])
-    assert bad.exit_code == 2 and "data.on_small_identity" in bad.output, bad.output
-    assert "'error' or 'skip'" in bad.output and "Traceback" not in bad.output
-
-    result = runner.invoke(
-        app, ["data", "add", str(faces), "--name", "lfw", "--on-small-identity", "skip"]
-    )
-    assert result.exit_code == 0, result.output
-    assert len(list((project / "data" / "lfw").iterdir())) == 10  # copied whole, as published
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    assert params["data"]["source"] == "data/lfw"
-    assert params["data"]["on_small_identity"] == "skip"
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "data/lfw.dvc"],
-        capture_output=True,
-        text=True,
-        cwd=project,
-    )
-    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
-    prepared = runner.invoke(app, ["prepare"])
-    assert prepared.exit_code == 0, prepared.output
-    assert '"identities": 6' in prepared.output and '"skipped_identities": 4' in prepared.output

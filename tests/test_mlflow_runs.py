@@ -34,6 +34,8 @@ def _git(project, *args: str) -> str:
         ("../shared/data/att_faces", "att_faces"),
         ("../shared/data/omniglot/images_background.zip", "images_background"),
         ("data/faces/", "faces"),
+        ("data/lfw/manifest.csv", "lfw-manifest"),
+        ("people.parquet", "people"),
     ],
 )
 def test_dataset_name_is_the_folder_or_archive_name(source, name):

@@ -634,7 +634,11 @@ def deploy(
 
 @data_app.command("add")
 def data_add(
-    path: Path = typer.Argument(..., help="a directory of identity folders, or a zip of one"),
+    path: Path = typer.Argument(
+        ...,
+        help="a directory of identity folders, a zip of one, or a .csv / .parquet manifest "
+        "(its folder is added)",
+    ),
     name: str = typer.Option("", help="name under data/ (default: the folder name)"),
     project: Path = typer.Option(Path("."), help="project directory"),
     use: bool = typer.Option(True, help="point data.source in params.yaml at it"),
@@ -652,9 +656,10 @@ def data_add(
         "data.on_duplicate_image)",
     ),
 ) -> None:
-    """Copy a dataset into data/<name>, track it with DVC and use it as data.source. The
-    --on-* choices override params.yaml's data.on_* for the check and, with --use, are written
-    there too, so prepare reads the dataset the same way."""
+    """Copy a dataset into data/<name> (hard links where the source shares the project's
+    filesystem), track it with DVC and use it as data.source. The --on-* choices override
+    params.yaml's data.on_* for the check and, with --use, are written there too, so prepare
+    reads the dataset the same way."""
     from siamese.stages.data_add import add_dataset
 
     choices = {
@@ -663,10 +668,14 @@ def data_add(
         "on_duplicate_image": on_duplicate_image,
     }
     try:
-        target = add_dataset(path, project, name or None, use, choices)
+        added = add_dataset(path, project, name or None, use, choices)
     except (ParamsError, ValueError, RuntimeError) as err:
         _fail(str(err))
-    typer.echo(f"added {path} as {target} (tracked by DVC: {target}.dvc)")
+    how = f"{added.linked} file(s) hard-linked, {added.copied} copied"
+    typer.echo(
+        f"added {path} as {added.source} (tracked by DVC: {added.folder}.dvc; {how} before DVC "
+        "cached them)"
+    )
 
 
 @data_app.command("download")

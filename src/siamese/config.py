@@ -33,7 +33,8 @@ from siamese.calibration.thresholds import STRATEGIES
 from siamese.data.augment import check_image_shape, check_steps, resolve_steps
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES
 from siamese.data.images import CHANNELS, RESIZES, ImageSpec
-from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS
+from siamese.data.manifests import is_manifest
+from siamese.data.sources import DUPLICATE_POLICIES, LAYOUTS, MANIFEST_LAYOUT
 from siamese.distances import DISTANCES
 from siamese.errors import ParamsError
 from siamese.evaluation.metrics import RANKING_METRICS
@@ -64,14 +65,17 @@ class _Strict(BaseModel):
 class DataParams(_Strict):
     source: str = Field(
         "digits",
-        description="'digits' (scikit-learn's built-in handwritten digits), or a directory of "
-        "identity folders or a zip archive of one (see layout)",
+        description="'digits' (scikit-learn's built-in handwritten digits), a directory of "
+        "identity folders or a zip archive of one, or a .csv / .parquet table listing the images "
+        "(see layout)",
     )
     layout: Literal[LAYOUTS] = Field(
         "auto",
         description="flat: root/<identity>/<image>; grouped: root/<group>/<identity>/<image> "
         "(Omniglot alphabets/characters); signatures: root/<writer>/genuine|forged/<image> "
-        "(SVC2004); auto: detected from the folder depth and names",
+        "(SVC2004); csv: data.source is a .csv or .parquet table with columns path, identity "
+        "(optional group, split, forged), paths relative to the table's folder; auto: detected "
+        "from the folder depth and names (a .csv / .parquet source: csv)",
     )
     identity_depth: int | None = Field(
         None,
@@ -145,8 +149,24 @@ class DataParams(_Strict):
     @model_validator(mode="after")
     def _depth_fits_layout(self) -> DataParams:
         depth = self.identity_depth
+        table = is_manifest(self.source)
+        if self.layout == MANIFEST_LAYOUT and not table:
+            raise ValueError(
+                f"data.layout {MANIFEST_LAYOUT} reads a table: data.source must be a .csv or "
+                f".parquet file listing the images (got {self.source!r})"
+            )
+        if table and self.layout not in (MANIFEST_LAYOUT, "auto"):
+            raise ValueError(
+                f"data.source {self.source!r} is a table: set data.layout to {MANIFEST_LAYOUT} "
+                f"(or auto), not {self.layout}"
+            )
         if depth is None:
             return self
+        if table:
+            raise ValueError(
+                "data.identity_depth does not apply to a table (its identity column names each "
+                f"image's identity); set it to null (got {depth})"
+            )
         if self.layout == "signatures" and depth != 1:
             raise ValueError(
                 f"data.identity_depth must be 1 (the writer) for layout signatures (got {depth})"

@@ -10,7 +10,13 @@ A folder source is a directory or a zip archive of one, in one of these layouts 
   splits can hold out whole groups
 - ``signatures``: ``root/<writer>/genuine|forged/<image>`` (SVC2004); the writer is the identity,
   forgeries keep the writer's label but are flagged ``forged``: they are never positives
-- ``auto``: chosen from the depth of the image files and the folder names
+- ``auto``: chosen from the depth of the image files and the folder names (a ``.csv`` or
+  ``.parquet`` source: ``csv``)
+
+A manifest source (``csv``) is a CSV or Parquet table listing each image's path (relative to the
+table's folder), identity and optionally group, split and forged flag (siamese.data.manifests).
+Both kinds go through the same per-file checks: regular file, ``data.max_file_bytes``, decoding,
+and the ``data.on_*`` policies.
 
 A single top-level folder that wraps the whole tree (the official Omniglot archive's
 ``images_background/``) is looked through.
@@ -26,16 +32,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES, read_file, read_zip_entry
 from siamese.data.images import IMAGE_EXTENSIONS, ImageSpec, decode_image, resize_array
+from siamese.data.manifests import Manifest, is_manifest, read_manifest
 from siamese.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "flat", "grouped", "signatures")
+# data.layout: the one list of choices (config validates against it)
+LAYOUTS = ("auto", "flat", "grouped", "signatures", "csv")
+MANIFEST_LAYOUT = "csv"  # a table listing the images (siamese.data.manifests)
 SIGNATURE_KINDS = ("genuine", "forged")
 DUPLICATE_POLICIES = ("error", "skip", "keep")  # data.on_duplicate_image
 _IGNORED_DIRS = {"__MACOSX"}
@@ -62,6 +72,9 @@ class LoadedDataset:
     groups: list[str | None] | None = None  # per image: the identity's group, None: no groups
     forged: list[bool] | None = None  # per image: a skilled forgery of the identity's signature
     layout: str = "flat"
+    # identity -> train / val / test as the source assigns them (a manifest's split column);
+    # None: the source assigns none, prepare splits at random (or by group)
+    splits: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.identities)
@@ -226,7 +239,8 @@ def _open_tree(source: Path, max_file_bytes: int) -> Iterator[_Tree]:
     if not source.exists():
         raise DatasetError(
             f"dataset path {source} does not exist; set data.source to 'digits', to a directory "
-            "of identity folders root/<identity>/<image>, or to a zip archive of one"
+            "of identity folders root/<identity>/<image>, to a zip archive of one, or to a "
+            ".csv / .parquet table listing the images (data.layout: csv)"
         )
     if source.is_dir():
         yield _directory_tree(source, max_file_bytes)
@@ -317,7 +331,8 @@ def load_folder_dataset(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     drop_copies: bool = True,
 ) -> LoadedDataset:
-    """Read identity folders from a directory or a zip archive of one (layouts: module doc).
+    """Read identity folders from a directory or a zip archive of one (layouts: module doc), or
+    the images a manifest table lists (layout csv, or auto with a .csv / .parquet ``root``).
 
     ``on_duplicate_image``: what to do with an image whose bytes occur under two or more
     identities (error, skip every copy, or keep). ``max_file_bytes``: the largest file (or zip
@@ -332,6 +347,27 @@ def load_folder_dataset(
             f"{', '.join(DUPLICATE_POLICIES)}"
         )
     root = Path(root)
+    if layout == MANIFEST_LAYOUT or (layout == "auto" and is_manifest(root) and root.is_file()):
+        if not is_manifest(root):
+            raise DatasetError(
+                f"data.layout {MANIFEST_LAYOUT} reads a table: data.source must be a .csv or "
+                f".parquet file listing the images (got {root})"
+            )
+        return load_manifest_dataset(
+            root,
+            size,
+            min_images,
+            on_bad_image,
+            on_small_identity,
+            on_duplicate_image,
+            max_file_bytes,
+            drop_copies,
+        )
+    if is_manifest(root) and root.is_file():
+        raise DatasetError(
+            f"data.source {root} is a table, read with data.layout {MANIFEST_LAYOUT} (or auto), "
+            f"not {layout}"
+        )
     with _open_tree(root, max_file_bytes) as tree:
         loose = [f for f in tree.files if len(f) == 1]
         if loose:  # images beside the identity folders belong to no identity
@@ -368,9 +404,12 @@ def load_folder_dataset(
         )
 
 
-def _drop_copies(
-    rows_of: dict[str, list[tuple[np.ndarray, str, str, bool]]], skipped: dict[str, list[str]]
-) -> dict[str, int]:
+# one read image: (pixels, relative path, sha256 of the file, forged, the key its source reads
+# and describes it by: path parts in a folder, the row number in a manifest)
+_Row = tuple[np.ndarray, str, str, bool, Any]
+
+
+def _drop_copies(rows_of: dict[str, list[_Row]], skipped: dict[str, list[str]]) -> dict[str, int]:
     """Keep one of each identity's byte-identical copies of an image (a genuine one before a
     forgery, else the first read): a copy would pair the image with itself as a positive, in
     offline mining, in the online miners and in the val/test pairs. Returns how many images each
@@ -379,7 +418,7 @@ def _drop_copies(
     examples: list[str] = []
     for name, rows in rows_of.items():
         keep: dict[str, int] = {}  # sha256 -> index of the copy kept
-        for i, (_, _, digest, forged) in enumerate(rows):
+        for i, (_, _, digest, forged, _) in enumerate(rows):
             if digest not in keep or (rows[keep[digest]][3] and not forged):
                 keep[digest] = i
         if len(keep) == len(rows):
@@ -402,9 +441,9 @@ def _drop_copies(
 
 
 def _handle_duplicates(
-    rows_of: dict[str, list[tuple[np.ndarray, str, str, bool]]],
+    rows_of: dict[str, list[_Row]],
     policy: str,
-    tree: _Tree,
+    describe: Callable[[Any], str],
     skipped: dict[str, list[str]],
 ) -> dict[str, int]:
     """Find images whose bytes occur under two or more identities (copies within one identity
@@ -419,20 +458,19 @@ def _handle_duplicates(
     if not shared:
         return {}
     # every copy of a shared image, in reading order (identities sorted, then their files)
-    copies = [(name, row[1], row[2]) for name, rows in rows_of.items() for row in rows]
+    copies = [(name, row[1], row[2], row[4]) for name, rows in rows_of.items() for row in rows]
     copies = [c for c in copies if c[2] in shared]
     if policy == "error":
         digest = copies[0][2]
-        first: dict[str, str] = {}  # identity -> its first copy of that image
-        for name, rel, d in copies:
+        first: dict[str, Any] = {}  # identity -> the key of its first copy of that image
+        for name, _, d, key in copies:
             if d == digest:
-                first.setdefault(name, rel)
-        (a_name, a_rel), (b_name, b_rel) = list(first.items())[:2]
-        describe = lambda rel: tree.describe(tuple(rel.split("/")))  # noqa: E731
+                first.setdefault(name, key)
+        (a_name, a_key), (b_name, b_key) = list(first.items())[:2]
         more = f" ({len(shared)} such images in all)" if len(shared) > 1 else ""
         raise DatasetError(
-            f"the same image is filed under two identities: {describe(a_rel)} (identity "
-            f"{a_name!r}) and {describe(b_rel)} (identity {b_name!r}) are identical{more}. "
+            f"the same image is filed under two identities: {describe(a_key)} (identity "
+            f"{a_name!r}) and {describe(b_key)} (identity {b_name!r}) are identical{more}. "
             "That is label noise and leaks between the splits: remove the wrong copy, or set "
             "data.on_duplicate_image: skip to leave out every copy (keep: use them anyway)"
         )
@@ -442,7 +480,7 @@ def _handle_duplicates(
         if len(kept) < len(rows_of[name]):
             dropped[name] = len(rows_of[name]) - len(kept)
             rows_of[name] = kept
-    skipped["duplicates"].extend(rel for _, rel, _ in copies)
+    skipped["duplicates"].extend(rel for _, rel, _, _ in copies)
     log.warning(
         "leaving out %d image(s): %d image(s) occur under two or more identities",
         len(copies),
@@ -464,8 +502,10 @@ def _read_images(
     on_duplicate_image: str = "error",
     drop_copies: bool = True,
 ) -> LoadedDataset:
-    # identity -> list of (parts, group, forged); every identity folder is listed, even empty
-    by_identity: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
+    """The images of a folder tree, by identity folder (every identity folder is listed, even an
+    empty one, so it is reported)."""
+    # identity -> [(path parts, relative path, forged)]
+    listed: dict[str, list[tuple[tuple[str, ...], str, bool]]] = {}
     group_of: dict[str, str | None] = {}
 
     def ident_of(rel: tuple[str, ...]) -> tuple[str, str | None]:
@@ -476,7 +516,7 @@ def _read_images(
         rel = folder[strip:]
         if len(rel) == depth and folder[:strip] == tree.files[0][:strip]:
             name, group = ident_of(rel)
-            by_identity.setdefault(name, [])
+            listed.setdefault(name, [])
             group_of[name] = group
     for parts in tree.files:
         rel = parts[strip:]
@@ -490,20 +530,103 @@ def _read_images(
                     f"<writer>/genuine/ or <writer>/forged/, not {rel[1]}/"
                 )
             forged = kind == "forged"
-        by_identity.setdefault(name, []).append((parts, forged))
+        listed.setdefault(name, []).append((parts, "/".join(parts), forged))
         group_of[name] = group
+    return _load_listed(
+        listed,
+        group_of,
+        tree.read,
+        tree.describe,
+        str(root),
+        size,
+        min_images,
+        on_bad_image,
+        on_small_identity,
+        on_duplicate_image,
+        drop_copies,
+        layout,
+        count_genuine=layout == "signatures",
+        ignored=tree.ignored,
+    )
 
+
+def load_manifest_dataset(
+    table: str | Path,
+    size: ImageSpec | int,
+    min_images: int = 2,
+    on_bad_image: str = "error",
+    on_small_identity: str = "error",
+    on_duplicate_image: str = "error",
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    drop_copies: bool = True,
+) -> LoadedDataset:
+    """Read the images a manifest table lists (siamese.data.manifests): the table is checked
+    whole first, then each file goes through the checks a folder's files do, its errors naming
+    the table's row. A split column becomes ``LoadedDataset.splits``."""
+    manifest = read_manifest(table)
+    listed: dict[str, list[tuple[int, str, bool]]] = {}
+    group_of: dict[str, str | None] = {}
+    for row in manifest.rows:
+        listed.setdefault(row.identity, []).append((row.number, row.rel, row.forged))
+        group_of[row.identity] = row.group
+    ds = _load_listed(
+        listed,
+        group_of,
+        lambda number: _read_row(manifest, number, max_file_bytes),
+        lambda number: manifest.where(manifest.rows[number - 1]),
+        str(manifest.table),
+        size,
+        min_images,
+        on_bad_image,
+        on_small_identity,
+        on_duplicate_image,
+        drop_copies,
+        MANIFEST_LAYOUT,
+        count_genuine="forged" in manifest.columns,
+    )
+    splits = manifest.split_of()
+    if splits is not None:
+        ds.splits = {name: splits[name] for name in dict.fromkeys(ds.identities)}
+    return ds
+
+
+def _read_row(manifest: Manifest, number: int, max_file_bytes: int) -> bytes:
+    """The bytes of the file a manifest row names, errors prefixed by the table and row."""
+    try:
+        return read_file(manifest.file(manifest.rows[number - 1]), max_file_bytes)
+    except BadImageError as err:
+        raise BadImageError(f"{manifest.table}, row {number}: {err}") from None
+
+
+def _load_listed(
+    listed: dict[str, list[tuple[Any, str, bool]]],
+    group_of: dict[str, str | None],
+    read: Callable[[Any], bytes],
+    describe: Callable[[Any], str],
+    where: str,
+    size: ImageSpec | int,
+    min_images: int,
+    on_bad_image: str,
+    on_small_identity: str,
+    on_duplicate_image: str,
+    drop_copies: bool,
+    layout: str,
+    count_genuine: bool,
+    ignored: list[str] | None = None,
+) -> LoadedDataset:
+    """Decode every listed image (identity -> [(key, relative path, forged)]; ``read`` and
+    ``describe`` take the key) under the data.on_* policies: the one reader behind folders,
+    archives and manifests. ``count_genuine``: an identity's size counts its genuine images."""
     skipped = _no_skips()
-    skipped["ignored"] = list(tree.ignored)
-    # identity -> (image, relative path, sha256 of the file, forged) of every readable image
-    read: dict[str, list[tuple[np.ndarray, str, str, bool]]] = {}
-    for name in sorted(by_identity):
-        rows = read[name] = []
-        for parts, forged in by_identity[name]:
-            rel = "/".join(parts)
+    skipped["ignored"] = list(ignored or [])
+    # identity -> (image, relative path, sha256 of the file, forged, key) of every readable image
+    read_rows: dict[str, list[_Row]] = {}
+    for name in sorted(listed):
+        rows = read_rows[name] = []
+        for key, rel, forged in listed[name]:
             try:
-                data = tree.read(parts)
-                arr = decode_image(data, size, name=tree.describe(parts))
+                data = read(key)
+                arr = decode_image(data, size, name=describe(key))
             except (BadImageError, OSError, KeyError, zipfile.BadZipFile) as err:
                 if on_bad_image == "skip":
                     skipped["images"].append(rel)
@@ -513,9 +636,9 @@ def _read_images(
                     f"{err}; remove or replace it, or set data.on_bad_image: skip to skip such "
                     "files"
                 ) from None
-            rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged))
-    dropped = _drop_copies(read, skipped) if drop_copies else {}
-    for name, n in _handle_duplicates(read, on_duplicate_image, tree, skipped).items():
+            rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged, key))
+    dropped = _drop_copies(read_rows, skipped) if drop_copies else {}
+    for name, n in _handle_duplicates(read_rows, on_duplicate_image, describe, skipped).items():
         dropped[name] = dropped.get(name, 0) + n
 
     images: list[np.ndarray] = []
@@ -524,10 +647,10 @@ def _read_images(
     hashes: list[str] = []
     groups: list[str | None] = []
     forged_flags: list[bool] = []
-    for name, rows in read.items():
+    for name, rows in read_rows.items():
         n_genuine = sum(not r[3] for r in rows)
         if n_genuine < min_images:
-            what = "genuine image(s)" if layout == "signatures" else "image(s)"
+            what = "genuine image(s)" if count_genuine else "image(s)"
             if dropped.get(name):
                 what += f" left after leaving out {dropped[name]} duplicate(s)"
             if on_small_identity == "skip":
@@ -537,11 +660,12 @@ def _read_images(
                 )
                 continue
             raise DatasetError(
-                f"identity {name!r} ({root}) has {n_genuine} {what}; every identity needs at "
-                f"least {min_images} to form positive pairs: add images, remove the folder, or "
-                "set data.on_small_identity: skip to leave such identities out"
+                f"identity {name!r} ({where}) has {n_genuine} {what}; every identity needs at "
+                f"least {min_images} to form positive pairs: add images, remove "
+                f"{'its rows' if layout == MANIFEST_LAYOUT else 'the folder'}, or set "
+                "data.on_small_identity: skip to leave such identities out"
             )
-        for arr, rel, digest, forged in rows:
+        for arr, rel, digest, forged, _ in rows:
             images.append(arr)
             identities.append(name)
             sources.append(rel)
@@ -549,7 +673,7 @@ def _read_images(
             groups.append(group_of[name])
             forged_flags.append(forged)
     if not images:
-        raise DatasetError(f"dataset path {root} contains no usable images")
+        raise DatasetError(f"dataset path {where} contains no usable images")
     return LoadedDataset(
         np.stack(images), identities, sources, hashes, skipped, groups, forged_flags, layout
     )
@@ -588,6 +712,8 @@ def source_fingerprint(source: str | Path, max_file_bytes: int = DEFAULT_MAX_FIL
     ``data/``), so a rerun notices when it changed."""
     source = Path(source)
     digest = hashlib.sha256()
+    if is_manifest(source) and source.is_file():
+        return _manifest_fingerprint(source, max_file_bytes)
     if source.is_file():
         try:
             with open(source, "rb") as fh:
@@ -605,4 +731,18 @@ def source_fingerprint(source: str | Path, max_file_bytes: int = DEFAULT_MAX_FIL
             digest.update(f"{'/'.join(parts)}\0{content}\n".encode())
         for name in tree.ignored:
             digest.update(f"{name}\0ignored\n".encode())
+    return digest.hexdigest()
+
+
+def _manifest_fingerprint(table: Path, max_file_bytes: int) -> str:
+    """A manifest's fingerprint: the table's bytes and the content of every file it lists (the
+    images may change while the table does not)."""
+    digest = hashlib.sha256(read_file(table, max(max_file_bytes, table.stat().st_size)))
+    manifest = read_manifest(table)
+    for row in manifest.rows:
+        try:
+            content = hashlib.sha256(read_file(manifest.file(row), max_file_bytes)).hexdigest()
+        except BadImageError as err:
+            content = f"unreadable: {err}"
+        digest.update(f"{row.rel}\0{content}\n".encode())
     return digest.hexdigest()

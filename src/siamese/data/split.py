@@ -84,3 +84,20 @@ def split_groups(
                 f"{MIN_IDENTITIES[s]} (set data.split_by: identity or add groups)"
             )
     return assignment
+
+
+def check_given_split(assignment: dict[str, str], where: str = "the dataset") -> dict[str, str]:
+    """A split the data itself assigns (a manifest's split column), checked as the seeded split
+    is: every split holds at least its minimum of identities (two, so it has negative pairs).
+    The assignment maps each identity to one split, so it is identity-disjoint by construction
+    (the manifest reader refuses an identity listed in two splits)."""
+    for s in SPLITS:
+        names = sorted(ident for ident, v in assignment.items() if v == s)
+        if len(names) < MIN_IDENTITIES[s]:
+            shown = ", ".join(repr(n) for n in names[:3]) or "none"
+            raise DatasetError(
+                f"{where}: the split column gives the {s} split {len(names)} identit(ies) "
+                f"({shown}); every split needs at least {MIN_IDENTITIES[s]} (so it has negative "
+                f"pairs): mark more identities {s}"
+            )
+    return dict(assignment)

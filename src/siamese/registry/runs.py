@@ -20,6 +20,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from siamese.config import Params, flatten
 from siamese.data.artifacts import pairs_path
+from siamese.data.manifests import is_manifest
 from siamese.io import file_md5
 from siamese.registry import tracking
 from siamese.registry.tracking import (
@@ -40,11 +41,14 @@ SYSTEM_METRICS_INTERVAL_S = 10  # MLflow's default; MLFLOW_SYSTEM_METRICS_SAMPLI
 
 
 def dataset_name(source: str) -> str:
-    """A short name for ``data.source``: ``digits``, or the folder / archive name without its
-    suffix (``../shared/data/att_faces`` -> ``att_faces``)."""
+    """A short name for ``data.source``: ``digits``, the folder / archive name without its
+    suffix (``../shared/data/att_faces`` -> ``att_faces``), or a manifest's folder and table
+    name (``data/lfw/manifest.csv`` -> ``lfw-manifest``: tables are often named alike)."""
     if source == BUILT_IN:
         return source
     path = PurePath(source)
+    if is_manifest(path):
+        return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
     return path.name.removesuffix(path.suffix) if path.suffix == ".zip" else path.name
 
 

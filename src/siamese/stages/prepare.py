@@ -12,7 +12,7 @@ import numpy as np
 from siamese.config import Params
 from siamese.data.artifacts import write_prepared
 from siamese.data.sources import SKIP_KINDS, load_source
-from siamese.data.split import SPLITS, split_groups, split_identities
+from siamese.data.split import SPLITS, check_given_split, split_groups, split_identities
 from siamese.errors import DatasetError
 from siamese.io import atomic_dir, write_json
 from siamese.stages.provenance import source_state
@@ -67,11 +67,22 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
     split_by = d.split_by
     if split_by == "auto":
         split_by = "group" if ds.has_groups else "identity"
-    if split_by == "group":
+    if ds.splits is not None:  # the data assigns the splits (a manifest's split column)
+        if d.split_by != "auto":
+            log.warning(
+                "data.split_by %s is not used: the split column of %s assigns each identity "
+                "its split",
+                d.split_by,
+                d.source,
+            )
+        split_by = "column"
+        assignment = check_given_split(ds.splits, where=d.source)
+    elif split_by == "group":
         if not ds.has_groups:
             raise DatasetError(
                 f"data.split_by: group needs a dataset with groups (layout grouped, e.g. "
-                f"<Alphabet>/<character>/); {d.source} was read as layout {ds.layout}"
+                f"<Alphabet>/<character>/, or a table with a group column); {d.source} was read "
+                f"as layout {ds.layout}"
             )
         group_of = dict(zip(ds.identities, ds.groups, strict=True))
         assignment = split_groups(

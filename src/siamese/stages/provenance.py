@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES
+from siamese.data.manifests import is_manifest
 from siamese.data.sources import source_fingerprint
 from siamese.errors import DatasetError
 from siamese.io import read_json
@@ -122,9 +123,15 @@ def source_state(
     if not path.exists():
         raise DatasetError(
             f"dataset path {source} does not exist; set data.source to 'digits', to a directory "
-            "of identity folders root/<identity>/<image>, or to a zip archive of one"
+            "of identity folders root/<identity>/<image>, to a zip archive of one, or to a "
+            ".csv / .parquet table listing the images (data.layout: csv)"
         )
-    found = _record_of(project, path)
+    # a manifest's images lie in its folder: the folder is what a DVC record must version
+    # (a record of the table alone would leave the images unversioned)
+    versioned, hint = path, source
+    if is_manifest(path) and path.is_file():
+        versioned, hint = path.parent, str(Path(source).parent)
+    found = _record_of(project, versioned)
     record = None
     if found is not None:
         record = os.path.relpath(found[0], project.resolve())
@@ -155,13 +162,13 @@ def source_state(
             warning = (
                 f"data.source {source} is not tracked by DVC (no .dvc record), so its files are "
                 "in neither the DVC cache nor the remote and `dvc pull` cannot bring back what "
-                f"this run trains on; run `dvc add {source}` and commit the .dvc file"
+                f"this run trains on; run `dvc add {hint}` and commit the .dvc file"
             )
         else:
             warning = (
                 f"data.source {source} is outside the project's data/ folder, so DVC does not "
                 "version it and `dvc pull` cannot bring back what this run trains on; run "
-                f"`siamese data add {source}` to copy it in and track it"
+                f"`siamese data add {hint}` to copy it in and track it"
             )
     digest = None
     if fingerprint and not watched:
