@@ -77,8 +77,8 @@ _KEPT_LINES = 400  # of a step's output, for its error message (the first lines 
 class _LiveOutput:
     """A step process's output (stdout and stderr merged), forwarded as it arrives: each line to
     the Prefect run logger (the terminal and the Prefect UI), a progress bar's redraws (text
-    ending in a carriage return) to the terminal only, and only when it is one. Keeps the first
-    and last lines for the step's error message."""
+    redrawn after a carriage return, no newline yet) to the terminal only, and only when it is
+    one. Keeps the first and last lines for the step's error message."""
 
     def __init__(self, label: str, logger, quiet_failure: bool = False, terminal=None):
         self.label = label
