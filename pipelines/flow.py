@@ -99,7 +99,9 @@ class _LiveOutput:
             self._line(raw.rstrip("\r").rsplit("\r", 1)[-1])
         if "\r" in self.partial:  # a progress bar redrawn in place: keep only its last state
             shown = [seg for seg in self.partial.split("\r") if seg.strip()]
-            self.partial = "\r" + (shown[-1] if shown else "")
+            # what follows the last carriage return starts the line's next text (after a bar
+            # was cleared, the next log line), even while still empty
+            self.partial = "\r" + self.partial.rsplit("\r", 1)[-1]
             if self.terminal and shown:
                 self.terminal.write("\r\033[K" + shown[-1])
                 self.terminal.flush()

@@ -157,10 +157,13 @@ def test_a_step_s_output_is_logged_by_line_and_progress_bars_only_drawn(monkeypa
             "error: train: out of memory\nUpdating lock file 'dvc.lock'\n\n"
             "To track the changes with git, run:\n\n\tgit add dvc.lock\n\n"
             "To enable auto staging, run:\n\n\tdvc config core.autostage true\n"
-            "Use `dvc push` to send your updates to remote storage.\nlast line, no newline"
+            "Use `dvc push` to send your updates to remote storage.\n"
         )
         for i in range(0, len(stream), 7):
             out.feed(stream[i : i + 7])
+        # a bar cleared at the very end of a read, the next log line in the following read
+        out.feed("\rEpoch 1:  50%|####| 2/4\r" + " " * 20 + "\r")
+        out.feed("INFO epoch 2/2  step 8\nlast line, no newline")
         kept = out.close()
     finally:
         logger.removeHandler(handler)
@@ -170,6 +173,7 @@ def test_a_step_s_output_is_logged_by_line_and_progress_bars_only_drawn(monkeypa
         "train | INFO epoch 1/2  step 4",
         "train | Epoch 1: 100%|########| 4/4",  # the bar's final state, once
         "train | Updating lock file 'dvc.lock'",
+        "train | INFO epoch 2/2  step 8",
         "train | last line, no newline",
     ]
     # the bar was drawn on the terminal, and cleared before the next logged line
