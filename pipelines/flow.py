@@ -12,6 +12,8 @@ dvc.lock records what ran, and the same stage commands serve DVC, Prefect and us
 
 from __future__ import annotations
 
+import codecs
+import collections
 import contextlib
 import hashlib
 import json
@@ -38,6 +40,7 @@ from siamese.errors import (
     StageFailed,
 )
 from siamese.locking import project_lock
+from siamese.output import PROGRESS_ENV, progress_wanted, verbose
 from siamese.params_file import set_params
 from siamese.registry.names import check_tracking_names
 from siamese.training.settings import check_trainer
@@ -64,6 +67,105 @@ def _dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.Compl
         capture_output=True,
         text=True,
     )
+
+
+# DVC's reminders after every stage, which `siamese run` acts on itself or which concern the
+# user's git history, not this run: "To track the changes with git, run: git add dvc.lock ...",
+# "To enable auto staging, run: dvc config core.autostage true", "Use `dvc push` to send your
+# updates to remote storage" (the flow pushes). Shown with --verbose.
+_DVC_HINTS = re.compile(
+    r"^(To track the changes with git, run:|To enable auto staging, run:|git add |"
+    r"dvc config core\.autostage true|Use `dvc push` to send your updates)"
+)
+_KEPT_LINES = 400  # of a step's output, for its error message (the first lines are kept too)
+
+
+class _LiveOutput:
+    """A step process's output (stdout and stderr merged), forwarded as it arrives: each line to
+    the Prefect run logger (the terminal and the Prefect UI), a progress bar's redraws (text
+    redrawn after a carriage return, no newline yet) to the terminal only, and only when it is
+    one. Keeps the first and last lines for the step's error message."""
+
+    def __init__(self, label: str, logger, quiet_failure: bool = False, terminal=None):
+        self.label = label
+        self.logger = logger
+        self.quiet_failure = quiet_failure
+        self.terminal = terminal  # where progress bars are drawn: a terminal, or None
+        self.drawn = False  # a progress bar is on the terminal's current line
+        self.partial = ""  # output after the last complete line
+        self.head: list[str] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
+        self.dropped = 0
+
+    def feed(self, text: str) -> None:
+        """Complete lines of ``text`` (what a terminal shows of each: the text after its last
+        carriage return)."""
+        *lines, self.partial = (self.partial + text).split("\n")
+        for raw in lines:
+            self._line(raw.rstrip("\r").rsplit("\r", 1)[-1])
+        if "\r" in self.partial:  # a progress bar redrawn in place: keep only its last state
+            shown = [seg for seg in self.partial.split("\r") if seg.strip()]
+            # what follows the last carriage return starts the line's next text (after a bar
+            # was cleared, the next log line), even while still empty
+            self.partial = "\r" + self.partial.rsplit("\r", 1)[-1]
+            if self.terminal and shown:
+                self.terminal.write("\r\033[K" + shown[-1])
+                self.terminal.flush()
+                self.drawn = True
+
+    def close(self) -> str:
+        if self.partial.strip():
+            self._line(self.partial.rsplit("\r", 1)[-1])
+        self._clear_bar()
+        kept = self.head + ([f"... ({self.dropped} lines left out)"] if self.dropped else [])
+        return "\n".join(kept + list(self.tail))
+
+    def _clear_bar(self) -> None:
+        if self.drawn and self.terminal:
+            self.terminal.write("\r\033[K")
+            self.terminal.flush()
+        self.drawn = False
+
+    def _line(self, line: str) -> None:
+        if len(self.head) < 20:
+            self.head.append(line)
+        else:
+            if len(self.tail) == self.tail.maxlen:
+                self.dropped += 1
+            self.tail.append(line)
+        text = line.strip()
+        if not text or (not verbose() and _DVC_HINTS.match(text)):
+            return
+        # under `siamese run` a failure is reported once, by the CLI (its one `error:` line)
+        if self.quiet_failure and text.startswith(("error: ", "ERROR: ")):
+            return
+        self._clear_bar()
+        self.logger.info("%s | %s", self.label, line.rstrip())
+
+
+def _run_live(cmd: list[str], project: Path, label: str, env: dict | None = None):
+    """Run ``cmd`` in the project, its output forwarded line by line while it runs
+    (``_LiveOutput``); the finished process with the kept output as its stdout. The process is
+    told whether to draw progress bars (``SIAMESE_PROGRESS``: whether this process writes to a
+    terminal, unless the user set it) and to write unbuffered, so lines arrive as written."""
+    env = {**_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.setdefault(PROGRESS_ENV, "1" if progress_wanted() else "0")
+    terminal = sys.stderr if sys.stderr.isatty() else None
+    out = _LiveOutput(label, get_run_logger(), _QUIET, terminal)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with subprocess.Popen(
+        cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read1(65536):
+                out.feed(decoder.decode(chunk))
+        except BaseException:  # as subprocess.run: an interrupted flow leaves no step running
+            proc.kill()
+            raise
+        out.feed(decoder.decode(b"", final=True))
+        returncode = proc.wait()
+    return subprocess.CompletedProcess(cmd, returncode, out.close(), "")
 
 
 @task(name="dvc-status")
@@ -98,7 +200,7 @@ def check_data_source(project_dir: str, source: str, max_file_bytes: int) -> dic
 
 
 _DVC_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
-_QUIET = False  # set by quiet_failure_tracebacks: a failed stage's output is not logged
+_QUIET = False  # set by quiet_failure_tracebacks: a failed stage's error lines are not logged
 
 
 def _failure(
@@ -131,20 +233,13 @@ def repro_stage(project_dir: str, stage: str, force: bool = False) -> str:
     (``force``: in any case, for a change DVC cannot see). A failed stage leaves its previous
     outputs in place (``persist: true`` in dvc.yaml: DVC does not delete them first, and every
     stage replaces its outputs atomically once it succeeded)."""
-    logger = get_run_logger()
     args = ["repro", "--single-item", *(["--force"] if force else []), stage]
     env = {"SIAMESE_REGISTER_FORCE": "1"} if force and stage == "register" else None
-    proc = _dvc(Path(project_dir), *args, env=env)
-    output = (proc.stdout or "") + (proc.stderr or "")
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = _run_live(cmd, Path(project_dir), stage, env)
     if proc.returncode != 0:
-        failure = _failure(f"stage {stage!r}", proc, name=stage)
-        if not _QUIET:  # under `siamese run` the CLI prints it, with --verbose only
-            for line in output.strip().splitlines()[-40:]:
-                logger.info("%s | %s", stage, line)
-        raise failure
-    for line in output.strip().splitlines()[-40:]:
-        logger.info("%s | %s", stage, line)
-    return "skipped" if "didn't change, skipping" in output else "ran"
+        raise _failure(f"stage {stage!r}", proc, name=stage)
+    return "skipped" if "didn't change, skipping" in proc.stdout else "ran"
 
 
 def _retry_if_transient(task, task_run, state) -> bool:
@@ -162,8 +257,9 @@ def _retry_if_transient(task, task_run, state) -> bool:
 @contextlib.contextmanager
 def quiet_failure_tracebacks(enabled: bool = True) -> Iterator[None]:
     """While enabled, Prefect's console leaves out the records that carry a failed task's or
-    flow's traceback (its "Finished in state Failed(...)" line stays), and a failed stage's output
-    is not logged: the caller reports the failure once (``siamese run`` prints one ``error:``
+    flow's traceback (its "Finished in state Failed(...)" line stays), and a stage's own
+    ``error:`` line and DVC's ``ERROR:`` lines are not forwarded: the caller reports the failure
+    once (``siamese run`` prints one ``error:``
     line; ``--verbose`` shows everything). The Prefect API (the UI) still receives the
     tracebacks: only the console handlers are filtered."""
     global _QUIET
@@ -229,16 +325,11 @@ class PromotionRefused(StageFailed):
 @task(name="promote", retries=PROMOTE_RETRIES, retry_delay_seconds=5)
 def promote_task(project_dir: str, version: str | None = None) -> dict:
     """``siamese promote`` in the project (its own process, like the DVC stages)."""
-    logger = get_run_logger()
     project = Path(project_dir)
     cmd = [sys.executable, "-m", "siamese", "promote"]
     if version:
         cmd += ["--version", str(version)]
-    proc = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True)
-    output = (proc.stdout or "") + (proc.stderr or "")
-    if proc.returncode == 0 or not _QUIET:
-        for line in output.strip().splitlines()[-20:]:
-            logger.info("promote | %s", line)
+    proc = _run_live(cmd, project, "promote")
     if proc.returncode == EXIT_PROMOTION_REFUSED:  # the challenger's evaluation is missing/failed
         raise _failure("promote", proc, PromotionRefused)
     if proc.returncode != 0:

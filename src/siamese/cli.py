@@ -36,6 +36,7 @@ from siamese.errors import (
 )
 from siamese.io import write_json
 from siamese.locking import project_lock
+from siamese.output import VERBOSE_ENV, configure
 
 
 class _App(typer.Typer):
@@ -66,9 +67,6 @@ app.add_typer(data_app, name="data")
 ParamsOpt = typer.Option(paths.PARAMS, "--params", help="params file")
 
 
-VERBOSE_ENV = "SIAMESE_VERBOSE"  # set by --verbose; the stage processes a run starts inherit it
-
-
 def _verbose() -> bool:
     return os.environ.get(VERBOSE_ENV) == "1"
 
@@ -76,11 +74,16 @@ def _verbose() -> bool:
 @app.callback()
 def _options(
     verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="on failure, show the traceback (and a stage's output)"
+        False,
+        "--verbose",
+        "-v",
+        help="show third-party warnings and notices; on failure, the traceback (and a stage's "
+        "output)",
     ),
 ) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+    configure(_verbose())  # quiet by default: siamese.output lists what is silenced and why
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -513,7 +516,11 @@ def run(
         0.0, "--wait", help="seconds to wait for another run of this project to finish (0: fail)"
     ),
     verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="on failure, show the tracebacks and the stage's output"
+        False,
+        "--verbose",
+        "-v",
+        help="show third-party warnings and notices; on failure, the tracebacks and the "
+        "stage's output",
     ),
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary.
@@ -522,6 +529,7 @@ def run(
     ``error:`` line and its exit code."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+        configure(True)  # and the stage processes the run starts
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
     from siamese.registry.names import check_tracking_names

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from siamese.output import progress
+
 
 def bootstrap_ci(
     distances: np.ndarray,
@@ -23,7 +25,9 @@ def bootstrap_ci(
     pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {k: [] for k in statistics}
-    for _ in range(n_resamples):
+    # the longest part of evaluate and calibrate on large pair sets: a bar on a terminal, else
+    # a line every 30 s
+    for _ in progress(range(n_resamples), "bootstrap resamples"):
         idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
         for name, fn in statistics.items():
             values[name].append(fn(d[idx], y[idx]))

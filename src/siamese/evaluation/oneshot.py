@@ -36,6 +36,7 @@ from siamese.data.images import ImageSpec, read_image
 from siamese.distances import pairwise_distance
 from siamese.io import atomic_dir
 from siamese.models.loading import embed
+from siamese.output import progress
 
 CI_Z = 1.96  # 95% normal interval, as reported in few-shot papers
 
@@ -137,7 +138,7 @@ def episode_accuracies(
     The distances of ``batch`` episodes come from one :func:`support_distances` call over their
     distinct query and support images."""
     acc = np.empty(len(episodes))
-    for start in range(0, len(episodes), batch):
+    for start in progress(range(0, len(episodes), batch), f"{len(episodes)} episodes"):
         chunk = episodes[start : start + batch]
         uq, q_inv = np.unique(
             np.concatenate([ep.query.ravel() for ep in chunk]), return_inverse=True

@@ -72,12 +72,20 @@ def load_encoder(model_dir: str | Path) -> SiameseEncoder:
     return enc.to(memory_format=torch.channels_last)
 
 
+def _as_tensor(array: np.ndarray, dtype=None) -> torch.Tensor:
+    """A tensor sharing a contiguous, writable array's memory, else of a copy: torch cannot
+    mark a tensor read-only, so it warns on (and could write into) a read-only array, which
+    ``np.asarray`` of a decoded PIL image or a slice of one is."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """uint8 (N, H, W, C) images (or (N, H, W): C = 1) -> float32 (N, D) embeddings."""
     out = []
     for i in range(0, len(images), batch_size):
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        x = preprocess(_as_tensor(images[i : i + batch_size]))
         x = x.contiguous(memory_format=torch.channels_last)
         out.append(to_numpy(encoder(x)))
     if not out:
@@ -99,11 +107,7 @@ def pair_distances(
 def embedding_distances(encoder: SiameseEncoder, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise distances of embedding arrays under the encoder's metric, in float64 for stable
     metrics."""
-    ta, tb = (
-        torch.from_numpy(np.asarray(a, np.float64)),
-        torch.from_numpy(np.asarray(b, np.float64)),
-    )
-    return encoder.pair_distance(ta, tb).numpy()
+    return encoder.pair_distance(_as_tensor(a, np.float64), _as_tensor(b, np.float64)).numpy()
 
 
 def split_pair_distances(

@@ -122,7 +122,11 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         self.chunk_images = int(preprocessing.get("chunk_images") or DEFAULT_CHUNK_IMAGES)
         return self
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # typed: MLflow warns at import about a predict without type hints. A DataFrame hint turns
+    # on no type-hint validation of its own: the package's signature validates the input
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         mode = (params or {}).get("mode", "pair")
         if mode not in MODES:
             raise invalid_input(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")

@@ -20,7 +20,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from siamese.config import MONITORS, Params
 from siamese.errors import ParamsError, TrainingFault
 from siamese.models.loading import save_encoder
-from siamese.training.callbacks import SaveLastCheckpoint
+from siamese.output import progress_wanted
+from siamese.training.callbacks import EpochLog, SaveLastCheckpoint, TrainingBar
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.module import SiameseModule
 from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
@@ -42,7 +43,9 @@ def build_trainer(
         dirpath=checkpoint_dir(scratch), filename="best", monitor=monitor, mode=mode
     )
     last = SaveLastCheckpoint(last_checkpoint(scratch))
-    callbacks = [best, last]
+    callbacks = [best, last, EpochLog(t.max_epochs, t.max_minutes)]
+    if progress_wanted():
+        callbacks.append(TrainingBar())
     if t.monitor != "last":
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping_patience)
@@ -72,7 +75,8 @@ def _trainer(params: Params, scratch: Path, logger: Logger, callbacks: list) -> 
         log_every_n_steps=params.trainer.log_every_n_steps,
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        enable_progress_bar=False,
+        # Lightning's bar on a terminal only (siamese.output); EpochLog writes a line per epoch
+        enable_progress_bar=progress_wanted(),
         default_root_dir=str(scratch),
     )
 
@@ -96,7 +100,8 @@ def fit_encoder(
     trainer, best_ckpt, last_ckpt = build_trainer(params, scratch, logger)
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+        # our own checkpoint of plain tensors and JSON types (SiameseModule.on_save_checkpoint)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     except BaseException as err:
         if not launcher or not last_ckpt.path.is_file():
             raise
