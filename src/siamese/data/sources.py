@@ -29,8 +29,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from siamese.data.decoding import Decoder, decode_files
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES, read_file, read_zip_entry
-from siamese.data.images import IMAGE_EXTENSIONS, ImageSpec, decode_image, resize_array
+from siamese.data.images import IMAGE_EXTENSIONS, ImageSpec, resize_array
 from siamese.errors import BadImageError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,15 @@ class LoadedDataset:
         return any(g is not None for g in self.groups)
 
 
-def load_digits_dataset(size: ImageSpec | int) -> LoadedDataset:
+def load_digits_dataset(size: ImageSpec | int, decoder: Decoder = Decoder()) -> LoadedDataset:
     """scikit-learn's 1,797 real handwritten digits; the identity is the digit."""
     from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import
 
     digits = load_digits()
     raw = (digits.images / 16.0).astype(np.float32)
-    images = np.stack([resize_array(img, size) for img in raw])
+    images = decoder.allocate(len(raw), size)
+    for i, img in enumerate(raw):
+        images[i] = resize_array(img, size)
     identities = [f"digit_{int(t)}" for t in digits.target]
     sources = [f"digits:{i}" for i in range(len(raw))]
     hashes = [hashlib.sha256(digits.images[i].tobytes()).hexdigest() for i in range(len(raw))]
@@ -316,6 +319,7 @@ def load_folder_dataset(
     on_duplicate_image: str = "error",
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     drop_copies: bool = True,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     """Read identity folders from a directory or a zip archive of one (layouts: module doc).
 
@@ -323,7 +327,8 @@ def load_folder_dataset(
     identities (error, skip every copy, or keep). ``max_file_bytes``: the largest file (or zip
     entry) read; anything that is not a regular file is refused before it is read.
     ``drop_copies``: keep one of an identity's byte-identical copies of an image (what training
-    and evaluation need: no pair of an image with itself); a gallery keeps every file."""
+    and evaluation need: no pair of an image with itself); a gallery keeps every file.
+    ``decoder``: how many processes decode, and into memory or a memory-mapped file."""
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     if on_duplicate_image not in DUPLICATE_POLICIES:
@@ -365,11 +370,12 @@ def load_folder_dataset(
             strip,
             on_duplicate_image,
             drop_copies,
+            decoder,
         )
 
 
 def _drop_copies(
-    rows_of: dict[str, list[tuple[np.ndarray, str, str, bool]]], skipped: dict[str, list[str]]
+    rows_of: dict[str, list[tuple[int, str, str, bool]]], skipped: dict[str, list[str]]
 ) -> dict[str, int]:
     """Keep one of each identity's byte-identical copies of an image (a genuine one before a
     forgery, else the first read): a copy would pair the image with itself as a positive, in
@@ -402,7 +408,7 @@ def _drop_copies(
 
 
 def _handle_duplicates(
-    rows_of: dict[str, list[tuple[np.ndarray, str, str, bool]]],
+    rows_of: dict[str, list[tuple[int, str, str, bool]]],
     policy: str,
     tree: _Tree,
     skipped: dict[str, list[str]],
@@ -463,6 +469,7 @@ def _read_images(
     strip: int,
     on_duplicate_image: str = "error",
     drop_copies: bool = True,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     # identity -> list of (parts, group, forged); every identity folder is listed, even empty
     by_identity: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
@@ -495,30 +502,45 @@ def _read_images(
 
     skipped = _no_skips()
     skipped["ignored"] = list(tree.ignored)
-    # identity -> (image, relative path, sha256 of the file, forged) of every readable image
-    read: dict[str, list[tuple[np.ndarray, str, str, bool]]] = {}
+    # identity -> (row in ``decoded``, relative path, sha256 of the file, forged) of every
+    # readable image; the files are decoded in parallel, in this order, into ``decoded``
+    read: dict[str, list[tuple[int, str, str, bool]]] = {}
+    order = [
+        (name, parts, forged) for name in sorted(by_identity) for parts, forged in by_identity[name]
+    ]
+    decoded = decoder.allocate(len(order), size)
+    unreadable = (BadImageError, OSError, KeyError, zipfile.BadZipFile)
+    outcomes = decode_files(
+        lambda i: tree.read(order[i][1]),
+        [tree.describe(parts) for _, parts, _ in order],
+        size,
+        decoded,
+        decoder,
+        read_errors=unreadable,
+    )
     for name in sorted(by_identity):
-        rows = read[name] = []
-        for parts, forged in by_identity[name]:
-            rel = "/".join(parts)
-            try:
-                data = tree.read(parts)
-                arr = decode_image(data, size, name=tree.describe(parts))
-            except (BadImageError, OSError, KeyError, zipfile.BadZipFile) as err:
-                if on_bad_image == "skip":
-                    skipped["images"].append(rel)
-                    log.warning("skipping unreadable image: %s", err)
-                    continue
-                raise DatasetError(
-                    f"{err}; remove or replace it, or set data.on_bad_image: skip to skip such "
-                    "files"
-                ) from None
-            rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged))
+        read[name] = []
+    for outcome in outcomes:
+        name, parts, forged = order[outcome.index]
+        rel = "/".join(parts)
+        err = outcome.error
+        if err is not None:
+            if not isinstance(err, unreadable):
+                raise err
+            if on_bad_image == "skip":
+                skipped["images"].append(rel)
+                log.warning("skipping unreadable image: %s", err)
+                continue
+            outcomes.close()
+            raise DatasetError(
+                f"{err}; remove or replace it, or set data.on_bad_image: skip to skip such files"
+            ) from None
+        read[name].append((outcome.index, rel, outcome.digest, forged))
     dropped = _drop_copies(read, skipped) if drop_copies else {}
     for name, n in _handle_duplicates(read, on_duplicate_image, tree, skipped).items():
         dropped[name] = dropped.get(name, 0) + n
 
-    images: list[np.ndarray] = []
+    kept: list[int] = []  # rows of ``decoded`` used
     identities: list[str] = []
     sources: list[str] = []
     hashes: list[str] = []
@@ -541,17 +563,24 @@ def _read_images(
                 f"least {min_images} to form positive pairs: add images, remove the folder, or "
                 "set data.on_small_identity: skip to leave such identities out"
             )
-        for arr, rel, digest, forged in rows:
-            images.append(arr)
+        for row, rel, digest, forged in rows:
+            kept.append(row)
             identities.append(name)
             sources.append(rel)
             hashes.append(digest)
             groups.append(group_of[name])
             forged_flags.append(forged)
-    if not images:
+    if not kept:
         raise DatasetError(f"dataset path {root} contains no usable images")
     return LoadedDataset(
-        np.stack(images), identities, sources, hashes, skipped, groups, forged_flags, layout
+        decoder.keep(decoded, kept),
+        identities,
+        sources,
+        hashes,
+        skipped,
+        groups,
+        forged_flags,
+        layout,
     )
 
 
@@ -565,9 +594,10 @@ def load_source(
     identity_depth: int | None = None,
     on_duplicate_image: str = "error",
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     if source == "digits":  # the digits hold no image twice
-        return load_digits_dataset(size)
+        return load_digits_dataset(size, decoder)
     return load_folder_dataset(
         source,
         size,
@@ -578,6 +608,7 @@ def load_source(
         identity_depth,
         on_duplicate_image,
         max_file_bytes,
+        decoder=decoder,
     )
 
 
