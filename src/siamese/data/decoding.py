@@ -192,7 +192,7 @@ def _decode_parallel(read, names, spec, out, workers, read_errors, progress) -> 
                 pass
             while pending:
                 future, failed = pending.popleft()
-                results = [Decoded(i, None, err) for i, err in ((d.index, d.error) for d in failed)]
+                results = list(failed)  # files that could not be read
                 for i, digest, arr, err in future.result() if future is not None else []:
                     if arr is not None:
                         out[i] = arr
