@@ -293,8 +293,7 @@ def manifest(proj: Path) -> dict[str, dict[str, str]]:
 
 def image_of(proj: Path, source: str) -> np.ndarray:
     index = int(manifest(proj)[source]["index"])
-    with np.load(proj / "artifacts/prepared/data.npz") as z:
-        image = z["images"][index]
+    image = np.load(proj / "artifacts/prepared/images.npy", mmap_mode="r")[index]
     assert image.ndim == 3 and image.shape[-1] == 1, image.shape  # (H, W, C), grayscale
     return image[..., 0]
 

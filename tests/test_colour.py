@@ -236,7 +236,7 @@ def test_the_served_model_decodes_every_file_exactly_as_prepare_did(
 ):
     """Prepared with a non-square size, pad or crop, gray or colour: the served pyfunc, set up
     from the package's preprocessing.json, embeds each raw file (and answers a colour pair)
-    exactly as the array prepare stored in data.npz."""
+    exactly as the array prepare stored in images.npy."""
     from siamese.data.artifacts import PreparedData
     from siamese.models.loading import embed
     from siamese.registry.package import preprocessing_spec

@@ -72,8 +72,9 @@ def run(*stages: str) -> None:
 def prepared() -> dict:
     """What prepare wrote: the arrays, identities.json, manifest.csv rows and summary.json."""
     root = Path("artifacts/prepared")
-    with np.load(root / "data.npz") as z:
+    with np.load(root / "meta.npz") as z:
         arrays = {k: z[k] for k in z.files}
+    arrays["images"] = np.load(root / "images.npy")
     with (root / "manifest.csv").open(encoding="utf-8", newline="") as fh:
         manifest = list(csv.DictReader(fh))
     return {

@@ -319,13 +319,13 @@ def test_oneshot_cli_scores_the_registered_champion(omniglot_project, omniglot, 
     assert bad.exit_code == 2 and "models:/omniglot@nope" in bad.output
 
     # the prepared-data contract's groups / forged, and the pairs' kind, when present
-    with np.load(paths.PREPARED / "data.npz") as z:
+    with np.load(paths.PREPARED / "meta.npz") as z:
         arrays = dict(z)
     test_idx = np.flatnonzero(arrays["split"] == 2)
     arrays["groups"] = (arrays["labels"] % 2).astype(np.int64)
     arrays["forged"] = np.zeros(len(arrays["labels"]), bool)
     arrays["forged"][test_idx[0]] = True
-    save_npz(paths.PREPARED / "data.npz", **arrays)
+    save_npz(paths.PREPARED / "meta.npz", **arrays)
     pairs = load_pairs(paths.PAIRS / "test.npz")
     pairs["kind"] = np.where(pairs["y"] == 1, 0, 1 + np.arange(len(pairs["y"])) % 2).astype(np.int8)
     save_npz(paths.PAIRS / "test.npz", **pairs)

@@ -125,6 +125,12 @@ class DataParams(_Strict):
     )
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="processes that decode images in prepare (1: no pool); null: one per "
+        "available CPU core",
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod

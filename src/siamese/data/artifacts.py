@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from siamese.data.split import SPLITS
+from siamese.data.store import IMAGES_FILE, MappedImages, create_images
+from siamese.errors import DatasetError
 from siamese.io import save_npz
 
-DATA_FILE = "data.npz"
+META_FILE = "meta.npz"  # per image: label, split, group, forged (a few bytes an image)
+OLD_DATA_FILE = "data.npz"  # the one compressed file written before the memory-mapped store
 PAIR_KEYS = ("a", "b", "y", "kind")  # image indices, same identity (1/0), kind of pair (mine)
+_COPY_ROWS = 1024
 
 
 def write_prepared(
@@ -24,30 +28,43 @@ def write_prepared(
     groups: np.ndarray,
     forged: np.ndarray,
 ) -> None:
-    """``data.npz`` of the prepare stage: uint8 images, (N, H, W, C) channels last (C = 1 gray,
-    3 RGB: the layout PIL decodes to and albumentations augments), with their label, split
-    index (into ``SPLITS``), group index (-1: no groups) and skilled-forgery flag."""
-    save_npz(
-        Path(out_dir) / DATA_FILE,
-        images=images,
-        labels=labels,
-        split=split,
-        groups=groups,
-        forged=forged,
-    )
+    """The prepare stage's arrays: uint8 images, (N, H, W, C) channels last (C = 1 gray, 3 RGB:
+    the layout PIL decodes to and albumentations augments) in ``images.npy``, and each image's
+    label, split index (into ``SPLITS``), group index (-1: no groups) and skilled-forgery flag
+    in ``meta.npz``. Images already decoded into ``out_dir/images.npy`` (prepare decodes
+    straight into it) are only flushed; any other array is copied in slices."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / IMAGES_FILE
+    filename = getattr(images, "filename", None)
+    if filename is not None and Path(filename).resolve() == path.resolve():
+        images.flush()
+    else:
+        target = create_images(path, len(images), images.shape[1:])
+        for start in range(0, len(images), _COPY_ROWS):
+            target[start : start + _COPY_ROWS] = images[start : start + _COPY_ROWS]
+        target.flush()
+        del target
+    save_npz(out_dir / META_FILE, labels=labels, split=split, groups=groups, forged=forged)
 
 
 class PreparedData:
-    """The prepare stage's output, loaded once for the later stages.
+    """The prepare stage's output for the later stages. ``images`` is mapped from disk, never
+    read whole: index it with the rows needed (a batch, a split's indices).
 
     ``groups`` is each image's group index (-1: the dataset has no groups) and ``forged`` flags
     skilled signature forgeries."""
 
     def __init__(self, prepared_dir: str | Path):
-        with np.load(Path(prepared_dir) / DATA_FILE) as z:
-            images = z["images"]
-            # (N, H, W): written before colour existed, the C = 1 case
-            self.images = images[..., None] if images.ndim == 3 else images
+        prepared_dir = Path(prepared_dir)
+        if not (prepared_dir / IMAGES_FILE).is_file() and (prepared_dir / OLD_DATA_FILE).is_file():
+            raise DatasetError(
+                f"{prepared_dir} holds prepared data in the old single-file format "
+                f"({OLD_DATA_FILE}, read whole into memory); rerun prepare (`siamese prepare` or "
+                f"`dvc repro prepare`) to write the memory-mapped {IMAGES_FILE} the stages read"
+            )
+        self.images = MappedImages(prepared_dir / IMAGES_FILE)
+        with np.load(prepared_dir / META_FILE) as z:
             self.labels = z["labels"]
             self.split = z["split"]
             self.groups = z["groups"]

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from siamese.data.decoding import Decoder, decode_files
 from siamese.data.files import DEFAULT_MAX_FILE_BYTES, read_file, read_zip_entry
-from siamese.data.images import IMAGE_EXTENSIONS, ImageSpec, decode_image, resize_array
+from siamese.data.images import IMAGE_EXTENSIONS, ImageSpec, resize_array
 from siamese.data.manifests import Manifest, is_manifest, read_manifest
 from siamese.errors import BadImageError, DatasetError
 
@@ -88,13 +89,15 @@ class LoadedDataset:
         return any(g is not None for g in self.groups)
 
 
-def load_digits_dataset(size: ImageSpec | int) -> LoadedDataset:
+def load_digits_dataset(size: ImageSpec | int, decoder: Decoder = Decoder()) -> LoadedDataset:
     """scikit-learn's 1,797 real handwritten digits; the identity is the digit."""
     from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import
 
     digits = load_digits()
     raw = (digits.images / 16.0).astype(np.float32)
-    images = np.stack([resize_array(img, size) for img in raw])
+    images = decoder.allocate(len(raw), size)
+    for i, img in enumerate(raw):
+        images[i] = resize_array(img, size)
     identities = [f"digit_{int(t)}" for t in digits.target]
     sources = [f"digits:{i}" for i in range(len(raw))]
     hashes = [hashlib.sha256(digits.images[i].tobytes()).hexdigest() for i in range(len(raw))]
@@ -330,6 +333,7 @@ def load_folder_dataset(
     on_duplicate_image: str = "error",
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     drop_copies: bool = True,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     """Read identity folders from a directory or a zip archive of one (layouts: module doc), or
     the images a manifest table lists (layout csv, or auto with a .csv / .parquet ``root``).
@@ -338,7 +342,8 @@ def load_folder_dataset(
     identities (error, skip every copy, or keep). ``max_file_bytes``: the largest file (or zip
     entry) read; anything that is not a regular file is refused before it is read.
     ``drop_copies``: keep one of an identity's byte-identical copies of an image (what training
-    and evaluation need: no pair of an image with itself); a gallery keeps every file."""
+    and evaluation need: no pair of an image with itself); a gallery keeps every file.
+    ``decoder``: how many processes decode, and into memory or a memory-mapped file."""
     if layout not in LAYOUTS:
         raise DatasetError(f"unknown data.layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     if on_duplicate_image not in DUPLICATE_POLICIES:
@@ -362,6 +367,7 @@ def load_folder_dataset(
             on_duplicate_image,
             max_file_bytes,
             drop_copies,
+            decoder,
         )
     if is_manifest(root) and root.is_file():
         raise DatasetError(
@@ -401,12 +407,13 @@ def load_folder_dataset(
             strip,
             on_duplicate_image,
             drop_copies,
+            decoder,
         )
 
 
-# one read image: (pixels, relative path, sha256 of the file, forged, the key its source reads
-# and describes it by: path parts in a folder, the row number in a manifest)
-_Row = tuple[np.ndarray, str, str, bool, Any]
+# one read image: (its row in the decoded array, relative path, sha256 of the file, forged, the
+# key its source reads and describes it by: path parts in a folder, the row number in a manifest)
+_Row = tuple[int, str, str, bool, Any]
 
 
 def _drop_copies(rows_of: dict[str, list[_Row]], skipped: dict[str, list[str]]) -> dict[str, int]:
@@ -501,6 +508,7 @@ def _read_images(
     strip: int,
     on_duplicate_image: str = "error",
     drop_copies: bool = True,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     """The images of a folder tree, by identity folder (every identity folder is listed, even an
     empty one, so it is reported)."""
@@ -547,6 +555,7 @@ def _read_images(
         layout,
         count_genuine=layout == "signatures",
         ignored=tree.ignored,
+        decoder=decoder,
     )
 
 
@@ -559,6 +568,7 @@ def load_manifest_dataset(
     on_duplicate_image: str = "error",
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     drop_copies: bool = True,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     """Read the images a manifest table lists (siamese.data.manifests): the table is checked
     whole first, then each file goes through the checks a folder's files do, its errors naming
@@ -583,6 +593,7 @@ def load_manifest_dataset(
         drop_copies,
         MANIFEST_LAYOUT,
         count_genuine="forged" in manifest.columns,
+        decoder=decoder,
     )
     splits = manifest.split_of()
     if splits is not None:
@@ -613,35 +624,47 @@ def _load_listed(
     layout: str,
     count_genuine: bool,
     ignored: list[str] | None = None,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     """Decode every listed image (identity -> [(key, relative path, forged)]; ``read`` and
     ``describe`` take the key) under the data.on_* policies: the one reader behind folders,
     archives and manifests. ``count_genuine``: an identity's size counts its genuine images."""
     skipped = _no_skips()
     skipped["ignored"] = list(ignored or [])
-    # identity -> (image, relative path, sha256 of the file, forged, key) of every readable image
-    read_rows: dict[str, list[_Row]] = {}
-    for name in sorted(listed):
-        rows = read_rows[name] = []
-        for key, rel, forged in listed[name]:
-            try:
-                data = read(key)
-                arr = decode_image(data, size, name=describe(key))
-            except (BadImageError, OSError, KeyError, zipfile.BadZipFile) as err:
-                if on_bad_image == "skip":
-                    skipped["images"].append(rel)
-                    log.warning("skipping unreadable image: %s", err)
-                    continue
-                raise DatasetError(
-                    f"{err}; remove or replace it, or set data.on_bad_image: skip to skip such "
-                    "files"
-                ) from None
-            rows.append((arr, rel, hashlib.sha256(data).hexdigest(), forged, key))
+    # identity -> _Row of every readable image; the files are decoded in parallel, in this
+    # order, into ``decoded``
+    read_rows: dict[str, list[_Row]] = {name: [] for name in sorted(listed)}
+    order = [(name, *entry) for name in sorted(listed) for entry in listed[name]]
+    decoded = decoder.allocate(len(order), size)
+    unreadable = (BadImageError, OSError, KeyError, zipfile.BadZipFile)
+    outcomes = decode_files(
+        lambda i: read(order[i][1]),
+        [describe(key) for _, key, _, _ in order],
+        size,
+        decoded,
+        decoder,
+        read_errors=unreadable,
+    )
+    for outcome in outcomes:
+        name, key, rel, forged = order[outcome.index]
+        err = outcome.error
+        if err is not None:
+            if not isinstance(err, unreadable):
+                raise err
+            if on_bad_image == "skip":
+                skipped["images"].append(rel)
+                log.warning("skipping unreadable image: %s", err)
+                continue
+            outcomes.close()
+            raise DatasetError(
+                f"{err}; remove or replace it, or set data.on_bad_image: skip to skip such files"
+            ) from None
+        read_rows[name].append((outcome.index, rel, outcome.digest, forged, key))
     dropped = _drop_copies(read_rows, skipped) if drop_copies else {}
     for name, n in _handle_duplicates(read_rows, on_duplicate_image, describe, skipped).items():
         dropped[name] = dropped.get(name, 0) + n
 
-    images: list[np.ndarray] = []
+    kept: list[int] = []  # rows of ``decoded`` used
     identities: list[str] = []
     sources: list[str] = []
     hashes: list[str] = []
@@ -665,17 +688,24 @@ def _load_listed(
                 f"{'its rows' if layout == MANIFEST_LAYOUT else 'the folder'}, or set "
                 "data.on_small_identity: skip to leave such identities out"
             )
-        for arr, rel, digest, forged, _ in rows:
-            images.append(arr)
+        for row, rel, digest, forged, _ in rows:
+            kept.append(row)
             identities.append(name)
             sources.append(rel)
             hashes.append(digest)
             groups.append(group_of[name])
             forged_flags.append(forged)
-    if not images:
+    if not kept:
         raise DatasetError(f"dataset path {where} contains no usable images")
     return LoadedDataset(
-        np.stack(images), identities, sources, hashes, skipped, groups, forged_flags, layout
+        decoder.keep(decoded, kept),
+        identities,
+        sources,
+        hashes,
+        skipped,
+        groups,
+        forged_flags,
+        layout,
     )
 
 
@@ -689,9 +719,10 @@ def load_source(
     identity_depth: int | None = None,
     on_duplicate_image: str = "error",
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    decoder: Decoder = Decoder(),
 ) -> LoadedDataset:
     if source == "digits":  # the digits hold no image twice
-        return load_digits_dataset(size)
+        return load_digits_dataset(size, decoder)
     return load_folder_dataset(
         source,
         size,
@@ -702,6 +733,7 @@ def load_source(
         identity_depth,
         on_duplicate_image,
         max_file_bytes,
+        decoder=decoder,
     )
 
 

@@ -17,9 +17,12 @@ import numpy as np
 
 from siamese.evaluation.oneshot import support_distances
 
+# distances held per chunk of queries (queries x gallery): bounds memory whatever the test size
+_CHUNK_CELLS = 1 << 22
+
 
 def retrieval_metrics(
-    encoder, embeddings: np.ndarray, labels: np.ndarray, chunk: int = 1024
+    encoder, embeddings: np.ndarray, labels: np.ndarray, chunk: int | None = None
 ) -> dict:
     """precision_at_1, r_precision and map_at_r of leave-one-out retrieval, plus the query count.
 
@@ -32,6 +35,8 @@ def retrieval_metrics(
     n = len(labels)
     _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
     r_all = counts[inv] - 1
+    if chunk is None:  # ~4M distances (32 MB) a chunk, not a number of rows growing with n
+        chunk = max(1, min(1024, _CHUNK_CELLS // max(n, 1)))
     p1, rp, mapr = [], [], []
     for start in range(0, n, chunk):
         q = np.arange(start, min(start + chunk, n))

@@ -81,16 +81,34 @@ def _as_tensor(array: np.ndarray, dtype=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """uint8 (N, H, W, C) images (or (N, H, W): C = 1) -> float32 (N, D) embeddings."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = preprocess(_as_tensor(images[i : i + batch_size]))
+def embed(
+    encoder: torch.nn.Module,
+    images: np.ndarray,
+    batch_size: int = 512,
+    indices: np.ndarray | None = None,
+) -> np.ndarray:
+    """uint8 (N, H, W, C) images (or (N, H, W): C = 1) -> float32 (N, D) embeddings; with
+    ``indices``, of those rows only, in their order.
+
+    Streamed: one batch of rows is read at a time, so ``images`` may be a memory-mapped file
+    (``PreparedData.images``) far larger than memory; only the embeddings are kept."""
+    n = len(images) if indices is None else len(indices)
+    out: np.ndarray | None = None
+    for i in range(0, n, batch_size):
+        rows = slice(i, i + batch_size) if indices is None else indices[i : i + batch_size]
+        # a writable copy of just this batch (a mapped file's rows are read-only)
+        x = preprocess(torch.from_numpy(np.array(images[rows])))
         x = x.contiguous(memory_format=torch.channels_last)
-        out.append(to_numpy(encoder(x)))
-    if not out:
+        emb = to_numpy(encoder(x))
+        if out is None:
+            out = np.empty((n, *emb.shape[1:]), emb.dtype)
+        out[i : i + len(emb)] = emb
+        release = getattr(images, "release", None)  # a mapped file: unmap the rows read
+        if release is not None:
+            release()
+    if out is None:
         return np.zeros((0, 1), np.float32)
-    return np.concatenate(out)
+    return out
 
 
 def pair_distances(
@@ -98,7 +116,7 @@ def pair_distances(
 ) -> np.ndarray:
     """Distances of indexed pairs, embedding each distinct image once."""
     uniq, inv = np.unique(np.r_[pairs["a"], pairs["b"]], return_inverse=True)
-    emb = embed(encoder, images[uniq]).astype(np.float64)
+    emb = embed(encoder, images, indices=uniq).astype(np.float64)
     n = len(pairs["a"])
     return embedding_distances(encoder, emb[inv[:n]], emb[inv[n:]])
 

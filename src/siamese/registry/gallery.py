@@ -15,15 +15,18 @@ gallery folder (index, embeddings, labels, paths, model URI) is written atomical
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
+from siamese.data.decoding import Decoder
 from siamese.data.files import read_file
 from siamese.data.images import decode_image
 from siamese.data.sources import load_folder_dataset
+from siamese.data.store import IMAGES_FILE
 from siamese.errors import GalleryError
 from siamese.io import atomic_dir, read_json, write_json
 from siamese.registry.loading import load_served_model, resolve_model_uri
@@ -84,10 +87,21 @@ def build_gallery(
     model = load_served_model(resolved, tracking_uri)
     # a gallery is searched, not trained on: an image filed under two identities, or twice
     # under one, is kept (every file is a gallery entry)
-    data = load_folder_dataset(
-        root, model.image, min_images=1, on_duplicate_image="keep", drop_copies=False
-    )
-    emb = model.embeddings(data.images)
+    # decoded in parallel into a scratch file beside the output, mapped from disk, and embedded
+    # a batch at a time: a gallery larger than memory can be indexed
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.decode.") as scratch:
+        data = load_folder_dataset(
+            root,
+            model.image,
+            min_images=1,
+            on_duplicate_image="keep",
+            drop_copies=False,
+            decoder=Decoder(workers=None, path=Path(scratch) / IMAGES_FILE),
+        )
+        emb = model.embeddings(data.images)
+        data.images = None  # unmapped before the scratch folder goes
     distance = model.encoder.config["distance"]
     n = len(emb)
     kind = index_kind(distance, n, ivf_above)

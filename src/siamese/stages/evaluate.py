@@ -41,7 +41,7 @@ def identity_benchmarks(params: Params, encoder, data: PreparedData) -> dict:
         return out
     idx = data.indices("test", forged=False)
     labels = data.labels[idx]
-    emb = embed(encoder, data.images[idx]).astype(np.float64)
+    emb = embed(encoder, data.images, indices=idx).astype(np.float64)
     if e.retrieval:
         out["retrieval"] = retrieval_metrics(encoder, emb, labels)
     if e.oneshot_episodes and e.oneshot_ways:

@@ -38,10 +38,25 @@ def _reference_embeddings(uri: str, data: PreparedData) -> dict | None:
         return None
     idx = data.indices("train", forged=False)
     spec = ImageSpec.from_config(encoder.config)
-    images = data.images[idx]
+    images = data.images
     if images.shape[1:] != spec.shape:  # a reference model of another image size or colour
-        images = np.stack([resize_array(im, spec) for im in images])
-    return {"uri": uri, "indices": idx, "embeddings": embed(encoder, images), "count": 0}
+        images = _Resized(images, spec)
+    emb = embed(encoder, images, indices=idx)  # streamed: a batch of images at a time
+    return {"uri": uri, "indices": idx, "embeddings": emb, "count": 0}
+
+
+class _Resized:
+    """Rows of an image array resized for a model of another image size or colour, as they
+    are read (a batch at a time)."""
+
+    def __init__(self, images, spec: ImageSpec):
+        self.images, self.spec = images, spec
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return np.stack([resize_array(im, self.spec) for im in self.images[rows]])
 
 
 def run_mine(params: Params, prepared_dir: str | Path, out_dir: str | Path) -> dict:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import csv
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from siamese.config import Params
-from siamese.data.artifacts import write_prepared
+from siamese.data.artifacts import IMAGES_FILE, write_prepared
+from siamese.data.decoding import Decoder
 from siamese.data.sources import SKIP_KINDS, load_source
 from siamese.data.split import SPLITS, check_given_split, split_groups, split_identities
+from siamese.data.store import resize_rows
 from siamese.errors import DatasetError
 from siamese.io import atomic_dir, write_json
-from siamese.stages.provenance import source_state
+from siamese.stages.provenance import SourceState, source_state
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,27 @@ def add_rotation_classes(ds, assignment: dict[str, str], degrees: list[int]) -> 
 
     A character turned by 90 degrees is a different character, so this multiplies the training
     classes (the standard Omniglot practice since Santoro et al. 2016) without touching val or
-    test: only training identities are rotated. Returns the number of images added."""
+    test: only training identities are rotated. Returns the number of images added. Images
+    mapped from a file grow in place (the file gains the rows)."""
     train = [
         i
         for i, ident in enumerate(ds.identities)
         if assignment[ident] == "train" and not ds.forged[i]
     ]
-    extra = []
+    n, added = len(ds.images), len(train) * len(degrees)
+    if not added:
+        return 0
+    if isinstance(ds.images, np.memmap) and ds.images.filename is not None:
+        path = ds.images.filename
+        ds.images.flush()
+        ds.images = resize_rows(path, n + added)
+    else:
+        ds.images = np.concatenate([ds.images, np.empty((added, *ds.images.shape[1:]), np.uint8)])
+    row = n
     for deg in degrees:
         for i in train:
-            extra.append(np.rot90(ds.images[i], deg // 90))
+            ds.images[row] = np.rot90(ds.images[i], deg // 90)
+            row += 1
             name = f"{ds.identities[i]}@rot{deg}"
             ds.identities.append(name)
             ds.sources.append(f"{ds.sources[i]}#rot{deg}")
@@ -42,9 +54,7 @@ def add_rotation_classes(ds, assignment: dict[str, str], degrees: list[int]) -> 
             ds.forged.append(False)
             ds.hashes.append(ds.hashes[i])
             assignment[name] = "train"
-    if extra:
-        ds.images = np.concatenate([ds.images, np.stack(extra)])
-    return len(extra)
+    return added
 
 
 def run_prepare(params: Params, out_dir: str | Path) -> dict:
@@ -53,6 +63,17 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
     state = source_state(d.source, ".", d.max_file_bytes)
     if state.warning:
         log.warning("%s", state.warning)
+    # images are decoded in parallel straight into the output's scratch folder, memory-mapped:
+    # prepare never holds the dataset in memory, and a failure leaves the old output as it was
+    with atomic_dir(out_dir) as tmp:
+        decoder = Decoder(workers=d.workers, path=tmp / IMAGES_FILE, progress=True)
+        summary = _prepare_into(params, state, decoder, tmp)
+    return summary
+
+
+def _prepare_into(params: Params, state: SourceState, decoder: Decoder, tmp: Path) -> dict:
+    """Load, split and write the prepared dataset into the scratch folder ``tmp``."""
+    d = params.data
     ds = load_source(
         d.source,
         d.image,
@@ -63,6 +84,7 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
         d.identity_depth,
         d.on_duplicate_image,
         d.max_file_bytes,
+        decoder,
     )
     split_by = d.split_by
     if split_by == "auto":
@@ -102,14 +124,17 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
     groups = np.array([-1 if g is None else group_of_name[g] for g in ds.groups], dtype=np.int64)
     forged = np.array(ds.forged, dtype=bool)
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["index", "source", "identity", "label", "split", "group", "forged", "sha256"])
-    rows = zip(ds.sources, ds.identities, ds.groups, ds.forged, ds.hashes, strict=True)
-    for i, (src, ident, group, is_forged, h) in enumerate(rows):
+    # the manifest is written as it is built: one row per image, never a second copy in memory
+    with (tmp / "manifest.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
         writer.writerow(
-            [i, src, ident, label_of[ident], assignment[ident], group or "", int(is_forged), h]
+            ["index", "source", "identity", "label", "split", "group", "forged", "sha256"]
         )
+        rows = zip(ds.sources, ds.identities, ds.groups, ds.forged, ds.hashes, strict=True)
+        for i, (src, ident, group, is_forged, h) in enumerate(rows):
+            writer.writerow(
+                [i, src, ident, label_of[ident], assignment[ident], group or "", int(is_forged), h]
+            )
 
     summary = {
         "source": d.source,
@@ -139,19 +164,17 @@ def run_prepare(params: Params, out_dir: str | Path) -> dict:
             "identity and %d file(s) not read (listed in skipped.json)",
             *(summary[f"skipped_{kind}"] for kind in SKIP_KINDS),
         )
-    with atomic_dir(out_dir) as tmp:
-        write_prepared(
-            tmp,
-            images=ds.images,
-            labels=labels,
-            split=split,
-            groups=groups,
-            forged=forged,
-        )
-        (tmp / "manifest.csv").write_text(buf.getvalue(), encoding="utf-8")
-        write_json(
-            tmp / "identities.json", {"names": names, "split": assignment, "groups": group_names}
-        )
-        write_json(tmp / "skipped.json", ds.skipped)
-        write_json(tmp / "summary.json", summary)
+    write_prepared(
+        tmp,
+        images=ds.images,
+        labels=labels,
+        split=split,
+        groups=groups,
+        forged=forged,
+    )
+    write_json(
+        tmp / "identities.json", {"names": names, "split": assignment, "groups": group_names}
+    )
+    write_json(tmp / "skipped.json", ds.skipped)
+    write_json(tmp / "summary.json", summary)
     return summary

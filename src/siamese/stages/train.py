@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from siamese.config import Params
-from siamese.data.artifacts import DATA_FILE, pairs_path
+from siamese.data.artifacts import IMAGES_FILE, pairs_path
 from siamese.io import dir_md5, write_json
 from siamese.registry import runs
 from siamese.registry.names import check_tracking_names
@@ -91,7 +91,7 @@ def validate_training_data(
     """The data module, loaded and checked (see ``check_training_labels``). Runs before anything
     is recorded, so bad data, or a K that no identity can fill, leaves no failed MLflow run."""
     for path, stage in (
-        (prepared_dir / DATA_FILE, "prepare"),
+        (prepared_dir / IMAGES_FILE, "prepare"),
         (pairs_path(pairs_dir, "val"), "mine"),
     ):
         if not path.is_file():

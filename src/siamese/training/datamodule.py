@@ -23,17 +23,36 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])[0]
 
 
+_RELEASE_EVERY = 4096  # rows read between unmapping a mapped file's pages (MappedImages)
+
+
+def _row(images: np.ndarray, i: int, reads: list[int]) -> np.ndarray:
+    """A writable copy of one image (rows of a memory-mapped file are read-only views). Every
+    ``_RELEASE_EVERY`` reads the process unmaps the pages it touched, so a long run's resident
+    memory does not grow towards the whole file (the pages stay in the shared page cache)."""
+    row = np.array(images[i])
+    reads[0] += 1
+    if reads[0] % _RELEASE_EVERY == 0 and hasattr(images, "release"):
+        images.release()
+    return row
+
+
 class ImageDataset(Dataset):
-    """(image, label) by global index, augmented on the fly when a transform is given."""
+    """(image, label) by global index, augmented on the fly when a transform is given.
+
+    ``images`` is usually ``PreparedData.images``: the memory-mapped file, which pickles as its
+    path, so DataLoader workers each map the same file and share its pages."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None):
         self.images, self.labels, self.transform = images, labels, transform
+        self._reads = [0]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return _to_tensor(apply_augment(self.transform, self.images[i])), int(self.labels[i])
+        image = _row(self.images, i, self._reads)
+        return _to_tensor(apply_augment(self.transform, image)), int(self.labels[i])
 
 
 class PairDataset(Dataset):
@@ -41,13 +60,14 @@ class PairDataset(Dataset):
 
     def __init__(self, images: np.ndarray, pairs: dict, transform=None):
         self.images, self.pairs, self.transform = images, pairs, transform
+        self._reads = [0]
 
     def __len__(self) -> int:
         return len(self.pairs["y"])
 
     def __getitem__(self, i: int):
-        a = apply_augment(self.transform, self.images[self.pairs["a"][i]])
-        b = apply_augment(self.transform, self.images[self.pairs["b"][i]])
+        a = apply_augment(self.transform, _row(self.images, self.pairs["a"][i], self._reads))
+        b = apply_augment(self.transform, _row(self.images, self.pairs["b"][i], self._reads))
         return _to_tensor(a), _to_tensor(b), int(self.pairs["y"][i])
 
 
