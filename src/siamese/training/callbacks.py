@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from torch import nn
 
+from siamese.models.encoders import backbone_modules
 from siamese.training.module import check_embedding_spread
 
 
@@ -28,3 +30,24 @@ class SaveLastCheckpoint(Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+
+
+class FreezeBackbone(Callback):
+    """train.freeze_backbone_epochs: for the first ``epochs`` epochs only the encoder's
+    projection (and a similarity head) trains. The backbone's parameters get no gradients
+    (``requires_grad`` False: AdamW neither steps nor decays them) and its batch norms keep
+    their running statistics (eval mode); from epoch ``epochs`` on all of it trains. Set at
+    every epoch start from the epoch number, so a resumed training freezes exactly as an
+    uninterrupted one. (A single process only: DDP cannot change mid-run which parameters it
+    synchronises; siamese.training.fit refuses the combination.)"""
+
+    def __init__(self, epochs: int):
+        self.epochs = int(epochs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        frozen = trainer.current_epoch < self.epochs
+        for p in pl_module.backbone:
+            p.requires_grad_(not frozen)
+        for m in backbone_modules(pl_module.encoder.net):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train(not frozen)

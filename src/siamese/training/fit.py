@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from siamese.config import MONITORS, Params
 from siamese.errors import ParamsError, TrainingFault
 from siamese.models.loading import save_encoder
-from siamese.training.callbacks import SaveLastCheckpoint
+from siamese.training.callbacks import FreezeBackbone, SaveLastCheckpoint
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.module import SiameseModule
 from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
@@ -43,6 +43,8 @@ def build_trainer(
     )
     last = SaveLastCheckpoint(last_checkpoint(scratch))
     callbacks = [best, last]
+    if t.freeze_backbone_epochs:
+        callbacks.append(FreezeBackbone(t.freeze_backbone_epochs))
     if t.monitor != "last":
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping_patience)
@@ -56,6 +58,12 @@ def build_trainer(
             f"trainer settings cannot run on this machine: {err} (trainer.accelerator, "
             "trainer.devices, trainer.strategy, trainer.precision in params.yaml)"
         ) from err
+    if t.freeze_backbone_epochs and trainer.world_size > 1:
+        raise ParamsError(
+            f"train.freeze_backbone_epochs needs a single training process (this trainer runs "
+            f"{trainer.world_size}: DDP cannot change which parameters it synchronises "
+            "mid-run); set it to 0 and use train.backbone_lr_scale, or train on one device"
+        )
     return trainer, best, last
 
 
