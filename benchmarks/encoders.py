@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,11 +124,11 @@ def main() -> None:
         "batch": args.batch,
     }
     if not args.no_speed:
-        result["speed"] = [
-            speed(name, size, args.batch, args.steps)
-            for name in args.encoders
-            for size in args.sizes
-        ]
+        result["speed"] = []
+        for name in args.encoders:
+            for size in args.sizes:
+                result["speed"].append(speed(name, size, args.batch, args.steps))
+                print(json.dumps(result["speed"][-1]), file=sys.stderr, flush=True)  # progress
     if not args.no_auc:
         with tempfile.TemporaryDirectory() as tmp:
             result["omniglot"] = omniglot_auc(

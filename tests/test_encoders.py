@@ -499,7 +499,7 @@ def test_resnets_train_register_and_serve_on_colour_lfw(encoder, lfw, project, t
     from siamese.data.artifacts import PreparedData
     from tests.test_colour import COLOUR_PARAMS, lfw_subset
 
-    faces = lfw_subset(lfw, tmp_path / "lfw", people=16, per_person=4)
+    faces = lfw_subset(lfw, tmp_path / "lfw", people=24, per_person=4)
     result = _train_and_register(
         project,
         [

@@ -610,7 +610,8 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
-        lines.append(f"  {key}: {msg}")
+        # a message that names its own key (model.encoder within model) is shown as it is
+        lines.append(f"  {msg}" if msg.startswith(f"{key}.") else f"  {key}: {msg}")
     return "\n".join(lines)
 
 

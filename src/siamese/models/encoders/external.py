@@ -52,8 +52,8 @@ def load_factory(spec: str) -> Callable[..., Any]:
     except Exception as err:  # any import-time failure of user code is the user's to fix
         raise ParamsError(
             f"model.encoder {spec!r}: module {module_name!r} cannot be imported "
-            f"({type(err).__name__}: {err}); is it on the Python path (PYTHONPATH, an installed "
-            "package, or the project root)?"
+            f"({type(err).__name__}: {err}); is it on the Python path (PYTHONPATH, or an "
+            "installed package)?"
         ) from None
     try:
         factory = getattr(module, attr)
