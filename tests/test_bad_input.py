@@ -658,6 +658,30 @@ CASES = [
         "allowed: batch_all",
     ),
     error(
+        "unknown-encoder",
+        raw_params("model.encoder", "resnet50"),
+        "model.encoder",
+        "unknown encoder 'resnet50'",
+        "allowed: conv4, mlp, resnet12, resnet18, resnet34, or python:package.module:factory",
+    ),
+    error(
+        "python-encoder-that-does-not-import",
+        raw_params("model.encoder", "python:no_such_module_x:make"),
+        "model.encoder 'python:no_such_module_x:make'",
+        "cannot be imported",
+        "Python path",
+    ),
+    error(
+        "pretrained-not-a-state-dict",
+        lambda proj: (
+            (proj / "weights.pt").write_text("not weights"),
+            set_params(proj / "params.yaml", ["model.pretrained=weights.pt"]),
+        ),
+        "model.pretrained: weights.pt is not a state dict",
+        "weights_only=True",
+        stage="train",
+    ),
+    error(
         "unknown-key",
         raw_params("train.lrr", 0.01),
         "train.lrr",

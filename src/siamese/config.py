@@ -41,7 +41,7 @@ from siamese.evaluation.metrics import RANKING_METRICS
 from siamese.losses import LOSSES as LOSS_REGISTRY
 from siamese.losses.contrastive import FORMS as CONTRASTIVE_FORMS
 from siamese.mining import MINERS as MINER_REGISTRY
-from siamese.models.encoders import ENCODERS
+from siamese.models.encoders import ENCODERS, EXTERNAL_FORMS, check_encoder
 
 # train.loss / train.miner: the registered losses, each naming the miners it works with
 LOSSES = tuple(LOSS_REGISTRY)
@@ -231,7 +231,27 @@ class MineParams(_Strict):
 
 
 class ModelParams(_Strict):
-    encoder: Literal[tuple(ENCODERS)] = "conv4"
+    encoder: str = Field(
+        "conv4",
+        description=f"a built-in encoder ({', '.join(ENCODERS)}), or {' or '.join(EXTERNAL_FORMS)}",
+    )
+    encoder_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the encoder's own arguments: resnet12 widths and drop_block, resnet18/34 "
+        "widths, a python: factory's keyword arguments, timm.create_model's",
+    )
+    pretrained: str | None = Field(
+        None,
+        min_length=1,
+        description="a state dict (safetensors, or torch.save'd tensors) loaded into the "
+        "encoder's backbone before training; null: random initialisation",
+    )
+    pretrained_strict: bool = Field(
+        True,
+        description="missing, unexpected or mis-shaped keys in model.pretrained fail naming "
+        "them; false: load the keys that fit and report the rest",
+    )
+    compile: bool = Field(False, description="wrap the encoder in torch.compile for training")
     embedding_dim: int = Field(64, ge=2, le=4096)
     channels: int = Field(
         64,
@@ -241,6 +261,22 @@ class ModelParams(_Strict):
         "data.channels",
     )
     normalize: bool = Field(True, description="L2-normalise embeddings")
+
+    @model_validator(mode="after")
+    def _encoder_can_be_built(self) -> ModelParams:
+        # a ParamsError's message names the key; pydantic reports it under model
+        try:
+            check_encoder(self.encoder, self.encoder_args)
+        except ParamsError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_is_a_file(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v} does not exist or is not a file (a state dict to load)")
+        return v
 
 
 class AugmentStep(_Strict):
@@ -266,6 +302,19 @@ class TrainParams(_Strict):
         None, gt=0, description="wall-clock budget for fitting; Lightning stops at the next step"
     )
     lr: float = Field(1e-3)
+    backbone_lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="the encoder's backbone trains at lr x this (its projection at lr): below "
+        "1 to fine-tune model.pretrained weights gently",
+    )
+    freeze_backbone_epochs: int = Field(
+        0,
+        ge=0,
+        description="train only the encoder's projection (and a similarity head) for this many "
+        "first epochs, the backbone frozen; 0: never frozen",
+    )
     weight_decay: float = Field(1e-4, ge=0.0)
     early_stopping_patience: int = Field(3, ge=1)
     monitor: Literal[tuple(MONITORS)] = Field(
@@ -587,7 +636,8 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
-        lines.append(f"  {key}: {msg}")
+        # a message that names its own key (model.encoder within model) is shown as it is
+        lines.append(f"  {msg}" if msg.startswith(f"{key}.") else f"  {key}: {msg}")
     return "\n".join(lines)
 
 

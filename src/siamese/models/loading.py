@@ -32,6 +32,8 @@ def encoder_from_config(cfg: dict) -> SiameseEncoder:
         # a model.json written before colour and resize existed: gray, stretched
         in_channels=cfg.get("in_channels", 1),
         resize=cfg.get("resize", "stretch"),
+        # a model.json written before encoder_args existed: a built-in with its defaults
+        encoder_args=cfg.get("encoder_args"),
     )
 
 

@@ -203,7 +203,8 @@ def search_image(
     meta = read_gallery(path)
     model = load_served_model(model_uri or meta["model"], tracking_uri)
     # a gallery built before colour and resize existed recorded a gray, stretched model
-    built_with = {"in_channels": 1, "resize": "stretch", **meta["model_config"]}
+    # (and before encoder_args: a built-in encoder with its defaults)
+    built_with = {"in_channels": 1, "resize": "stretch", "encoder_args": {}, **meta["model_config"]}
     if model.encoder.config != built_with:
         raise GalleryError(
             f"model {model_uri} is not the one that built the gallery ({meta['model']}): "

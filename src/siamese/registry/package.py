@@ -17,6 +17,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from siamese.data.images import ImageSpec, as_spec, encode_png
 from siamese.io import read_json, write_json
+from siamese.models.encoders import external
 from siamese.models.loading import CONFIG_FILE, load_state_dict, save_safetensors
 from siamese.registry.integrity import CHECKSUMS_FILE, write_checksums
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
@@ -124,12 +125,27 @@ def model_digest(dest: str | Path) -> str:
 
 def package_digest(dest: str | Path, code_dir: str | Path = PACKAGE_DIR) -> str:
     """SHA-256 of everything a version serves: the model (``model_digest``), the Python code
-    shipped with it (``code_dir``'s ``.py`` files) and the pinned requirements. Two versions with
-    one package digest answer every request identically; a code change gives another digest."""
-    h = _tree_digest(Path(dest), "*")
+    shipped with it (``code_dir``'s ``.py`` files, and a python: encoder's module) and the
+    pinned requirements. Two versions with one package digest answer every request identically;
+    a code change gives another digest."""
+    dest = Path(dest)
+    config = read_json(dest / "encoder" / CONFIG_FILE)
+    h = _tree_digest(dest, "*")
     h.update(_tree_digest(Path(code_dir), "*.py").digest())
-    h.update("\n".join(pip_requirements()).encode())
+    for extra in encoder_code_paths(config):
+        if extra.is_dir():
+            h.update(_tree_digest(extra, "*.py").digest())
+        else:
+            h.update(f"{extra.name}\0".encode() + hashlib.sha256(extra.read_bytes()).digest())
+    h.update("\n".join(pip_requirements(config)).encode())
     return h.hexdigest()
+
+
+def encoder_code_paths(config: dict) -> list[Path]:
+    """The code a model's encoder needs besides the siamese package: a python: encoder's module
+    (its file, or its top-level package's folder). Registration fails with a ParamsError when
+    that module cannot travel as code."""
+    return external.code_paths(config["encoder"])
 
 
 def _tree_digest(root: Path, pattern: str):
@@ -182,25 +198,30 @@ def example_frame(image: ImageSpec | int) -> pd.DataFrame:
     )
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(config: dict | None = None) -> list[str]:
+    """The served model's pinned requirements; with a model's ``config``, also what its encoder
+    needs (timm for a timm: encoder)."""
     out = []
     for name in ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors"):
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
             out.append(name)
-    return out
+    return out + (external.requirements(config["encoder"]) if config else [])
 
 
 def pyfunc_kwargs(artifacts: dict[str, str], image: ImageSpec) -> dict:
-    """Arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a built package."""
+    """Arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for a built package: the
+    siamese package as code, plus a python: encoder's module; timm for a timm: encoder."""
+    config = read_json(Path(artifacts["encoder"]) / CONFIG_FILE)
+    code = [str(PACKAGE_DIR)] + [str(p) for p in encoder_code_paths(config)]
     return {
         "python_model": str(MODEL_CODE),
         "artifacts": artifacts,
-        "code_paths": [str(PACKAGE_DIR)],
+        "code_paths": code,
         "signature": signature(),
         "input_example": example_frame(image),
-        "pip_requirements": pip_requirements(),
+        "pip_requirements": pip_requirements(config),
     }
 
 

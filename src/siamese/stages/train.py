@@ -31,6 +31,7 @@ from siamese.registry.tracking import active_tracking_uri, tracking_uri
 from siamese.training import resume
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.fit import fit_encoder
+from siamese.training.module import check_model
 from siamese.training.settings import check_trainer
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def run_train(
     if launcher:  # before the MLflow run: Lightning takes the trainer settings here, and MLflow
         check_trainer(params)  # the names, or nothing is trained that cannot be registered
         check_tracking_names(params)
+        check_model(params)  # model.encoder built, model.pretrained loaded: before the run
     dm = validate_training_data(params, prepared_dir, pairs_dir)  # before the MLflow run
     # Lightning's MLFlowLogger exports the URI globally; keep that inside this stage
     with active_tracking_uri(tracking_uri()), _scratch_dropped_unless_resumable(scratch):

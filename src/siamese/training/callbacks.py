@@ -13,8 +13,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from siamese.models.encoders import backbone_modules
 from siamese.output import format_seconds
 from siamese.training.module import check_embedding_spread
 
@@ -141,3 +143,24 @@ class TrainingBar(TQDMProgressBar):
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)
             self._redirect = None
+
+
+class FreezeBackbone(Callback):
+    """train.freeze_backbone_epochs: for the first ``epochs`` epochs only the encoder's
+    projection (and a similarity head) trains. The backbone's parameters get no gradients
+    (``requires_grad`` False: AdamW neither steps nor decays them) and its batch norms keep
+    their running statistics (eval mode); from epoch ``epochs`` on all of it trains. Set at
+    every epoch start from the epoch number, so a resumed training freezes exactly as an
+    uninterrupted one. (A single process only: DDP cannot change mid-run which parameters it
+    synchronises; siamese.training.fit refuses the combination.)"""
+
+    def __init__(self, epochs: int):
+        self.epochs = int(epochs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        frozen = trainer.current_epoch < self.epochs
+        for p in pl_module.backbone:
+            p.requires_grad_(not frozen)
+        for m in backbone_modules(pl_module.encoder.net):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train(not frozen)

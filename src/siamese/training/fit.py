@@ -21,7 +21,7 @@ from siamese.config import MONITORS, Params
 from siamese.errors import ParamsError, TrainingFault
 from siamese.models.loading import save_encoder
 from siamese.output import progress_wanted
-from siamese.training.callbacks import EpochLog, SaveLastCheckpoint, TrainingBar
+from siamese.training.callbacks import EpochLog, FreezeBackbone, SaveLastCheckpoint, TrainingBar
 from siamese.training.datamodule import SiameseDataModule
 from siamese.training.module import SiameseModule
 from siamese.training.resume import checkpoint_dir, checkpoint_progress, last_checkpoint
@@ -46,6 +46,8 @@ def build_trainer(
     callbacks = [best, last, EpochLog(t.max_epochs, t.max_minutes)]
     if progress_wanted():
         callbacks.append(TrainingBar())
+    if t.freeze_backbone_epochs:
+        callbacks.append(FreezeBackbone(t.freeze_backbone_epochs))
     if t.monitor != "last":
         callbacks.append(
             EarlyStopping(monitor=monitor, mode=mode, patience=t.early_stopping_patience)
@@ -59,6 +61,12 @@ def build_trainer(
             f"trainer settings cannot run on this machine: {err} (trainer.accelerator, "
             "trainer.devices, trainer.strategy, trainer.precision in params.yaml)"
         ) from err
+    if t.freeze_backbone_epochs and trainer.world_size > 1:
+        raise ParamsError(
+            f"train.freeze_backbone_epochs needs a single training process (this trainer runs "
+            f"{trainer.world_size}: DDP cannot change which parameters it synchronises "
+            "mid-run); set it to 0 and use train.backbone_lr_scale, or train on one device"
+        )
     return trainer, best, last
 
 

@@ -15,9 +15,11 @@ from siamese.errors import EmbeddingCollapseError, NonFiniteLossError
 from siamese.evaluation import metrics
 from siamese.losses import build_loss
 from siamese.mining import MINERS
-from siamese.models.encoders import SiameseEncoder
+from siamese.models.compile import check_compiler, compile_network
+from siamese.models.encoders import SiameseEncoder, backbone_parameters
 from siamese.models.loading import embedding_distances
 from siamese.models.precision import full_precision, to_numpy
+from siamese.models.pretrained import load_pretrained
 from siamese.training.distributed import gather_batch
 
 COLLAPSE_SPREAD = 1e-3  # mean in-batch distance below this = a collapsed embedding
@@ -34,6 +36,54 @@ def check_embedding_spread(spread: float, epoch: int) -> None:
         )
 
 
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """An image batch in the layout of the encoder's weights (channels-last; no copy when it
+    already is)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def build_training_encoder(params: Params, head: str | None = None) -> SiameseEncoder:
+    """The encoder training starts from: the network model.* describes, with model.pretrained's
+    weights loaded into it."""
+    m = params.model
+    encoder = SiameseEncoder(
+        m.encoder,
+        params.data.image_size,
+        m.embedding_dim,
+        m.channels,
+        m.normalize,
+        params.train.distance,
+        head=head,
+        in_channels=params.data.channels,
+        resize=params.data.resize,
+        encoder_args=m.encoder_args,
+    )
+    if m.pretrained:
+        load_pretrained(encoder.net, m.pretrained, m.pretrained_strict)
+    return encoder
+
+
+def trained_apart(encoder: SiameseEncoder, params: Params) -> list[torch.nn.Parameter] | None:
+    """The encoder's backbone parameters when they train apart from its projection
+    (train.freeze_backbone_epochs, train.backbone_lr_scale < 1), else None."""
+    t = params.train
+    if not t.freeze_backbone_epochs and t.backbone_lr_scale == 1.0:
+        return None
+    return list(backbone_parameters(encoder.net, params.model.encoder))
+
+
+def check_model(params: Params) -> None:
+    """Build the encoder training would start from (a python: factory called and its output
+    checked, model.pretrained read and fitted) and find its backbone if it trains apart: every
+    model.* error before anything is recorded."""
+    if params.model.compile:
+        check_compiler(params.trainer.accelerator)
+    # on its own random stream: the encoder training builds next starts from the same weights
+    # whether or not this check ran (a DDP child does not run it)
+    with torch.random.fork_rng(devices=[]):
+        trained_apart(build_training_encoder(params), params)
+
+
 class SiameseModule(pl.LightningModule):
     def __init__(self, params: Params, val_pairs: dict | None = None, val_images=None):
         super().__init__()
@@ -43,17 +93,11 @@ class SiameseModule(pl.LightningModule):
         # the loss and its miner, and the similarity head the loss trains (if any)
         self.criterion = build_loss(t)
         self.online_mining = MINERS[t.miner].online
-        self.encoder = SiameseEncoder(
-            m.encoder,
-            self.p.data.image_size,
-            m.embedding_dim,
-            m.channels,
-            m.normalize,
-            t.distance,
-            head=self.criterion.head,
-            in_channels=self.p.data.channels,
-            resize=self.p.data.resize,
-        )
+        self.encoder = build_training_encoder(params, head=self.criterion.head)
+        if m.compile:
+            compile_network(self.encoder.net, self.p.trainer.accelerator)
+        # the backbone apart from the projection, when they train differently (else None)
+        self.backbone = trained_apart(self.encoder, params)
         self.val_pairs = val_pairs
         self.val_images = None if val_images is None else np.asarray(val_images)
         self._val_emb: list[torch.Tensor] = []
@@ -62,20 +106,25 @@ class SiameseModule(pl.LightningModule):
         # the params a checkpoint was trained with, as plain JSON types (loads weights_only)
         checkpoint["siamese_params"] = self.p.model_dump(mode="json")
 
+    def on_fit_start(self) -> None:
+        # NHWC convolutions: faster on CUDA (tensor cores) and on the CPU (oneDNN); inference
+        # (siamese.models.loading) runs them too
+        self.encoder.to(memory_format=torch.channels_last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         if not self.online_mining:  # batches of explicit (offline) pairs
             a, b, y = batch
-            emb = self.encoder(torch.cat([a, b]))
+            emb = self.encoder(nhwc(torch.cat([a, b])))
             loss = self.criterion.pair_loss(self.encoder, emb[: len(a)], emb[len(a) :], y)
             stats = {}
             n = len(a) * 2
         else:
             x, labels = batch
             # mine over the global batch: every rank sees all ranks' embeddings
-            emb, labels = gather_batch(self.encoder(x), labels)
+            emb, labels = gather_batch(self.encoder(nhwc(x)), labels)
             loss, stats = self.criterion(emb, labels, self.encoder)
             n = len(emb)
             with torch.no_grad():  # mean distance of an embedding to the batch centre
@@ -102,7 +151,7 @@ class SiameseModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, _ = batch
         # float32 at least: the metrics below read them as numpy, which has no bfloat16
-        self._val_emb.append(full_precision(self.encoder(x).detach().cpu()))
+        self._val_emb.append(full_precision(self.encoder(nhwc(x)).detach().cpu()))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_pairs is None or not self._val_emb:
@@ -131,6 +180,15 @@ class SiameseModule(pl.LightningModule):
 
     def configure_optimizers(self):
         t = self.p.train
-        opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        params = list(self.parameters())
+        if self.backbone is not None:
+            # the backbone at lr x backbone_lr_scale, everything else (the projection, a
+            # similarity head) at lr; the cosine schedule scales both
+            backbone = {id(p) for p in self.backbone}
+            params = [
+                {"params": self.backbone, "lr": t.lr * t.backbone_lr_scale},
+                {"params": [p for p in params if id(p) not in backbone], "lr": t.lr},
+            ]
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.max_epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
