@@ -25,10 +25,10 @@ run: $(STAMP)  ## train, calibrate, evaluate and register on the built-in digits
 	$(BIN)/siamese run
 
 test: $(STAMP)  ## the default (fast) test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-slow: $(STAMP)  ## the long tests (real-data training proofs, kill/outage/concurrency runs), also run by CI
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=20
 
 lint: $(STAMP)  ## style, and the architecture's import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-logo
