@@ -558,6 +558,40 @@ def run(
 
 
 @app.command()
+def sweep(
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-S",
+        help="KEY=V1,V2,...: the values of one axis of the grid (YAML, like --set of run); "
+        "one value: fixed for every point",
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", help="apply params/NAME.yaml to every point, before the --set values"
+    ),
+    project: Path = typer.Option(Path("."), help="project directory"),
+    wait: float = typer.Option(
+        0.0, "--wait", help="seconds to wait for another run of this project to finish (0: fail)"
+    ),
+) -> None:
+    """Run a grid of params as DVC experiments (up to evaluate) and print them ranked.
+
+    Every point is validated before any runs; each is `dvc exp run --temp` with its values, its
+    training an MLflow child run of one parent run. Nothing is registered or promoted: adopt a
+    point with `dvc exp apply NAME && siamese run`. Exit 1 when a point failed (the table still
+    lists the others)."""
+    from pipelines.sweep import format_table, run_sweep
+
+    try:
+        result = run_sweep(project, list(set_), preset, wait, echo=typer.echo)
+    except (Exception, KeyboardInterrupt) as err:
+        _report(err)
+    typer.echo(format_table(result))
+    if result.failed:
+        _fail(f"{len(result.failed)} of {len(result.outcomes)} sweep points failed", EXIT_FAILED)
+
+
+@app.command()
 def promote(
     params: Path = ParamsOpt,
     prepared: Path = paths.PREPARED,
