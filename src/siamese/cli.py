@@ -518,24 +518,53 @@ def run(
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary.
 
-    A stage that fails leaves its previous outputs in place and ends the run with its one
-    ``error:`` line and its exit code."""
+    With nothing to do (DVC finds no stage changed, the registry lacks nothing and promotion has
+    nothing to decide) it says so and starts no stage and no flow. A stage that fails leaves its
+    previous outputs in place and ends the run with its one ``error:`` line and its exit code."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+    from pipelines.summary import format_summary
+    from pipelines.uptodate import dvc_status
+
+    with contextlib.ExitStack() as held:
+        # DVC's answer is computed in its own process while this one validates the params
+        # (in a DVC project only: a refused run leaves any other folder as it was)
+        status = held.enter_context(dvc_status(project)) if (project / ".dvc").is_dir() else None
+        summary = _run_unless_up_to_date(project, set_, preset, push, wait, status, held)
+    typer.echo(format_summary(summary))
+
+
+def _run_unless_up_to_date(
+    project: Path, set_, preset, push: bool, wait: float, status, held: contextlib.ExitStack
+) -> dict:
+    """Validate, take the project lock, then either the summary of a run with nothing to do
+    (pipelines.uptodate) or the flow's."""
+    from pipelines.uptodate import known_valid, nothing_to_do, remember_valid, run_facts
+
+    params_path = project / paths.PARAMS
+    try:
+        text = params_path.read_bytes()
+    except OSError:
+        text = None  # validation names the problem
+    facts = known_valid(project, text) if status and text and not (set_ or preset) else None
+    if facts is not None:  # these bytes passed validation with this code: no torch to import
+        try:  # one run per project, until promotion is decided (the flow re-enters it)
+            held.enter_context(project_lock(project.resolve(), wait))
+        except ProjectLockedError as err:
+            _report(err)
+        summary = nothing_to_do(project.resolve(), facts, push, status)
+        if summary is not None:
+            return summary
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
     from siamese.registry.names import check_tracking_names
-    from siamese.training.settings import check_trainer
 
     try:  # fail fast, before an orchestrator is even started (or imported: Prefect takes ~2 s)
         if preset:
             set_ = preset_overrides(preset, project) + list(set_)
-        params_path = project / paths.PARAMS
-        params = validate_params(
-            apply_overrides(read_params_file(params_path), set_), str(params_path)
-        )
+        raw = read_params_file(params_path)
+        params = validate_params(apply_overrides(raw, set_), str(params_path))
         check_tracking_names(params, str(params_path))
-        check_trainer(params, str(params_path))
         # data changed since its DVC record: refused here, before Prefect (which would log the
         # refusal with a traceback); the flow checks again for scheduled runs
         from siamese.stages.provenance import source_state
@@ -543,18 +572,34 @@ def run(
         source_state(params.data.source, project, params.data.max_file_bytes, fingerprint=False)
     except (ParamsError, DatasetError) as err:
         _fail(str(err))
-    from pipelines.flow import format_summary, quiet_failure_tracebacks, training_flow
+    if status is not None and facts is None and apply_overrides(raw, set_) == raw:
+        # params.yaml stays as it is: remember it passed, and ask whether anything must run
+        facts = run_facts(params)
+        remember_valid(project, text, facts)
+        try:
+            held.enter_context(project_lock(project.resolve(), wait))
+        except ProjectLockedError as err:
+            _report(err)
+        summary = nothing_to_do(project.resolve(), facts, push, status)
+        if summary is not None:
+            return summary
+    from siamese.training.settings import check_trainer  # Lightning: only when a stage may run
+
+    try:
+        check_trainer(params, str(params_path))
+    except ParamsError as err:
+        _fail(str(err))
+    from pipelines.flow import quiet_failure_tracebacks, training_flow
 
     try:
         # Prefect logs a failed task's and flow's traceback; the user gets one error line
         # instead, and --verbose shows them (the Prefect API keeps them either way)
         with quiet_failure_tracebacks(not _verbose()):
-            summary = training_flow(
+            return training_flow(
                 project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
             )
     except (Exception, KeyboardInterrupt) as err:
         _report(err)
-    typer.echo(format_summary(summary))
 
 
 @app.command()

@@ -1,0 +1,245 @@
+"""Whether ``siamese run`` has anything to do, answered without Prefect or Lightning.
+
+A no-change run used to validate the trainer settings with Lightning (~5 s to import) and start
+the Prefect flow (an ephemeral API server) only to find every stage skipped. ``siamese run`` now
+asks this module first, holding the project lock, and prints the summary itself when
+
+* ``dvc status`` finds no stage (or data record) changed;
+* ``data.source`` is not newer than what prepare read (siamese.stages.provenance), and a source
+  under a DVC record matches it (checked before, by the CLI);
+* the registry lacks nothing the finished stages recorded (``registry_gaps``: the training run,
+  the registered version and its files; otherwise ``register --force`` must run);
+* promotion has nothing to decide (``settled_promotion``: the challenger already is the champion,
+  was rolled back, or already lost to this champion on this benchmark);
+* what dvc.lock and the data records name was pushed (``PUSH_MARKER``), or there is no remote.
+
+Anything else, or any doubt (a check that fails), runs the flow as before, which repeats every
+check: this module only decides that nothing needs starting. ``dvc status`` runs in its own
+process from the start (``dvc_status``), while this process imports and validates the params.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from siamese import paths
+
+log = logging.getLogger(__name__)
+PUSH_MARKER = Path(".dvc") / "tmp" / "siamese-pushed"
+NO_REMOTE = "no remote"  # the marker's second line when the flow found no remote to push to
+# params.yaml as last validated (its digest and the code that validated it) and the values a
+# no-change check reads: validating imports torch (~2 s, the components' registries), which a
+# run that starts nothing need not pay while params.yaml and the code are those it validated
+VALIDATED = Path(".dvc") / "tmp" / "siamese-validated.json"
+
+
+def run_facts(params) -> dict:
+    """What the no-change check needs of the validated params."""
+    from siamese.registry.promotion import metric_key
+
+    return {
+        "source": params.data.source,
+        "max_file_bytes": params.data.max_file_bytes,
+        "model_name": params.register.model_name,
+        "metric": metric_key(params),
+        "min_improvement": params.register.min_improvement,
+    }
+
+
+def _validated_digest(params_bytes: bytes) -> str:
+    """params.yaml's bytes with every source file of the installed siamese package and the
+    versions of the libraries whose rules the validation asks (pydantic, MLflow's names)."""
+    import importlib.metadata
+
+    import siamese
+
+    digest = hashlib.sha256(params_bytes)
+    for f in sorted(Path(siamese.__file__).parent.rglob("*.py")):
+        digest.update(f.read_bytes())
+    for dist in ("pydantic", "mlflow"):
+        digest.update(importlib.metadata.version(dist).encode())
+    return digest.hexdigest()
+
+
+def remember_valid(project: Path, params_bytes: bytes, facts: dict) -> None:
+    """Record that params.yaml as ``params_bytes`` passed validation (best effort)."""
+    try:
+        record = {"digest": _validated_digest(params_bytes), "facts": facts}
+        path = project / VALIDATED
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    except OSError as err:
+        log.debug("could not record the validated params: %s", err)
+
+
+def known_valid(project: Path, params_bytes: bytes) -> dict | None:
+    """The facts of params.yaml when these exact bytes passed validation with this code."""
+    try:
+        record = json.loads((project / VALIDATED).read_text())
+        return record["facts"] if record["digest"] == _validated_digest(params_bytes) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def lock_digest(project: Path) -> str:
+    """What a push sends, in one digest: dvc.lock, the data records under ``data/`` and the DVC
+    config (a remote added later changes it, so the next run pushes)."""
+    files = [project / "dvc.lock", project / ".dvc" / "config", project / ".dvc" / "config.local"]
+    if (project / "data").is_dir():
+        files += sorted((project / "data").rglob("*.dvc"))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes() if f.is_file() else b"")
+    return digest.hexdigest()
+
+
+def pushed(project: Path) -> str | None:
+    """``already pushed`` or ``no remote`` when the last push (or the lack of a remote) was for
+    the current digest; None when a push has something to send."""
+    marker = project / PUSH_MARKER
+    if not marker.is_file():
+        return None
+    digest, _, note = marker.read_text().partition("\n")
+    if digest != lock_digest(project):
+        return None
+    return NO_REMOTE if note == NO_REMOTE else "already pushed"
+
+
+class _Status:
+    """``dvc status --json`` started in its own process; ``stale()`` waits for its answer."""
+
+    def __init__(self, project: Path) -> None:
+        self.lock_file = project / "dvc.lock"
+        self.lock_state = _file_state(self.lock_file)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "status", "--json"],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stale(self) -> list[str] | None:
+        """What DVC finds changed (stages, data records); None when it could not tell, or when
+        dvc.lock changed since it started (it may have started before the project lock was
+        taken, while another run was finishing)."""
+        out, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            log.debug("dvc status failed: %s", err)
+            return None
+        if _file_state(self.lock_file) != self.lock_state:  # a run finished a stage meanwhile
+            return None
+        try:
+            return list(json.loads(out or "{}"))
+        except json.JSONDecodeError:
+            return None
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@contextlib.contextmanager
+def dvc_status(project: Path) -> Iterator[_Status]:
+    """``dvc status`` running while the block runs (stopped if the block leaves unanswered)."""
+    status = _Status(project)
+    try:
+        yield status
+    finally:
+        if status.proc.poll() is None:
+            status.proc.terminate()
+            status.proc.wait()
+
+
+def nothing_to_do(project: Path, facts: dict, push: bool, status: _Status) -> dict | None:
+    """The summary of a run with nothing to do (every stage skipped, nothing registered,
+    pushed or promoted), or None when the flow must run. Call it holding the project lock."""
+    try:
+        return _nothing_to_do(project, facts, push, status)
+    except Exception as err:  # any doubt: the flow checks again and reports it properly
+        log.debug("running the flow: the no-change check failed (%s)", err)
+        return None
+
+
+def _nothing_to_do(project: Path, facts: dict, push: bool, status: _Status) -> dict | None:
+    reg_file = project / paths.REGISTRATION / "registration.json"
+    stale = status.stale()
+    if stale is None or stale or not reg_file.is_file():
+        return None
+    push_state = pushed(project) if push else "disabled"
+    if push_state is None:
+        return None
+    from siamese.stages.provenance import changed_since_prepared, source_state
+
+    source = source_state(facts["source"], project, facts["max_file_bytes"])
+    if changed_since_prepared(source, project / paths.PREPARED):
+        return None
+    # the registry, which DVC cannot see (MLflow loads here, only after DVC found nothing)
+    from siamese.io import file_md5, read_json
+    from siamese.registry.tracking import client, tracking_uri
+    from siamese.registry.versions import registry_gaps, settled_promotion
+
+    name = facts["model_name"]
+    if registry_gaps(name, project):
+        return None
+    uri = tracking_uri(project)
+    benchmark = file_md5(project / paths.PAIRS / "test.npz")
+    decision = settled_promotion(
+        client(uri), name, facts["metric"], facts["min_improvement"], benchmark, uri
+    )
+    if decision is None:
+        return None
+    registration = read_json(reg_file)
+    promotion = _promotion_line(decision, registration, client(uri), name)
+    if source.warning:
+        log.warning("%s", source.warning)
+    stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
+    return {
+        "stages": dict.fromkeys(stages, "skipped"),
+        "data": source.describe(),
+        "data_warning": source.warning,
+        "registration": registration,
+        "promotion": promotion,
+        "push": push_state,
+        "flow_run_id": None,
+        "project_dir": str(project),
+        "up_to_date": (
+            "dvc status finds every stage up to date, the registry holds the training run and "
+            f"v{registration['version']} with its files, and promotion has nothing to decide "
+            f"({decision}); no stage or flow was started"
+        ),
+    }
+
+
+def _promotion_line(decision: str, registration: dict, mlflow_client, name: str) -> dict:
+    """The promotion as the summary shows it, for a decision promote would only repeat."""
+    from siamese.registry.aliases import CHAMPION, alias_version
+
+    champion = alias_version(mlflow_client, name, CHAMPION)
+    reasons = {
+        "unchanged": f"v{registration['version']} already is the {CHAMPION}",
+        "kept": f"v{champion} stays {CHAMPION}",
+        "skipped": (
+            f"v{registration['version']} was rolled back; `siamese promote --version "
+            f"{registration['version']}` promotes it"
+        ),
+    }
+    return {
+        "decision": decision,
+        "promoted": False,
+        "champion_version": champion,
+        "reason": reasons[decision],
+    }
