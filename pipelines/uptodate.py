@@ -120,6 +120,7 @@ class _Status:
     def __init__(self, project: Path) -> None:
         self.lock_file = project / "dvc.lock"
         self.lock_state = _file_state(self.lock_file)
+        self._answer: tuple[str, str] | None = None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dvc", "status", "--json"],
             cwd=project,
@@ -130,13 +131,14 @@ class _Status:
 
     def stale(self) -> list[str] | None:
         """What DVC finds changed (stages, data records); None when it could not tell, or when
-        dvc.lock changed since it started (it may have started before the project lock was
-        taken, while another run was finishing)."""
-        out, err = self.proc.communicate()
+        dvc.lock changed while it ran. Waits for it (again: the answer is kept)."""
+        if self._answer is None:
+            self._answer = self.proc.communicate()
+        out, err = self._answer
         if self.proc.returncode != 0:
             log.debug("dvc status failed: %s", err)
             return None
-        if _file_state(self.lock_file) != self.lock_state:  # a run finished a stage meanwhile
+        if _file_state(self.lock_file) != self.lock_state:  # `dvc repro` by hand meanwhile
             return None
         try:
             return list(json.loads(out or "{}"))

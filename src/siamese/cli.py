@@ -527,18 +527,21 @@ def run(
     from pipelines.uptodate import dvc_status
 
     with contextlib.ExitStack() as held:
-        # DVC's answer is computed in its own process while this one validates the params
-        # (in a DVC project only: a refused run leaves any other folder as it was)
-        status = held.enter_context(dvc_status(project)) if (project / ".dvc").is_dir() else None
-        summary = _run_unless_up_to_date(project, set_, preset, push, wait, status, held)
+        status = None
+        if (project / ".dvc").is_dir():  # (a refused run leaves any other folder as it was)
+            try:  # one run per project, until promotion is decided (the flow re-enters it)
+                held.enter_context(project_lock(project.resolve(), wait))
+            except ProjectLockedError as err:
+                _report(err)
+            # DVC's answer is computed in its own process while this one validates the params
+            status = held.enter_context(dvc_status(project.resolve()))
+        summary = _run_unless_up_to_date(project, set_, preset, push, wait, status)
     typer.echo(format_summary(summary))
 
 
-def _run_unless_up_to_date(
-    project: Path, set_, preset, push: bool, wait: float, status, held: contextlib.ExitStack
-) -> dict:
-    """Validate, take the project lock, then either the summary of a run with nothing to do
-    (pipelines.uptodate) or the flow's."""
+def _run_unless_up_to_date(project: Path, set_, preset, push: bool, wait: float, status) -> dict:
+    """Validate, then either the summary of a run with nothing to do (pipelines.uptodate) or
+    the flow's. ``status``: ``dvc status`` running, in a DVC project whose lock is held."""
     from pipelines.uptodate import known_valid, nothing_to_do, remember_valid, run_facts
 
     params_path = project / paths.PARAMS
@@ -548,10 +551,6 @@ def _run_unless_up_to_date(
         text = None  # validation names the problem
     facts = known_valid(project, text) if status and text and not (set_ or preset) else None
     if facts is not None:  # these bytes passed validation with this code: no torch to import
-        try:  # one run per project, until promotion is decided (the flow re-enters it)
-            held.enter_context(project_lock(project.resolve(), wait))
-        except ProjectLockedError as err:
-            _report(err)
         summary = nothing_to_do(project.resolve(), facts, push, status)
         if summary is not None:
             return summary
@@ -576,10 +575,6 @@ def _run_unless_up_to_date(
         # params.yaml stays as it is: remember it passed, and ask whether anything must run
         facts = run_facts(params)
         remember_valid(project, text, facts)
-        try:
-            held.enter_context(project_lock(project.resolve(), wait))
-        except ProjectLockedError as err:
-            _report(err)
         summary = nothing_to_do(project.resolve(), facts, push, status)
         if summary is not None:
             return summary
@@ -589,6 +584,8 @@ def _run_unless_up_to_date(
         check_trainer(params, str(params_path))
     except ParamsError as err:
         _fail(str(err))
+    if status is not None:  # DVC takes its repo lock: the flow's DVC calls come after it
+        status.stale()
     from pipelines.flow import quiet_failure_tracebacks, training_flow
 
     try:
