@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,6 +41,10 @@ NO_REMOTE = "no remote"  # the marker's second line when the flow found no remot
 # no-change check reads: validating imports torch (~2 s, the components' registries), which a
 # run that starts nothing need not pay while params.yaml and the code are those it validated
 VALIDATED = Path(".dvc") / "tmp" / "siamese-validated.json"
+# the last settled registry answer, with the state of the project's store and model files: a
+# no-change run need not load MLflow (~3 s) to find the same answer in an untouched store
+REGISTRY_SEEN = Path(".dvc") / "tmp" / "siamese-registry.json"
+BENCHMARK = paths.PAIRS / "test.npz"  # the promotion benchmark (siamese.stages.promote)
 
 
 def run_facts(params) -> dict:
@@ -189,23 +194,19 @@ def _nothing_to_do(project: Path, facts: dict, push: bool, status: _Status) -> d
     source = source_state(facts["source"], project, facts["max_file_bytes"])
     if changed_since_prepared(source, project / paths.PREPARED):
         return None
-    # the registry, which DVC cannot see (MLflow loads here, only after DVC found nothing)
     from siamese.io import file_md5, read_json
-    from siamese.registry.tracking import client, tracking_uri
-    from siamese.registry.versions import registry_gaps, settled_promotion
 
-    name = facts["model_name"]
-    if registry_gaps(name, project):
-        return None
-    uri = tracking_uri(project)
-    benchmark = file_md5(project / paths.PAIRS / "test.npz")
-    decision = settled_promotion(
-        client(uri), name, facts["metric"], facts["min_improvement"], benchmark, uri
-    )
-    if decision is None:
-        return None
     registration = read_json(reg_file)
-    promotion = _promotion_line(decision, registration, client(uri), name)
+    key = {**facts, "registration": registration, "benchmark": file_md5(project / BENCHMARK)}
+    seen = _seen_settled(project, key)
+    if seen is not None:  # the project's store and model files are as when last found settled
+        decision, champion = seen
+    else:  # the registry, which DVC cannot see (MLflow loads only after DVC found nothing)
+        found = _registry_settled(project, key)
+        if found is None:
+            return None
+        decision, champion = found
+    promotion = _promotion_line(decision, registration, champion)
     if source.warning:
         log.warning("%s", source.warning)
     stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])
@@ -226,11 +227,92 @@ def _nothing_to_do(project: Path, facts: dict, push: bool, status: _Status) -> d
     }
 
 
-def _promotion_line(decision: str, registration: dict, mlflow_client, name: str) -> dict:
-    """The promotion as the summary shows it, for a decision promote would only repeat."""
-    from siamese.registry.aliases import CHAMPION, alias_version
+def _registry_settled(project: Path, key: dict) -> tuple[str, str | None] | None:
+    """Ask the registry: nothing missing (``registry_gaps``) and a settled promotion? Then
+    (decision, champion version), remembered with the store's state; else None."""
+    from siamese.registry.aliases import CHALLENGER, CHAMPION, alias_version
+    from siamese.registry.tracking import client, tracking_uri
+    from siamese.registry.versions import registry_gaps, settled_promotion
 
+    name = key["model_name"]
+    if registry_gaps(name, project):
+        return None
+    uri = tracking_uri(project)
+    mlflow_client = client(uri)
+    decision = settled_promotion(
+        mlflow_client, name, key["metric"], key["min_improvement"], key["benchmark"], uri
+    )
+    if decision is None:
+        return None
     champion = alias_version(mlflow_client, name, CHAMPION)
+    versions = {str(key["registration"]["version"]), champion}
+    versions.add(alias_version(mlflow_client, name, CHALLENGER))
+    _remember_settled(project, key, mlflow_client, name, versions - {None}, decision, champion)
+    return decision, champion
+
+
+def _store_file(project: Path) -> Path | None:
+    """The project's own SQLite store (siamese.registry.tracking.DEFAULT_DB), or None when
+    MLFLOW_TRACKING_URI names another store: a server is always asked."""
+    return None if os.environ.get("MLFLOW_TRACKING_URI") else project / "mlflow.db"
+
+
+def _states(paths_: list[str]) -> list | None:
+    states = [_file_state(Path(p)) for p in paths_]
+    return None if None in states else states
+
+
+def _remember_settled(project, key, mlflow_client, name, versions, decision, champion) -> None:
+    """Record the settled answer with the state (mtime, size) of the store file and of the
+    involved versions' model files, when all of them are local files (best effort)."""
+    from urllib.parse import unquote, urlparse
+
+    from siamese.registry.versions import REQUIRED_FILES
+
+    db = _store_file(project)
+    if db is None:
+        return
+    files = [str(db)]
+    for version in sorted(versions):
+        uri = mlflow_client.get_model_version_download_uri(name, version)
+        if not uri.startswith("file://"):
+            return
+        root = Path(unquote(urlparse(uri).path))
+        files += [str(root / f) for f in REQUIRED_FILES]
+    states = _states(files)
+    if states is None:
+        return
+    record = {"key": key, "files": files, "states": states, "answer": [decision, champion]}
+    try:
+        (project / REGISTRY_SEEN).write_text(json.dumps(record))
+    except OSError as err:
+        log.debug("could not record the registry state: %s", err)
+
+
+def _seen_settled(project: Path, key: dict) -> tuple[str, str | None] | None:
+    """The remembered answer, when the key (params facts, registration, benchmark) is the same
+    and the store file and model files are untouched since (any MLflow write changes the
+    store file; a lost model file or store is missing)."""
+    if _store_file(project) is None:
+        return None
+    try:
+        record = json.loads((project / REGISTRY_SEEN).read_text())
+        if record["key"] != json.loads(json.dumps(key)):
+            return None
+        if str(Path(record["files"][0])) != str(_store_file(project)):
+            return None
+        states = _states(record["files"])
+        if states is None or [list(s) for s in states] != record["states"]:
+            return None
+        decision, champion = record["answer"]
+        return decision, champion
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _promotion_line(decision: str, registration: dict, champion: str | None) -> dict:
+    """The promotion as the summary shows it, for a decision promote would only repeat."""
+    CHAMPION = "champion"  # noqa: N806 (siamese.registry.aliases.CHAMPION, without MLflow)
     reasons = {
         "unchanged": f"v{registration['version']} already is the {CHAMPION}",
         "kept": f"v{champion} stays {CHAMPION}",
