@@ -227,6 +227,19 @@ def _nothing_to_do(project: Path, facts: dict, push: bool, status: _Status) -> d
     }
 
 
+def remember_registry(project: Path, facts: dict) -> None:
+    """After a run of the flow: record the registry's answer now, so the next no-change run
+    need not load MLflow to find it (best effort; MLflow is loaded already)."""
+    from siamese.io import file_md5, read_json
+
+    try:
+        registration = read_json(project / paths.REGISTRATION / "registration.json")
+        key = {**facts, "registration": registration, "benchmark": file_md5(project / BENCHMARK)}
+        _registry_settled(project, key)
+    except Exception as err:
+        log.debug("could not record the registry's answer: %s", err)
+
+
 def _registry_settled(project: Path, key: dict) -> tuple[str, str | None] | None:
     """Ask the registry: nothing missing (``registry_gaps``) and a settled promotion? Then
     (decision, champion version), remembered with the store's state; else None."""

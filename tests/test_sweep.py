@@ -167,6 +167,7 @@ def ran(tmp_path_factory, prefect_harness) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow  # a whole pipeline run first (shared with the sweep test)
+@pytest.mark.timeout(2400)  # the module's pipeline run counts here; a loaded CI machine is slow
 def test_no_change_run_starts_no_stage_and_says_so(ran):
     project, env = ran
     lock = (project / "dvc.lock").read_bytes()
@@ -195,6 +196,7 @@ def test_no_change_run_starts_no_stage_and_says_so(ran):
 
 
 @pytest.mark.slow  # four trainings as DVC experiments (minutes on two cores)
+@pytest.mark.timeout(3600)
 def test_sweep_2x2_four_experiments_four_child_runs_one_table(ran, tmp_path):
     project, env = ran
     params_before = (project / "params.yaml").read_bytes()

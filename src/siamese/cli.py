@@ -592,11 +592,20 @@ def _run_unless_up_to_date(project: Path, set_, preset, push: bool, wait: float,
         # Prefect logs a failed task's and flow's traceback; the user gets one error line
         # instead, and --verbose shows them (the Prefect API keeps them either way)
         with quiet_failure_tracebacks(not _verbose()):
-            return training_flow(
+            summary = training_flow(
                 project_dir=str(project.resolve()), overrides=set_, push=push, wait_for_lock=wait
             )
     except (Exception, KeyboardInterrupt) as err:
         _report(err)
+    if status is not None:  # the next no-change run: no validation, no MLflow, if untouched
+        from pipelines.uptodate import remember_registry
+
+        with contextlib.suppress(ParamsError, OSError):
+            text = params_path.read_bytes()  # as the flow left it (with the overrides)
+            facts = run_facts(validate_params(read_params_file(params_path)))
+            remember_valid(project, text, facts)
+            remember_registry(project.resolve(), facts)
+    return summary
 
 
 @app.command()
