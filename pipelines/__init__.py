@@ -6,8 +6,8 @@ it logged "Failed to send telemetry" errors on every run), and Prefect's client,
 a telemetry notice on a terminal's first run (``DO_NOT_TRACK=true``, which MLflow's client in
 the stage processes honours too). The temporary server gets two minutes to start, not Prefect's
 20 s: on a busy 2-core machine it took longer and `make run` failed with "Timed out while
-attempting to connect to ephemeral Prefect API server". A value the user set is kept. Set here, before Prefect is
-imported: Prefect reads its settings once."""
+attempting to connect to ephemeral Prefect API server". A value the user set is kept. Set
+here, before Prefect is imported: Prefect reads its settings once."""
 
 import os
 

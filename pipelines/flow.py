@@ -15,7 +15,6 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from prefect.runtime import flow_run
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
+from pipelines.summary import format_summary  # noqa: F401 (re-exported: the CLI and tests)
+from pipelines.uptodate import NO_REMOTE, PUSH_MARKER, lock_digest
 from siamese import paths
 from siamese.config import apply_overrides, load_params, read_params_file, validate_params
 from siamese.errors import (
@@ -48,7 +49,6 @@ from siamese.training.settings import check_trainer
 STAGES = ("prepare", "mine", "train", "calibrate", "evaluate", "register")
 # a retry helps only where a failure can be transient (a tracking server, a remote)
 STAGE_RETRIES = {"register": 2}
-KEPT = "this version did not beat it on the same benchmark pairs"
 PROMOTE_RETRIES = 2
 
 
@@ -284,24 +284,12 @@ def quiet_failure_tracebacks(enabled: bool = True) -> Iterator[None]:
             h.removeFilter(filt)
 
 
-PUSH_MARKER = Path(".dvc") / "tmp" / "siamese-pushed"
-
-
-def _lock_digest(project: Path) -> str:
-    lock = project / "dvc.lock"
-    data = lock.read_bytes() if lock.is_file() else b""
-    tracked = sorted((project / "data").rglob("*.dvc")) if (project / "data").is_dir() else []
-    for f in tracked:
-        data += f.read_bytes()
-    return hashlib.sha256(data).hexdigest()
-
-
 @task(name="dvc-push", retries=2, retry_delay_seconds=3)
 def push_outputs(project_dir: str) -> str:
     """Push data and outputs so a registered version's inputs can be pulled back. A marker holds
     the digest of what was last pushed, so a no-change rerun does not pay for a remote check."""
     project = Path(project_dir)
-    digest = _lock_digest(project)
+    digest = lock_digest(project)
     marker = project / PUSH_MARKER
     if marker.is_file() and marker.read_text() == digest:
         return "already pushed"
@@ -310,7 +298,9 @@ def push_outputs(project_dir: str) -> str:
     if proc.returncode != 0:
         if "no remote specified" in output.lower():
             get_run_logger().warning("no DVC remote configured; skipping push")
-            return "no remote"
+            marker.parent.mkdir(parents=True, exist_ok=True)  # a no-change run need not ask again
+            marker.write_text(f"{digest}\n{NO_REMOTE}")
+            return NO_REMOTE
         raise _failure("dvc push", proc)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(digest)
@@ -479,43 +469,3 @@ def serve_retraining(deployment, limit: int = 1) -> None:
     (blocks until interrupted; the schedule is paused when it stops)."""
 
     serve(deployment, limit=limit)
-
-
-def format_summary(summary: dict) -> str:
-    reg = summary["registration"]
-    test = reg["test"]
-    promo = summary.get("promotion") or {}
-    aliases = list(reg["aliases"])
-    note = ""
-    if promo.get("promoted") or promo.get("decision") == "unchanged":
-        aliases.append("champion")
-    elif promo.get("decision") == "kept":
-        note = f" (champion v{promo['champion_version']} kept: {KEPT})"
-    elif promo:
-        note = f" (not promoted: {promo.get('reason', promo.get('decision'))})"
-    lines = [
-        "",
-        "== siamese run summary ==",
-        "stages: " + ", ".join(f"{k}={v}" for k, v in summary["stages"].items()),
-        *([f"data: {summary['data']}"] if summary.get("data") else []),
-        f"registered model: {reg['model_name']} version {reg['version']} "
-        f"aliases: {', '.join(aliases)}" + note,
-        f"test pairs: {test['n_pairs']}  ROC AUC {test['roc_auc']:.4f}  EER {test['eer']:.4f}  "
-        f"accuracy {test['accuracy']:.4f} at threshold {reg['threshold']:.4f}",
-    ]
-    tars = [f"TAR@FAR={k.split('_')[-1]} {v:.4f}" for k, v in test.items() if k.startswith("tar_")]
-    if tars:
-        lines.append("            " + "  ".join(tars))
-    uri = reg["tracking_uri"]
-    lines += [
-        f"MLflow UI:  mlflow ui --backend-store-uri {uri}  ->  "
-        f"http://127.0.0.1:5000/#/experiments/{reg['experiment_id']}/runs/{reg['run_id']}",
-    ]
-    if uri.startswith("http"):
-        lines[-1] = f"MLflow UI:  {uri}/#/experiments/{reg['experiment_id']}/runs/{reg['run_id']}"
-    api = os.environ.get("PREFECT_API_URL")
-    ui = api.removesuffix("/api") if api else "http://127.0.0.1:4200"
-    start = "" if api else "prefect server start  ->  "
-    lines.append(f"Prefect UI: {start}{ui}/runs/flow-run/{summary['flow_run_id']}")
-    lines.append(f"DVC push: {summary['push']}")
-    return "\n".join(lines)

@@ -525,25 +525,53 @@ def run(
 ) -> None:
     """Run the whole pipeline as a Prefect flow through DVC and print the summary.
 
-    A stage that fails leaves its previous outputs in place and ends the run with its one
-    ``error:`` line and its exit code."""
+    With nothing to do (DVC finds no stage changed, the registry lacks nothing and promotion has
+    nothing to decide) it says so and starts no stage and no flow. A stage that fails leaves its
+    previous outputs in place and ends the run with its one ``error:`` line and its exit code."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
         configure(True)  # and the stage processes the run starts
+    from pipelines.summary import format_summary
+    from pipelines.uptodate import dvc_status
+
+    with contextlib.ExitStack() as held:
+        status = None
+        if (project / ".dvc").is_dir():  # (a refused run leaves any other folder as it was)
+            try:  # one run per project, until promotion is decided (the flow re-enters it)
+                held.enter_context(project_lock(project.resolve(), wait))
+            except ProjectLockedError as err:
+                _report(err)
+            # DVC's answer is computed in its own process while this one validates the params
+            status = held.enter_context(dvc_status(project.resolve()))
+        summary = _run_unless_up_to_date(project, set_, preset, push, wait, status)
+    typer.echo(format_summary(summary))
+
+
+def _run_unless_up_to_date(project: Path, set_, preset, push: bool, wait: float, status) -> dict:
+    """Validate, then either the summary of a run with nothing to do (pipelines.uptodate) or
+    the flow's. ``status``: ``dvc status`` running, in a DVC project whose lock is held."""
+    from pipelines.uptodate import known_valid, nothing_to_do, remember_valid, run_facts
+
+    params_path = project / paths.PARAMS
+    try:
+        text = params_path.read_bytes()
+    except OSError:
+        text = None  # validation names the problem
+    facts = known_valid(project, text) if status and text and not (set_ or preset) else None
+    if facts is not None:  # these bytes passed validation with this code: no torch to import
+        summary = nothing_to_do(project.resolve(), facts, push, status)
+        if summary is not None:
+            return summary
     from siamese.config import apply_overrides, read_params_file, validate_params
     from siamese.params_file import preset_overrides
     from siamese.registry.names import check_tracking_names
-    from siamese.training.settings import check_trainer
 
     try:  # fail fast, before an orchestrator is even started (or imported: Prefect takes ~2 s)
         if preset:
             set_ = preset_overrides(preset, project) + list(set_)
-        params_path = project / paths.PARAMS
-        params = validate_params(
-            apply_overrides(read_params_file(params_path), set_), str(params_path)
-        )
+        raw = read_params_file(params_path)
+        params = validate_params(apply_overrides(raw, set_), str(params_path))
         check_tracking_names(params, str(params_path))
-        check_trainer(params, str(params_path))
         # data changed since its DVC record: refused here, before Prefect (which would log the
         # refusal with a traceback); the flow checks again for scheduled runs
         from siamese.stages.provenance import source_state
@@ -551,7 +579,22 @@ def run(
         source_state(params.data.source, project, params.data.max_file_bytes, fingerprint=False)
     except (ParamsError, DatasetError) as err:
         _fail(str(err))
-    from pipelines.flow import format_summary, quiet_failure_tracebacks, training_flow
+    if status is not None and facts is None and apply_overrides(raw, set_) == raw:
+        # params.yaml stays as it is: remember it passed, and ask whether anything must run
+        facts = run_facts(params)
+        remember_valid(project, text, facts)
+        summary = nothing_to_do(project.resolve(), facts, push, status)
+        if summary is not None:
+            return summary
+    from siamese.training.settings import check_trainer  # Lightning: only when a stage may run
+
+    try:
+        check_trainer(params, str(params_path))
+    except ParamsError as err:
+        _fail(str(err))
+    if status is not None:  # DVC takes its repo lock: the flow's DVC calls come after it
+        status.stale()
+    from pipelines.flow import quiet_failure_tracebacks, training_flow
 
     try:
         # Prefect logs a failed task's and flow's traceback; the user gets one error line
@@ -562,7 +605,49 @@ def run(
             )
     except (Exception, KeyboardInterrupt) as err:
         _report(err)
-    typer.echo(format_summary(summary))
+    if status is not None:  # the next no-change run: no validation, no MLflow, if untouched
+        from pipelines.uptodate import remember_registry
+
+        with contextlib.suppress(ParamsError, OSError):
+            text = params_path.read_bytes()  # as the flow left it (with the overrides)
+            facts = run_facts(validate_params(read_params_file(params_path)))
+            remember_valid(project, text, facts)
+            remember_registry(project.resolve(), facts)
+    return summary
+
+
+@app.command()
+def sweep(
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-S",
+        help="KEY=V1,V2,...: the values of one axis of the grid (YAML, like --set of run); "
+        "one value: fixed for every point",
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", help="apply params/NAME.yaml to every point, before the --set values"
+    ),
+    project: Path = typer.Option(Path("."), help="project directory"),
+    wait: float = typer.Option(
+        0.0, "--wait", help="seconds to wait for another run of this project to finish (0: fail)"
+    ),
+) -> None:
+    """Run a grid of params as DVC experiments (up to evaluate) and print them ranked.
+
+    Every point is validated before any runs; each is `dvc exp run --temp` with its values, its
+    training an MLflow child run of one parent run. Nothing is registered or promoted: adopt a
+    point with `dvc exp apply NAME && siamese run`. Exit 1 when a point failed (the table still
+    lists the others)."""
+    from pipelines.sweep import format_table, run_sweep
+
+    try:
+        result = run_sweep(project, list(set_), preset, wait, echo=typer.echo)
+    except (Exception, KeyboardInterrupt) as err:
+        _report(err)
+    typer.echo(format_table(result))
+    if result.failed:
+        _fail(f"{len(result.failed)} of {len(result.outcomes)} sweep points failed", EXIT_FAILED)
 
 
 @app.command()

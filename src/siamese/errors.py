@@ -71,6 +71,13 @@ class PromotionError(RuntimeError):
     exit_code = EXIT_PROMOTION_REFUSED
 
 
+class ProjectError(ValueError):
+    """The project cannot do what was asked as it stands (e.g. a sweep in a folder without a git
+    commit for DVC experiments); the message says what to set up."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class ProjectLockedError(RuntimeError):
     """Another pipeline run holds the project; the message names it and what to do."""
 

@@ -10,17 +10,14 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-import numpy as np
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from siamese.config import Params, ServeParams, flatten
+from siamese.config import Params, ServeParams
 from siamese.data.images import ImageSpec
 from siamese.errors import RegistryStateError
 from siamese.io import read_json
@@ -40,30 +37,9 @@ RECREATED_TAG = "siamese.recreated_from"
 RESTORED_TAG = "siamese.files_restored_at"
 
 
-def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
-    """Nested report -> dotted MLflow metric keys (CIs become e.g. test.ci.roc_auc.low)."""
-
-    out = {}
-    for k, v in flatten(report, prefix).items():
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, int | float) and np.isfinite(v):
-            out[k] = float(v)
-    return out
-
-
 def log_run_results(client, run_id: str, calibration: dict, test: dict, eval_dir: Path) -> None:
-    ts = int(time.time() * 1000)
-    values = {"calibration.threshold": calibration["threshold"]}
-    values.update(_flat_metrics("calibration.threshold_ci.", calibration.get("threshold_ci") or {}))
-    values.update(_flat_metrics("val.", calibration["val"]))
-    values.update(_flat_metrics("test.", test))
-    entries = [Metric(k, v, ts, 0) for k, v in values.items()]
-    for i in range(0, len(entries), 500):
-        client.log_batch(run_id, metrics=entries[i : i + 500])
-    client.set_tag(run_id, "calibration.strategy", calibration["strategy"])
-    client.set_tag(run_id, "calibration.target", str(calibration.get("target")))
-    client.set_tag(run_id, "calibration.probability", calibration["probability"]["method"])
+    """The results' metrics (``log_result_metrics``) and the evaluation's files and figures."""
+    runs.log_result_metrics(client, run_id, calibration, test)
     for f in sorted(eval_dir.iterdir()):
         if f.suffix in (".json", ".csv"):
             client.log_artifact(run_id, str(f), artifact_path="evaluation")

@@ -8,14 +8,21 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 
 import numpy as np
-from mlflow.entities import Dataset, DatasetInput, InputTag, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    MLFLOW_RUN_NOTE,
+)
 from pytorch_lightning.loggers import MLFlowLogger
 
 from siamese.config import Params, flatten
@@ -38,6 +45,13 @@ SHORT_HASH = 8  # hex digits of the fingerprint in a run's name
 BUILT_IN = "digits"
 RESULTS_HEADING = "**Test results**"
 SYSTEM_METRICS_INTERVAL_S = 10  # MLflow's default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL wins
+# `siamese sweep` runs each grid point as a DVC experiment whose train stage creates the point's
+# run: these variables (set by the sweep for the stage processes) make that run a child of the
+# sweep's parent run and name the point (its DVC experiment) on it
+PARENT_RUN_ENV = "SIAMESE_PARENT_RUN_ID"
+SWEEP_POINT_ENV = "SIAMESE_SWEEP_POINT"
+SWEEP_POINT_TAG = "siamese.sweep.point"
+SWEEP_TAG = "siamese.sweep"  # on the parent run: the grid, as JSON
 
 
 def dataset_name(source: str) -> str:
@@ -133,6 +147,7 @@ def start_run(
         "params.md5": params_md5(params),
     }
     tags[MLFLOW_RUN_NOTE] = describe_run(params, tags)
+    tags.update(sweep_tags())
     run = client.create_run(exp_id, tags=tags)
     run_id = run.info.run_id
     flat = flatten(params.model_dump(mode="json"))
@@ -144,6 +159,58 @@ def start_run(
         if Path("dvc.lock").is_file():  # every stage's dep/out hashes: one file, not ~40 tags
             client.log_artifact(run_id, "dvc.lock", artifact_path="dvc")
     return run_id
+
+
+def sweep_tags() -> dict[str, str]:
+    """The parent-run and point tags of a training that a sweep started (none otherwise)."""
+    tags = {}
+    if os.environ.get(PARENT_RUN_ENV):
+        tags[MLFLOW_PARENT_RUN_ID] = os.environ[PARENT_RUN_ENV]
+    if os.environ.get(SWEEP_POINT_ENV):
+        tags[SWEEP_POINT_TAG] = os.environ[SWEEP_POINT_ENV]
+    return tags
+
+
+def start_sweep_run(
+    params: Params, project_dir: Path, axes: dict[str, list], n_points: int, target: str
+) -> str:
+    """The parent run of a sweep, in the experiment the points' trainings log to (the baseline
+    params' ``register.experiment_name``, created in the project's store first, so a point run in
+    a temporary DVC workspace does not create it there): named ``sweep-<dataset>-<N>x-<hash>``,
+    its params the swept keys with their values, described; its id."""
+    client = tracking.client(tracking_uri(project_dir))
+    exp_id = ensure_experiment(params.register.experiment_name, project_dir)
+    grid = json.dumps(axes, sort_keys=True)
+    digest = hashlib.md5(f"{grid}{params_md5(params)}".encode()).hexdigest()[:SHORT_HASH]
+    name = f"sweep-{dataset_name(params.data.source)}-{n_points}x-{digest}"
+    values = {k: ", ".join(json.dumps(v) for v in vals) for k, vals in axes.items()}
+    lines = "".join(f"- `{k}`: {text}\n" for k, text in values.items())
+    note = (
+        f"Sweep of {n_points} points over `{params.data.source}`, each a DVC experiment run up "
+        f"to the {target} stage (never registered or promoted); each point's training is a "
+        f"child run.\n\n{lines}"
+    )
+    tags = {
+        **git_info(project_dir),
+        MLFLOW_RUN_NAME: name,
+        MLFLOW_RUN_NOTE: note,
+        SWEEP_TAG: grid,
+        "data.source": params.data.source,
+        "params.md5": params_md5(params),
+    }
+    run = client.create_run(exp_id, tags=tags)
+    entries = [Param(f"sweep.{k}", text[:PARAM_VALUE_CHARS]) for k, text in values.items()]
+    with ended_failed_on_error(run.info.run_id):
+        client.log_batch(run.info.run_id, params=entries)
+    return run.info.run_id
+
+
+def sweep_children(client, parent_run_id: str, experiment_id: str) -> dict[str, object]:
+    """The child runs of a sweep's parent, by point (``siamese.sweep.point``)."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_run_id}'"
+    )
+    return {r.data.tags[SWEEP_POINT_TAG]: r for r in found if SWEEP_POINT_TAG in r.data.tags}
 
 
 def run_is_active(run_id: str) -> bool:
@@ -230,6 +297,36 @@ def system_metrics(run_id: str) -> Iterator[None]:
         monitor.mlflow_logger.flush()
     except Exception as err:  # best effort: the trained model matters more than its CPU curve
         log.warning("could not log the final system metrics of run %s: %s", run_id, err)
+
+
+def _flat_metrics(prefix: str, report: dict) -> dict[str, float]:
+    """Nested report -> dotted MLflow metric keys (CIs become e.g. test.ci.roc_auc.low)."""
+
+    out = {}
+    for k, v in flatten(report, prefix).items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int | float) and np.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+def log_result_metrics(client, run_id: str, calibration: dict, test: dict) -> None:
+    """The calibration (threshold, its CI, the validation report) and the test report as the
+    run's metrics (``calibration.*``, ``val.*``, ``test.*``): what the MLflow runs table and its
+    compare view show side by side. Register logs them; a sweep logs them on each point's run,
+    since a sweep stops before register."""
+    ts = int(time.time() * 1000)
+    values = {"calibration.threshold": calibration["threshold"]}
+    values.update(_flat_metrics("calibration.threshold_ci.", calibration.get("threshold_ci") or {}))
+    values.update(_flat_metrics("val.", calibration["val"]))
+    values.update(_flat_metrics("test.", test))
+    entries = [Metric(k, v, ts, 0) for k, v in values.items()]
+    for i in range(0, len(entries), 500):
+        client.log_batch(run_id, metrics=entries[i : i + 500])
+    client.set_tag(run_id, "calibration.strategy", calibration["strategy"])
+    client.set_tag(run_id, "calibration.target", str(calibration.get("target")))
+    client.set_tag(run_id, "calibration.probability", calibration["probability"]["method"])
 
 
 def _number(value) -> str:

@@ -17,7 +17,13 @@ from mlflow.exceptions import MlflowException
 from siamese import paths
 from siamese.errors import RegistryStateError
 from siamese.io import read_json
-from siamese.registry.aliases import CHAMPION, REGISTRATION_TAG
+from siamese.registry.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    REGISTRATION_TAG,
+    evaluation_problem,
+    version_by_alias,
+)
 from siamese.registry.tracking import client as tracking_client
 from siamese.registry.tracking import is_tracking_unreachable, run_exists, tracking_uri
 
@@ -198,3 +204,39 @@ def registry_gaps(model_name: str, project_dir: str | Path) -> list[str]:
             raise
         return []
     return gaps
+
+
+def settled_promotion(
+    client, name: str, metric: str, min_improvement: float, benchmark_md5: str, tracking_uri: str
+) -> str | None:
+    """The decision ``siamese promote`` would only repeat, or None when it has one to take.
+
+    Mirrors ``siamese.stages.promote.run_promote`` without scoring anything: ``unchanged`` (the
+    challenger is the champion), ``skipped`` (the challenger was rolled back), or ``kept`` (it
+    lost to this same champion on this same benchmark, metric and minimum improvement, as its
+    ``promotion.*`` tags record). A missing challenger, an incomplete evaluation (promote
+    refuses it, exit 3) or lost model files are not settled: the full run reports them."""
+    chal = version_by_alias(client, name, CHALLENGER)
+    if chal is None:
+        return None
+    champ = version_by_alias(client, name, CHAMPION)
+    if evaluation_problem(client, chal, metric) is not None:
+        return None
+    for mv in (chal, champ):
+        if mv is not None and missing_files(client, name, mv.version, tracking_uri):
+            return None
+    if champ is not None and str(champ.version) == str(chal.version):
+        return "unchanged"
+    tags = chal.tags or {}
+    if tags.get("rolled_back_at"):
+        return "skipped"
+    recorded = {
+        "promotion.decision": "kept",
+        "promotion.champion_version": str(champ.version) if champ else "none",
+        "promotion.metric": metric,
+        "promotion.min_improvement": f"{min_improvement:g}",
+        "promotion.benchmark_md5": benchmark_md5,
+    }
+    if champ is not None and all(tags.get(k) == v for k, v in recorded.items()):
+        return "kept"
+    return None
