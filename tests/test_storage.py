@@ -66,7 +66,12 @@ def test_two_dataloader_workers_read_the_same_batches_as_one_process(tmp_path):
     assert len(pickle.dumps(ds)) < images.nbytes / 20
 
     def batches(workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(ds, batch_size=16, shuffle=False, num_workers=workers)
+        # forkserver: a worker starts from a clean process (not a fork of this test process,
+        # whatever earlier tests left in it) and maps the file itself from the path it gets
+        context = "forkserver" if workers else None
+        loader = DataLoader(
+            ds, batch_size=16, shuffle=False, num_workers=workers, multiprocessing_context=context
+        )
         return list(loader)
 
     one, two = batches(0), batches(2)

@@ -37,9 +37,9 @@ def check_embedding_spread(spread: float, epoch: int) -> None:
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
-    """An image batch in the layout of the encoder's weights (channels-last; no copy when it
-    already is)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+    """On a GPU, an image batch in the layout of the encoder's weights (channels-last; no copy
+    when it already is); on the CPU as it is (see SiameseModule.on_fit_start)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and x.is_cuda else x
 
 
 def build_training_encoder(params: Params, head: str | None = None) -> SiameseEncoder:
@@ -107,9 +107,11 @@ class SiameseModule(pl.LightningModule):
         checkpoint["siamese_params"] = self.p.model_dump(mode="json")
 
     def on_fit_start(self) -> None:
-        # NHWC convolutions: faster on CUDA (tensor cores) and on the CPU (oneDNN); inference
-        # (siamese.models.loading) runs them too
-        self.encoder.to(memory_format=torch.channels_last)
+        # NHWC convolutions on a GPU (tensor cores). Not on the CPU: no faster there (conv4 at
+        # 28 px, within noise), and its other convolution kernels changed the training's
+        # trajectory enough to cost the digits bce_head run 0.06 test AUC
+        if self.device.type == "cuda":
+            self.encoder.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
