@@ -34,6 +34,7 @@ from siamese.errors import OnnxExportError, OnnxParityError
 from siamese.io import read_json, write_json
 from siamese.models.encoders import SiameseEncoder, preprocess
 from siamese.models.runtimes import RUNTIMES
+from siamese.output import verbose
 
 __all__ = ["RUNTIMES", "OnnxDistance", "OnnxEncoder", "export_onnx"]
 OPSET = 18
@@ -71,7 +72,11 @@ class _Distance(nn.Module):
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter reports each of its passes and warns about torchvision kernels it skips and
-    torch internals it calls: nothing a user can act on. Its errors still raise."""
+    torch internals it calls: nothing a user can act on (``--verbose`` shows it). Its errors
+    still raise."""
+    if verbose():
+        yield
+        return
     loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
     levels = [lg.level for lg in loggers]
     try:
