@@ -107,6 +107,7 @@ def embed(
             emb = encoder(batch)
         else:
             x = preprocess(torch.from_numpy(batch)).contiguous(memory_format=torch.channels_last)
+            del batch  # the network needs only its float input: hold one copy of the batch
             emb = to_numpy(encoder(x))
         if out is None:
             out = np.empty((n, *emb.shape[1:]), emb.dtype)
