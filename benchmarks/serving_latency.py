@@ -210,7 +210,7 @@ def main() -> None:
             scale = 1.0 if encoder == "conv4" else args.resnet_scale
             batches = {
                 1: _frames(imgs, 1, max(20, int(args.requests * scale))),
-                64: _frames(imgs, 64, max(5, int(args.batch_requests * scale))),
+                64: _frames(imgs, 64, max(3, int(args.batch_requests * scale))),
             }
             row: dict = {}
             answers: dict = {}
