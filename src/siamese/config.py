@@ -295,6 +295,9 @@ class TrainParams(_Strict):
     ms_alpha: float = Field(2.0, gt=0, description="multi-similarity: positive weight")
     ms_beta: float = Field(50.0, gt=0, description="multi-similarity: negative weight")
     ms_base: float = Field(0.5, description="multi-similarity: similarity offset")
+    temperature: float = Field(
+        0.1, gt=0, le=10, description="supcon / ntxent: softmax temperature on cosine similarity"
+    )
     identities_per_batch: int = Field(8, ge=2, description="P of the P x K sampler")
     images_per_identity: int = Field(8, description="K of the P x K sampler")
     batches_per_epoch: int | None = Field(None, ge=1, description="default: one pass over train")
