@@ -246,3 +246,47 @@ def test_offline_pairs_train_through_the_pair_loss_only():
         crit(emb, labels)
     with pytest.raises(ValueError, match="allowed for triplet: batch_all, batch_hard, semi_hard"):
         TripletLoss("hard_pairs", 0.2)
+
+
+def _naive_prototypical(emb, labels, temperature):
+    """Snell et al. written out: one query at a time against prototypes built without it."""
+    classes = sorted(set(labels.tolist()))
+    losses = []
+    for i in range(len(emb)):
+        own = labels == labels[i]
+        if own.sum() < 2:
+            continue
+        protos = []
+        for c in classes:
+            members = (labels == c) & (torch.arange(len(emb)) != i)
+            protos.append(emb[members].mean(0))
+        d = torch.stack([((emb[i] - p) ** 2).sum() for p in protos])
+        target = torch.tensor(classes.index(int(labels[i])))
+        losses.append(torch.nn.functional.cross_entropy((-d / temperature)[None], target[None]))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("temperature", [0.1, 1.0])
+def test_prototypical_loss_equals_the_episode_written_out(seed, temperature):
+    from siamese.losses import PrototypicalLoss
+
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(24, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (24,), generator=g)
+    labels[0] = 9  # a class with one image: a prototype, never a query
+    crit = PrototypicalLoss(temperature)
+    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    ours, stats = crit(e1, labels)
+    theirs = _naive_prototypical(e2, labels, temperature)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(e1.grad, e2.grad)
+    counts = torch.bincount(labels)
+    assert stats["ways"] == len(set(labels.tolist()))
+    assert stats["queries"] == int(counts[counts > 1].sum()) < 24
+    # one class, or no class with two images: no episode, a zero loss with a gradient
+    for degenerate in (torch.zeros(24, dtype=torch.long), torch.arange(24)):
+        value, _ = crit(emb.clone().requires_grad_(True), degenerate)
+        assert value.item() == 0.0

@@ -62,6 +62,12 @@ SLOW_LOSSES = {
     "ntxent": ["train.loss=ntxent", "train.miner=all_pairs"],
 }
 LOSSES.update({k: [*v, "train.distance=cosine"] for k, v in SLOW_LOSSES.items()})
+# Snell et al.'s prototypes, compared by squared euclidean distance
+SLOW_LOSSES["prototypical"] = LOSSES["prototypical"] = [
+    "train.loss=prototypical",
+    "train.miner=all_pairs",
+    "train.distance=squared_euclidean",
+]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from siamese.losses.bce import BalancedBCELoss
 from siamese.losses.contrastive import ContrastiveLoss
 from siamese.losses.multi_similarity import MultiSimilarityLoss
 from siamese.losses.ntxent import NTXentLoss
+from siamese.losses.prototypical import PrototypicalLoss
 from siamese.losses.supcon import SupConLoss
 from siamese.losses.triplet import TripletLoss
 
@@ -25,6 +26,7 @@ LOSSES: dict[str, type[Loss]] = {
         MultiSimilarityLoss,
         SupConLoss,
         NTXentLoss,
+        PrototypicalLoss,
         BalancedBCELoss,
     )
 }
@@ -42,6 +44,7 @@ __all__ = [
     "Loss",
     "MultiSimilarityLoss",
     "NTXentLoss",
+    "PrototypicalLoss",
     "SupConLoss",
     "TripletLoss",
     "build_loss",
