@@ -86,17 +86,22 @@ def identity_distances(
     return ids, per_id
 
 
-def threshold_at_fpir(unenrolled_best: np.ndarray, target: float) -> float:
+def threshold_at_fpir(
+    unenrolled_best: np.ndarray, target: float, total: int | None = None
+) -> float:
     """The largest threshold whose FPIR on these not-enrolled best distances is ``<= target``
     (accepting ``distance <= t``): halfway between the last impostor distance it may accept
     and the first it must not, so that no tie is split; just below every impostor (by a relative
     1e-6, more than float32 embeddings differ between batch sizes) when ``target`` allows none
-    of them."""
+    of them. ``total``: the distances given are the lowest of this many (the rest are larger)."""
 
     s = np.sort(np.asarray(unenrolled_best, np.float64))
     if len(s) == 0:
         raise ValueError("calibrating an open-set threshold needs not-enrolled probes")
-    allowed = int(np.floor(target * len(s) + 1e-9))  # impostors that may be accepted
+    total = len(s) if total is None else total
+    allowed = int(np.floor(target * total + 1e-9))  # impostors that may be accepted
+    if allowed >= len(s) and total > len(s):
+        raise ValueError(f"rate {target} needs the lowest {allowed + 1} of {total} distances")
     if allowed >= len(s):
         return float(s[-1])
     first_refused = s[allowed]
@@ -104,6 +109,40 @@ def threshold_at_fpir(unenrolled_best: np.ndarray, target: float) -> float:
     if len(below) == 0:
         return float(first_refused - 1e-6 * max(1.0, abs(first_refused)))
     return float((below[-1] + first_refused) / 2)
+
+
+def per_identity_rate(target_fpir: float, identities: int) -> float:
+    """The false-match rate against one enrolled identity that gives FPIR ``target_fpir`` in a
+    gallery of ``identities``, were a stranger's comparisons with them independent:
+    ``FPIR = 1 - (1 - rate) ** identities``. What carries a threshold calibrated on a few
+    validation people to a gallery of another size (FPIR grows with the gallery)."""
+    return float(1.0 - (1.0 - target_fpir) ** (1.0 / max(identities, 1)))
+
+
+def impostor_identity_distances(
+    encoder, embeddings: np.ndarray, labels: np.ndarray, split: EnrolmentSplit
+) -> np.ndarray:
+    """Sorted distances of every not-enrolled probe to every enrolled identity (at its nearest
+    gallery image): the false-match samples :func:`threshold_for_gallery` reads."""
+    emb = np.asarray(embeddings)
+    d = support_distances(encoder, emb[split.unenrolled_probes], emb[split.gallery])
+    _, per_id = identity_distances(d, np.asarray(labels)[split.gallery])
+    return np.sort(per_id.ravel())
+
+
+def lowest_needed(sorted_distances: np.ndarray, target_fpir: float) -> np.ndarray:
+    """The lowest impostor distances any gallery size can need at ``target_fpir`` (a gallery
+    of one identity needs the most: rate = target): what gallery.json keeps of them."""
+    keep = int(np.floor(target_fpir * len(sorted_distances) + 1e-9)) + 1
+    return np.asarray(sorted_distances[: min(len(sorted_distances), keep)])
+
+
+def threshold_for_gallery(
+    lowest: np.ndarray, total: int, target_fpir: float, identities: int
+) -> float:
+    """The open-set threshold for a gallery of ``identities`` at ``target_fpir``, from the
+    lowest of ``total`` impostor-to-identity distances (:func:`per_identity_rate`)."""
+    return threshold_at_fpir(lowest, per_identity_rate(target_fpir, identities), total)
 
 
 def threshold_at_false_alarm(known_scores: np.ndarray, target: float) -> float:
