@@ -414,11 +414,7 @@ def _calibration(params_path: Path, calibrate_from: Path | None, prepared: Path 
     ``params_path`` (the defaults when there is no such file), on ``calibrate_from`` or the
     prepared val split; None when neither exists (an uncalibrated, search-only gallery)."""
     from siamese.config import IdentifyParams, load_params
-    from siamese.registry.identify import (
-        calibrate_thresholds,
-        calibrated_gallery,
-        calibration_images,
-    )
+    from siamese.registry.identify import calibration_hook
 
     try:
         loaded = load_params(params_path) if params_path.is_file() else None
@@ -439,11 +435,7 @@ def _calibration(params_path: Path, calibrate_from: Path | None, prepared: Path 
             )
             return None
 
-    def calibrate(model, meta: dict) -> dict:
-        found = calibration_images(model, calibrate_from, prepared)
-        return calibrated_gallery(calibrate_thresholds(model, found, settings, seed), meta)
-
-    return calibrate
+    return calibration_hook(settings, seed, calibrate_from, prepared)
 
 
 @app.command()
@@ -614,6 +606,26 @@ def unenroll(
     try:
         summary = unenroll_identity(name, index_dir)
     except GalleryError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@app.command("register-gallery")
+def register_gallery(
+    index_dir: Path = typer.Argument(Path("gallery"), help="gallery folder (siamese index)"),
+    tracking_uri: str | None = TrackingOpt,
+) -> None:
+    """Register a gallery with the model version that embedded it, as a version of
+    <model name>-gallery, so `mlflow models serve -m models:/<model name>-gallery@champion`
+    answers mode identify and anomaly; `siamese promote` embeds it again with each new
+    champion."""
+    from mlflow.exceptions import MlflowException
+
+    from siamese.registry.gallery_package import register_gallery as register
+
+    try:
+        summary = register(index_dir, tracking_uri)
+    except (GalleryError, MlflowException, RegistryStateError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 

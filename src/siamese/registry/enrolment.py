@@ -33,6 +33,7 @@ from siamese.registry.gallery import (
     read_gallery,
     recover_interrupted_write,
     require_gallery,
+    source_files,
     write_gallery,
 )
 from siamese.registry.identify import with_open_set_threshold
@@ -100,6 +101,7 @@ def enroll(
             "count": int(len(all_emb)),
             "identities": [*meta["identities"], *data.identities],
             "paths": [*meta["paths"], *data.sources],
+            "files": [*meta.get("files", [None] * len(emb)), *source_files(root, data.sources)],
             "history": _history(meta, "enroll", names, str(Path(root).resolve())),
         }
         meta = _rethreshold(meta)
@@ -135,6 +137,7 @@ def unenroll(name: str, path: str | Path) -> dict:
             "count": int(len(emb)),
             "identities": [meta["identities"][i] for i in rows],
             "paths": [meta["paths"][i] for i in rows],
+            "files": [meta.get("files", [None] * len(ids))[i] for i in rows],
             "history": _history(meta, "unenroll", [name]),
         }
         meta = _rethreshold(meta)

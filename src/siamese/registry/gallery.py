@@ -15,6 +15,8 @@ gallery folder (index, embeddings, labels, paths, model URI) is written atomical
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -101,6 +103,26 @@ def embed_folder(root: str | Path, model, out: Path) -> tuple[np.ndarray, object
     return emb, data
 
 
+def encoder_fingerprint(encoder) -> str:
+    """SHA-256 of an encoder's architecture config and weights (every tensor's name, shape,
+    dtype and bytes, in name order): the same for a model however it was stored or loaded."""
+    h = hashlib.sha256(json.dumps(encoder.config, sort_keys=True).encode())
+    for key, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_files(root: str | Path, sources: list[str]) -> list[str | None]:
+    """Each entry's image file (absolute), to embed it again with another model; None where
+    the entry has no file of its own (a zip member)."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        return [None] * len(sources)
+    return [str(root / s) for s in sources]
+
+
 def write_gallery(out: Path, meta: dict, emb: np.ndarray, index: object | None) -> None:
     """The gallery folder, written in a scratch folder and renamed into place (atomic_dir):
     a reader sees the old gallery or the new one, never a mix."""
@@ -144,6 +166,10 @@ def build_gallery(
         "identities": data.identities,
         "paths": data.sources,
         "root": str(Path(root).resolve()),
+        # the weights themselves, so a gallery is never searched with other weights of the same
+        # architecture (another version), and the files, so it can be embedded again
+        "encoder_sha256": encoder_fingerprint(model.encoder),
+        "files": source_files(root, data.sources),
     }
     index = None
     if kind != "brute":
@@ -238,6 +264,13 @@ def check_gallery_model(meta: dict, model, model_uri: str | None) -> None:
             f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
             "its config differs"
         )
+    recorded = meta.get("encoder_sha256")  # galleries built before it was recorded lack it
+    if recorded and encoder_fingerprint(model.encoder) != recorded:
+        raise GalleryError(
+            f"model {model_uri or meta['model']} is not the one that embedded the gallery "
+            f"({meta['model']}): its weights differ; rebuild the gallery with it "
+            "(siamese index) or query with the gallery's own model"
+        )
 
 
 def search_embeddings(
@@ -302,6 +335,13 @@ def search_image(
         raise GalleryError(
             f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
             "its config differs"
+        )
+    recorded = meta.get("encoder_sha256")  # galleries built before it was recorded lack it
+    if recorded and encoder_fingerprint(model.encoder) != recorded:
+        raise GalleryError(
+            f"model {model_uri or meta['model']} is not the one that embedded the gallery "
+            f"({meta['model']}): its weights differ; rebuild the gallery with it "
+            "(siamese index) or query with the gallery's own model"
         )
     data = read_file(image)
     arr = decode_image(data, model.image, name=str(image), max_pixels=model.max_pixels)

@@ -32,6 +32,7 @@ identity, so a gallery with more images per identity alarms somewhat less often 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +204,21 @@ def calibrated_gallery(calibration: dict, meta: dict) -> dict:
     """The gallery.json entries of a calibration for the gallery ``meta`` describes."""
     identities = len(set(meta["identities"]))
     return {**calibration, "open_set": with_open_set_threshold(calibration["open_set"], identities)}
+
+
+def calibration_hook(
+    params: IdentifyParams, seed: int, calibrate_from: Path | None, prepared: Path | None
+) -> Callable[[object, dict], dict]:
+    """build_gallery's ``calibrate``: the thresholds at ``params``, calibrated on
+    ``calibrate_from`` (identity folders) or the val split of ``prepared``."""
+
+    def calibrate(model, meta: dict) -> dict:
+        found = calibration_images(model, calibrate_from, prepared)
+        if found is None:
+            raise GalleryError(f"no prepared data at {prepared} to calibrate on")
+        return calibrated_gallery(calibrate_thresholds(model, found, params, seed), meta)
+
+    return calibrate
 
 
 def _thresholds(meta: dict, key: str, path: Path) -> dict:
