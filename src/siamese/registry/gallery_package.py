@@ -71,13 +71,13 @@ class ServedGallery:
 
 
 def open_served_gallery(path: str | Path, model) -> ServedGallery:
-    """The package's gallery, refused (ValueError: the model does not load) when it was
-    embedded by other weights than the package's own."""
+    """The package's gallery, refused (GalleryError, a ValueError: the model does not load)
+    when it was embedded by other weights than the package's own."""
     path = Path(path)
     meta = read_gallery(path)
     served = encoder_fingerprint(model.encoder)
     if meta.get("encoder_sha256") != served:
-        raise ValueError(
+        raise GalleryError(
             f"the package's gallery was embedded by {meta.get('model')} (weights "
             f"{str(meta.get('encoder_sha256'))[:12]}), not by the weights this package serves "
             f"({served[:12]}): refusing to answer identify / anomaly with it; embed it again "
