@@ -11,7 +11,14 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers as pml_reducers
 
 from siamese.distances import pairwise_distance
-from siamese.losses import LOSSES, ContrastiveLoss, MultiSimilarityLoss, TripletLoss
+from siamese.losses import (
+    LOSSES,
+    ContrastiveLoss,
+    MultiSimilarityLoss,
+    NTXentLoss,
+    SupConLoss,
+    TripletLoss,
+)
 from siamese.mining.online import batch_all, batch_hard, hard_pairs, semi_hard
 
 MEAN = pml_reducers.MeanReducer()
@@ -87,6 +94,33 @@ def test_multi_similarity_equals_pml(seed, alpha, beta, base):
     emb, labels = _batch(seed)
     ours = MultiSimilarityLoss(alpha, beta, base, pair_margin=0.1)
     theirs = pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base, reducer=MEAN)
+    _compare(lambda e: ours(e, labels)[0], lambda e: theirs(e, labels), emb)
+
+
+# the softmax losses: PML's own defaults (SupCon averages the anchors with a positive, NT-Xent
+# every positive pair), on the usual batches and on the edge cases
+SOFTMAX_LABELS = {
+    "random": None,
+    "single-identity": torch.zeros(32, dtype=torch.long),
+    "no-positives": torch.arange(32),
+    "K=2": torch.arange(16).repeat_interleave(2),
+}
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+@pytest.mark.parametrize("case", SOFTMAX_LABELS)
+@pytest.mark.parametrize(
+    "ours_cls, theirs_cls",
+    [(SupConLoss, pml_losses.SupConLoss), (NTXentLoss, pml_losses.NTXentLoss)],
+    ids=["supcon", "ntxent"],
+)
+def test_softmax_losses_equal_pml(seed, temperature, case, ours_cls, theirs_cls):
+    emb, labels = _batch(seed)
+    if SOFTMAX_LABELS[case] is not None:
+        labels = SOFTMAX_LABELS[case]
+    ours = ours_cls(temperature)
+    theirs = theirs_cls(temperature=temperature)
     _compare(lambda e: ours(e, labels)[0], lambda e: theirs(e, labels), emb)
 
 

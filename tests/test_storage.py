@@ -187,3 +187,26 @@ def test_data_workers_is_validated():
     assert validate_params({"data": {"workers": None}}).data.workers is None
     with pytest.raises(ParamsError, match="data.workers"):
         validate_params({"data": {"workers": 0}})
+
+
+def test_random_training_reads_keep_few_of_the_mapped_file_pages_resident(tmp_path):
+    """A random row's page fault maps a whole large folio of the hot page cache: without
+    releasing them, a training process's resident set grew towards the whole file (1.4 GB of a
+    large store after 3000 reads, benchmarks/scale.py). The dataset unmaps every few rows."""
+    import psutil
+
+    from siamese.training.datamodule import ImageDataset
+
+    n = 6000  # 112 x 112 colour: 226 MB of pixels
+    images = create_images(tmp_path / IMAGES_FILE, n, (112, 112, 3))
+    images[:] = 7  # written: every page is in the page cache, as after prepare
+    images.flush()
+    del images
+    ds = ImageDataset(MappedImages(tmp_path / IMAGES_FILE), np.arange(n) % 10)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    grew = 0
+    for i in np.random.default_rng(0).integers(0, n, 1500):
+        ds[int(i)]
+        grew = max(grew, process.memory_info().rss - before)
+    assert grew < 80 * 2**20, f"{grew / 2**20:.0f} MB of the 226 MB file stayed resident"

@@ -56,7 +56,18 @@ def trained_vs_untrained_auc(overrides: list[str]) -> tuple[float, float]:
     return aucs[0], aucs[1]
 
 
-@pytest.mark.parametrize("loss", sorted(LOSSES))
+# the softmax family (Khosla et al. 2020; Chen et al. 2020) on cosine similarity: in the slow set
+SLOW_LOSSES = {
+    "supcon": ["train.loss=supcon", "train.miner=all_pairs", "train.temperature=0.3"],
+    "ntxent": ["train.loss=ntxent", "train.miner=all_pairs"],
+}
+LOSSES.update({k: [*v, "train.distance=cosine"] for k, v in SLOW_LOSSES.items()})
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_LOSSES else k for k in sorted(LOSSES)],
+)
 def test_loss_trains_far_beyond_an_untrained_encoder_on_digits(project, loss):
     # an untrained CNN already ranks two unseen digits well (AUC ~0.91), so "a wide margin" is
     # measured on the error: training must remove at least 40% of the untrained 1 - AUC

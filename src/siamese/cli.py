@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from siamese.errors import (
 )
 from siamese.io import write_json
 from siamese.locking import project_lock
+from siamese.models.runtimes import RUNTIMES
 from siamese.output import VERBOSE_ENV, configure
 
 
@@ -329,6 +331,17 @@ ModelOpt = typer.Option(
 TrackingOpt = typer.Option(
     None, "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI/project)"
 )
+Runtime = enum.Enum("Runtime", {r: r for r in RUNTIMES}, type=str)  # typer lists an Enum's values
+RuntimeOpt = typer.Option(
+    None,
+    "--runtime",
+    help="what runs the encoder: torch, or onnx (onnxruntime on the package's ONNX export); "
+    "default: the package's serve.runtime",
+)
+
+
+def _runtime(runtime: Runtime | None) -> str | None:
+    return None if runtime is None else runtime.value
 
 
 def _default_model(model: str | None, params_path: Path) -> str:
@@ -349,6 +362,7 @@ def verify(
     model: str | None = ModelOpt,
     params: Path = ParamsOpt,
     tracking_uri: str | None = TrackingOpt,
+    runtime: Runtime | None = RuntimeOpt,
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Do two images show the same identity? Distance, probability and the decision."""
@@ -363,8 +377,8 @@ def verify(
     except BadImageError as err:
         _fail(f"cannot read image: {err}")
     try:
-        served = load_served_model(uri, tracking_uri)
-    except Exception as err:  # unknown model, alias or unreachable registry
+        served = load_served_model(uri, tracking_uri, _runtime(runtime))
+    except Exception as err:  # unknown model, alias or unreachable registry, no ONNX export
         _fail(f"cannot load model {uri}: {err}")
     frame = pd.DataFrame({"image_a": [data[0]], "image_b": [data[1]]})
     try:
@@ -380,6 +394,7 @@ def verify(
         "distance": float(row["distance"]),
         "probability": prob,
         "threshold": served.threshold,
+        "runtime": served.runtime,
         "match": bool(row["match"]),
         "decision": "match" if row["match"] else "no match",
     }
@@ -454,6 +469,7 @@ def index(
     tracking_uri: str | None = TrackingOpt,
     calibrate_from: Path | None = CalibrateFromOpt,
     prepared: Path | None = PreparedOpt,
+    runtime: Runtime | None = RuntimeOpt,
 ) -> None:
     """Embed a dataset into a searchable gallery (FAISS under the model's metric).
 
@@ -466,13 +482,16 @@ def index(
     uri = _default_model(model, params)
     calibrate = _calibration(params, calibrate_from, prepared)
     try:
-        summary = build_gallery(root, uri, out, tracking_uri, ivf_above, nlist, nprobe, calibrate)
+        summary = build_gallery(
+            root, uri, out, tracking_uri, ivf_above, nlist, nprobe, _runtime(runtime), calibrate
+        )
     except (
         DatasetError,
         BadImageError,
         GalleryError,
         FileNotFoundError,
         RegistryStateError,
+        ValueError,  # --runtime onnx for a model without an ONNX export
     ) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
@@ -487,6 +506,7 @@ def search(
         None, "--model", help="the model to embed the query (default: the gallery's own)"
     ),
     tracking_uri: str | None = TrackingOpt,
+    runtime: Runtime | None = RuntimeOpt,
     as_json: bool = typer.Option(False, "--json", help="print the hits as JSON"),
 ) -> None:
     """The k nearest identities in a gallery to an image, with their distances."""
@@ -495,8 +515,8 @@ def search(
     from siamese.registry.gallery import search_image
 
     try:
-        hits = search_image(index_dir, image, k, model, tracking_uri)
-    except (BadImageError, GalleryError, MlflowException, RegistryStateError) as err:
+        hits = search_image(index_dir, image, k, model, tracking_uri, _runtime(runtime))
+    except (BadImageError, GalleryError, MlflowException, RegistryStateError, ValueError) as err:
         _fail(str(err))
     if as_json:
         typer.echo(json.dumps(hits, indent=2))
@@ -628,6 +648,28 @@ def register_gallery(
     except (GalleryError, MlflowException, RegistryStateError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@app.command()
+def export(
+    model: str | None = ModelOpt,
+    fmt: str = typer.Option("onnx", "--format", help="what to export: onnx"),
+    out: Path = typer.Option(..., "--out", help="folder to write (replaced atomically)"),
+    params: Path = ParamsOpt,
+    tracking_uri: str | None = TrackingOpt,
+) -> None:
+    """Write a registered model as plain files (ONNX encoder and distance, preprocessing and
+    calibration specs, score_pair.py) to use with onnxruntime alone, outside MLflow."""
+    from mlflow.exceptions import MlflowException
+
+    from siamese.registry.export import export_model
+
+    uri = _default_model(model, params)
+    try:
+        summary = export_model(uri, out, fmt, tracking_uri)
+    except (MlflowException, RegistryStateError, ValueError, FileNotFoundError) as err:
+        _fail(f"cannot export {uri}: {err}")
+    typer.echo(json.dumps({"out": str(out), **summary}, indent=2))
 
 
 @app.command("oneshot-runs")

@@ -42,6 +42,7 @@ from siamese.losses import LOSSES as LOSS_REGISTRY
 from siamese.losses.contrastive import FORMS as CONTRASTIVE_FORMS
 from siamese.mining import MINERS as MINER_REGISTRY
 from siamese.models.encoders import ENCODERS, EXTERNAL_FORMS, check_encoder
+from siamese.models.onnx import RUNTIMES
 
 # train.loss / train.miner: the registered losses, each naming the miners it works with
 LOSSES = tuple(LOSS_REGISTRY)
@@ -294,6 +295,9 @@ class TrainParams(_Strict):
     ms_alpha: float = Field(2.0, gt=0, description="multi-similarity: positive weight")
     ms_beta: float = Field(50.0, gt=0, description="multi-similarity: negative weight")
     ms_base: float = Field(0.5, description="multi-similarity: similarity offset")
+    temperature: float = Field(
+        0.1, gt=0, le=10, description="supcon / ntxent: softmax temperature on cosine similarity"
+    )
     identities_per_batch: int = Field(8, ge=2, description="P of the P x K sampler")
     images_per_identity: int = Field(8, description="K of the P x K sampler")
     batches_per_epoch: int | None = Field(None, ge=1, description="default: one pass over train")
@@ -620,6 +624,26 @@ class ServeParams(_Strict):
         "request's working memory is one chunk of decoded images and the network's "
         "activations for it, not all its images; stored in the model package",
     )
+    export_onnx: bool = Field(
+        True,
+        description="register also exports the encoder (and the distance) to ONNX into the "
+        "package, checked against PyTorch on real images; an encoder that cannot be exported "
+        "is registered without it (the run's siamese.onnx tag says why)",
+    )
+    runtime: Literal[RUNTIMES] = Field(
+        "torch",
+        description="what runs the encoder in the served model: torch, or onnx (onnxruntime, "
+        "the package's ONNX export; needs export_onnx); stored in the model package",
+    )
+
+    @model_validator(mode="after")
+    def _onnx_runtime_needs_export(self) -> ServeParams:
+        if self.runtime == "onnx" and not self.export_onnx:
+            raise ValueError(
+                "serve.runtime: onnx needs serve.export_onnx: true (the served model runs the "
+                "package's ONNX export)"
+            )
+        return self
 
 
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)

@@ -65,6 +65,19 @@ class GalleryError(ValueError):
     exit_code = EXIT_BAD_INPUT
 
 
+class OnnxExportError(RuntimeError):
+    """The encoder could not be exported to ONNX, or its ONNX graph does not match PyTorch on real
+    images; the message names the operator or the measured difference. Registration fails on it
+    only where ONNX is required (``serve.runtime: onnx``) or the export is wrong, never silently."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class OnnxParityError(OnnxExportError):
+    """The ONNX graph was exported but its outputs differ from PyTorch's on real images by more
+    than the tolerance: a version is never registered with a wrong export."""
+
+
 class PromotionError(RuntimeError):
     """The promotion or rollback cannot (or must not) happen; the message says why."""
 

@@ -34,6 +34,9 @@ QUICK = [
     "evaluate.kfold=0",
     "evaluate.oneshot_episodes=0",
     "evaluate.retrieval=false",
+    # the ONNX export (a few seconds per registration) is tested where it is the subject
+    # (tests/test_onnx.py) and by every run without QUICK
+    "serve.export_onnx=false",
 ]
 
 

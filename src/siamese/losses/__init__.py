@@ -12,11 +12,21 @@ from siamese.losses.base import Loss, LossSettings
 from siamese.losses.bce import BalancedBCELoss
 from siamese.losses.contrastive import ContrastiveLoss
 from siamese.losses.multi_similarity import MultiSimilarityLoss
+from siamese.losses.ntxent import NTXentLoss
+from siamese.losses.supcon import SupConLoss
 from siamese.losses.triplet import TripletLoss
 
 # train.loss: the config's allowed values, in the order its messages list them
 LOSSES: dict[str, type[Loss]] = {
-    cls.name: cls for cls in (ContrastiveLoss, TripletLoss, MultiSimilarityLoss, BalancedBCELoss)
+    cls.name: cls
+    for cls in (
+        ContrastiveLoss,
+        TripletLoss,
+        MultiSimilarityLoss,
+        SupConLoss,
+        NTXentLoss,
+        BalancedBCELoss,
+    )
 }
 
 
@@ -31,6 +41,8 @@ __all__ = [
     "ContrastiveLoss",
     "Loss",
     "MultiSimilarityLoss",
+    "NTXentLoss",
+    "SupConLoss",
     "TripletLoss",
     "build_loss",
 ]

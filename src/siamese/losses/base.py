@@ -32,6 +32,7 @@ class LossSettings(Protocol):
     ms_alpha: float
     ms_beta: float
     ms_base: float
+    temperature: float
 
 
 class PairScorer(Protocol):

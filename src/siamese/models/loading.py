@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.io import read_json, write_json
 from siamese.models.encoders import SiameseEncoder, preprocess
+from siamese.models.onnx import OnnxEncoder
 from siamese.models.precision import to_numpy
 
 WEIGHTS_SAFETENSORS, WEIGHTS_TORCH = "model.safetensors", "model.pt"
@@ -84,7 +85,7 @@ def _as_tensor(array: np.ndarray, dtype=None) -> torch.Tensor:
 
 @torch.no_grad()
 def embed(
-    encoder: torch.nn.Module,
+    encoder: torch.nn.Module | OnnxEncoder,
     images: np.ndarray,
     batch_size: int = 512,
     indices: np.ndarray | None = None,
@@ -93,15 +94,21 @@ def embed(
     ``indices``, of those rows only, in their order.
 
     Streamed: one batch of rows is read at a time, so ``images`` may be a memory-mapped file
-    (``PreparedData.images``) far larger than memory; only the embeddings are kept."""
+    (``PreparedData.images``) far larger than memory; only the embeddings are kept. ``encoder``
+    is the PyTorch network or its ONNX export (:class:`OnnxEncoder`, which takes the uint8
+    batch itself and normalises inside its graph)."""
     n = len(images) if indices is None else len(indices)
     out: np.ndarray | None = None
     for i in range(0, n, batch_size):
         rows = slice(i, i + batch_size) if indices is None else indices[i : i + batch_size]
         # a writable copy of just this batch (a mapped file's rows are read-only)
-        x = preprocess(torch.from_numpy(np.array(images[rows])))
-        x = x.contiguous(memory_format=torch.channels_last)
-        emb = to_numpy(encoder(x))
+        batch = np.array(images[rows])
+        if isinstance(encoder, OnnxEncoder):
+            emb = encoder(batch)
+        else:
+            x = preprocess(torch.from_numpy(batch)).contiguous(memory_format=torch.channels_last)
+            del batch  # the network needs only its float input: hold one copy of the batch
+            emb = to_numpy(encoder(x))
         if out is None:
             out = np.empty((n, *emb.shape[1:]), emb.dtype)
         out[i : i + len(emb)] = emb

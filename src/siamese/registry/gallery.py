@@ -141,15 +141,17 @@ def build_gallery(
     ivf_above: int = DEFAULT_IVF_ABOVE,
     nlist: int | None = None,
     nprobe: int | None = None,
+    runtime: str | None = None,
     calibrate: Callable[[object, dict], dict] | None = None,
 ) -> dict:
     """Embed every image under ``root`` (``<identity>/<image>``, or any layout prepare reads) and
-    write the gallery folder ``out`` atomically; returns its summary. ``calibrate``: given the
-    served model and the gallery's entries, those added to gallery.json in the same write
-    (the open-set and anomaly thresholds, siamese.registry.identify)."""
+    write the gallery folder ``out`` atomically; returns its summary. ``runtime``: torch or onnx
+    (default: the package's ``serve.runtime``). ``calibrate``: given the served model and the
+    gallery's entries, those added to gallery.json in the same write (the open-set and anomaly
+    thresholds, siamese.registry.identify)."""
 
     resolved = resolve_model_uri(model_uri, tracking_uri)
-    model = load_served_model(resolved, tracking_uri)
+    model = load_served_model(resolved, tracking_uri, runtime)
     out = Path(out)
     emb, data = embed_folder(root, model, out)
     distance = model.encoder.config["distance"]
@@ -323,11 +325,13 @@ def search_image(
     k: int = 5,
     model_uri: str | None = None,
     tracking_uri: str | None = None,
+    runtime: str | None = None,
 ) -> list[dict]:
-    """The ``k`` nearest identities to one image file, under the gallery's model."""
+    """The ``k`` nearest identities to one image file, under the gallery's model (its encoder
+    run by ``runtime``: torch or onnx; default: the package's)."""
 
     meta = read_gallery(path)
-    model = load_served_model(model_uri or meta["model"], tracking_uri)
+    model = load_served_model(model_uri or meta["model"], tracking_uri, runtime)
     # a gallery built before colour and resize existed recorded a gray, stretched model
     # (and before encoder_args: a built-in encoder with its defaults)
     built_with = {"in_channels": 1, "resize": "stretch", "encoder_args": {}, **meta["model_config"]}

@@ -3,8 +3,8 @@ of its own, ``<model name>-gallery``, so that ``mlflow models serve -m
 models:/<model name>-gallery@champion`` answers ``params: {"mode": "identify"}`` and
 ``{"mode": "anomaly"}`` requests (and ``pair`` / ``embed``, as the model does).
 
-Each version is the package of the model version that embedded the gallery (its encoder,
-preprocessing, calibration and checksums, copied unchanged) plus two artifacts:
+Each version is the package of the model version that embedded the gallery (its encoder, ONNX
+export, preprocessing, calibration and checksums, copied unchanged) plus two artifacts:
 
 * ``gallery``: the gallery folder (gallery.json, embeddings, index, thresholds);
 * ``gallery_images``: the images it holds, ``<identity>/<file>``, so that it can be embedded
@@ -153,6 +153,8 @@ def register_gallery(path: str | Path, tracking_uri: str | None = None) -> dict:
         }
         if (arts / "checksums.json").is_file():
             artifacts["checksums"] = str(arts / "checksums.json")
+        if (arts / "onnx").is_dir():  # the ONNX export, for a serve.runtime: onnx package
+            artifacts["onnx"] = str(arts / "onnx")
         _copy_images(meta, tmp / IMAGES_ARTIFACT)
         artifacts[IMAGES_ARTIFACT] = str(tmp / IMAGES_ARTIFACT)
         image = ImageSpec.from_config(read_json(arts / "encoder" / "model.json"))

@@ -125,10 +125,12 @@ def load_pyfunc(uri: str, tracking_uri: str | None = None) -> tuple[mlflow.pyfun
             raise problem from err
 
 
-def load_served_model(uri: str, tracking_uri: str | None = None):
+def load_served_model(uri: str, tracking_uri: str | None = None, runtime: str | None = None):
     """The served model object (siamese.registry.pyfunc.SiameseModel) of a model URI or folder,
-    checked before it is loaded (see :func:`load_pyfunc`)."""
-    return load_pyfunc(uri, tracking_uri)[0].unwrap_python_model()
+    checked before it is loaded (see :func:`load_pyfunc`); ``runtime`` (torch | onnx) overrides
+    the one its package serves with (``serve.runtime``)."""
+    model = load_pyfunc(uri, tracking_uri)[0].unwrap_python_model()
+    return model if runtime is None else model.use_runtime(runtime)
 
 
 def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) -> SiameseEncoder:

@@ -1,10 +1,12 @@
-"""The served model's package: the plain-data artifacts (safetensors weights, preprocessing and
-calibration JSON), the signature and input example, and the arguments that log or save it as an
-MLflow "model from code" (``serving_model.py`` plus the siamese package as code)."""
+"""The served model's package: the plain-data artifacts (safetensors weights, the ONNX export,
+preprocessing and calibration JSON), the signature and input example, and the arguments that log
+or save it as an MLflow "model from code" (``serving_model.py`` plus the siamese package as
+code)."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,13 +18,17 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from siamese.data.images import ImageSpec, as_spec, encode_png
+from siamese.errors import OnnxExportError, OnnxParityError
 from siamese.io import read_json, write_json
+from siamese.models import onnx
 from siamese.models.encoders import external
-from siamese.models.loading import CONFIG_FILE, load_state_dict, save_safetensors
+from siamese.models.loading import CONFIG_FILE, load_encoder, load_state_dict, save_safetensors
 from siamese.registry.integrity import CHECKSUMS_FILE, write_checksums
 from siamese.registry.pyfunc import EMBED_COLUMN, NORMALIZATION
 
+log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
+ONNX_DIR = "onnx"  # the package's ONNX export (siamese.models.onnx), beside encoder/
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/siamese: shipped as the model's code
 
 
@@ -33,10 +39,13 @@ def preprocessing_spec(
     *,
     max_rows: int | None = None,
     chunk_images: int | None = None,
+    runtime: str = "torch",
 ) -> dict:
     """``preprocessing.json``: how an input becomes the encoder's input, and the serving limits
     the package carries (serve.* of params.yaml when it was registered). ``image_size``,
     ``channels`` and ``resize`` are what the model was trained on; serving decodes with them."""
+    if runtime not in onnx.RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; allowed: {', '.join(onnx.RUNTIMES)}")
     image = as_spec(image)
     gray = "grayscale: PIL mode L (ITU-R 601-2 luma)"
     rgb = "RGB: PIL mode RGB, grayscale expanded to 3 equal channels"
@@ -67,6 +76,8 @@ def preprocessing_spec(
         "max_rows": None if max_rows is None else int(max_rows),
         # images decoded and embedded at a time (bounds a request's working memory)
         "chunk_images": None if chunk_images is None else int(chunk_images),
+        # what runs the encoder when served: torch, or onnx (onnxruntime on onnx/encoder.onnx)
+        "runtime": runtime,
     }
 
 
@@ -84,8 +95,13 @@ def build_package(
     max_request_bytes: int | None = None,
     max_rows: int | None = None,
     chunk_images: int | None = None,
+    runtime: str = "torch",
+    onnx_sample: np.ndarray | None = None,
 ) -> dict[str, str]:
-    """Write the package's artifacts under ``dest``; returns the pyfunc ``artifacts`` map."""
+    """Write the package's artifacts under ``dest``; returns the pyfunc ``artifacts`` map.
+
+    With ``onnx_sample`` (real uint8 images at the model's size) the encoder is also exported to
+    ONNX and checked on them (:func:`package_onnx`); ``runtime="onnx"`` requires that export."""
 
     model_dir, dest = Path(model_dir), Path(dest)
     enc = dest / "encoder"
@@ -93,6 +109,20 @@ def build_package(
     config = read_json(model_dir / CONFIG_FILE)
     save_safetensors(load_state_dict(model_dir), enc / "model.safetensors")
     write_json(enc / CONFIG_FILE, config)
+    if runtime == "onnx" and onnx_sample is None:
+        raise OnnxExportError(
+            "serve.runtime: onnx needs the package's ONNX export, and it is made only with real "
+            "images to check it on (serve.export_onnx: true)"
+        )
+    artifacts = {
+        "encoder": str(enc),
+        "preprocessing": str(dest / "preprocessing.json"),
+        "calibration": str(dest / "calibration.json"),
+        "checksums": str(dest / CHECKSUMS_FILE),
+    }
+    if onnx_sample is not None:
+        package_onnx(enc, dest / ONNX_DIR, onnx_sample, required=runtime == "onnx")
+        artifacts["onnx"] = str(dest / ONNX_DIR)
     write_json(
         dest / "preprocessing.json",
         preprocessing_spec(
@@ -101,17 +131,46 @@ def build_package(
             max_request_bytes,
             max_rows=max_rows,
             chunk_images=chunk_images,
+            runtime=runtime,
         ),
     )
     write_json(dest / "calibration.json", calibration_spec(calibration))
     # the SHA-256 of each file above: the served model refuses a package that differs
     write_checksums(dest)
-    return {
-        "encoder": str(enc),
-        "preprocessing": str(dest / "preprocessing.json"),
-        "calibration": str(dest / "calibration.json"),
-        "checksums": str(dest / CHECKSUMS_FILE),
-    }
+    return artifacts
+
+
+def package_onnx(encoder_dir: Path, dest: Path, sample: np.ndarray, required: bool) -> dict:
+    """Export the package's encoder to ONNX in ``dest`` and check it on ``sample``; its
+    ``onnx.json``. An encoder that cannot be exported (an operator ONNX lacks, in a python:
+    module) gets an ``onnx.json`` saying why instead, unless ``required``; an export that does
+    not match PyTorch always fails (``OnnxParityError``): a package never carries a wrong one."""
+    try:
+        return onnx.export_onnx(load_encoder(encoder_dir), dest, sample)
+    except OnnxParityError:
+        raise
+    except OnnxExportError as err:
+        if required:
+            raise OnnxExportError(
+                f"serve.runtime: onnx, but {err}; serve it with serve.runtime: torch"
+            ) from err
+        log.warning("registered without ONNX: %s", err)
+        return onnx.write_not_exported(dest, str(err))
+
+
+def onnx_status(artifacts: dict[str, str]) -> str:
+    """One line for the run's ``siamese.onnx`` tag: what the package's ONNX export is."""
+    info = onnx.read_info(artifacts.get("onnx"))
+    if info is None:
+        return "not exported (serve.export_onnx: false)"
+    if not info["exported"]:
+        return f"not exported: {info['reason']}"[:4000]
+    parity = info["parity"]
+    return (
+        f"exported (opset {info['opset']}; parity on {parity['images']} images: max abs "
+        f"embedding diff {parity['max_abs_embedding_diff']:.2g}, distance diff "
+        f"{parity['max_abs_distance_diff']:.2g})"
+    )
 
 
 def model_digest(dest: str | Path) -> str:
@@ -137,7 +196,7 @@ def package_digest(dest: str | Path, code_dir: str | Path = PACKAGE_DIR) -> str:
             h.update(_tree_digest(extra, "*.py").digest())
         else:
             h.update(f"{extra.name}\0".encode() + hashlib.sha256(extra.read_bytes()).digest())
-    h.update("\n".join(pip_requirements(config)).encode())
+    h.update("\n".join(pip_requirements(config, onnx.exported(dest / ONNX_DIR))).encode())
     return h.hexdigest()
 
 
@@ -198,11 +257,13 @@ def example_frame(image: ImageSpec | int) -> pd.DataFrame:
     )
 
 
-def pip_requirements(config: dict | None = None) -> list[str]:
+def pip_requirements(config: dict | None = None, with_onnx: bool = False) -> list[str]:
     """The served model's pinned requirements; with a model's ``config``, also what its encoder
-    needs (timm for a timm: encoder)."""
+    needs (timm for a timm: encoder); ``with_onnx``: onnxruntime, for a package with an ONNX
+    export (``serve.runtime: onnx`` or ``--runtime onnx`` runs it)."""
     out = []
-    for name in ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors"):
+    names = ("mlflow", "torch", "numpy", "pandas", "pillow", "safetensors")
+    for name in names + (("onnxruntime",) if with_onnx else ()):
         try:
             out.append(f"{name}=={version(name).split('+')[0]}")
         except PackageNotFoundError:
@@ -221,7 +282,7 @@ def pyfunc_kwargs(artifacts: dict[str, str], image: ImageSpec) -> dict:
         "code_paths": code,
         "signature": signature(),
         "input_example": example_frame(image),
-        "pip_requirements": pip_requirements(config),
+        "pip_requirements": pip_requirements(config, onnx.exported(artifacts.get("onnx"))),
     }
 
 
@@ -234,8 +295,11 @@ def save_package(
     max_request_bytes: int | None = None,
     max_rows: int | None = None,
     chunk_images: int | None = None,
+    runtime: str = "torch",
+    onnx_sample: np.ndarray | None = None,
 ) -> Path:
-    """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it)."""
+    """Save the pyfunc model to a local folder (``mlflow models serve -m PATH`` serves it); with
+    ``onnx_sample`` (real images), with the ONNX export checked on them."""
 
     image = ImageSpec.from_config(read_json(Path(model_dir) / CONFIG_FILE))
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,6 +311,8 @@ def save_package(
             max_request_bytes=max_request_bytes,
             max_rows=max_rows,
             chunk_images=chunk_images,
+            runtime=runtime,
+            onnx_sample=onnx_sample,
         )
         mlflow.pyfunc.save_model(str(path), **pyfunc_kwargs(artifacts, image))
     return Path(path)

@@ -7,8 +7,13 @@ The package is a "model from code" (``serving_model.py`` plus the siamese packag
 pickled object. Its artifacts are plain data:
 
 * ``encoder/``: ``model.json`` (architecture config) and ``model.safetensors`` (the state dict);
+* ``onnx/`` (unless ``serve.export_onnx: false``): ``encoder.onnx`` and ``distance.onnx``, checked
+  against PyTorch on real images at registration, and ``onnx.json`` (opset, the measured
+  parity, or why the encoder could not be exported; see siamese.models.onnx). With
+  ``runtime: onnx`` in ``preprocessing.json`` (``serve.runtime``) onnxruntime runs the encoder;
+  distances, probabilities and decisions are computed the same way for both runtimes;
 * ``preprocessing.json``: image size, colour conversion, resampling, normalisation, pixel limit,
-  request size and row limits, images per chunk;
+  request size and row limits, images per chunk, the runtime;
 * ``calibration.json``: threshold strategy, threshold, distance -> probability map;
 * ``checksums.json``: the SHA-256 of each file above, checked before anything is loaded (a
   package altered after registration is refused, see siamese.registry.integrity).
@@ -43,6 +48,7 @@ from siamese.data.images import ImageSpec, array_image, decode_image
 from siamese.errors import BadImageError
 from siamese.io import read_json
 from siamese.models.loading import embed, embedding_distances, load_encoder
+from siamese.models.onnx import ENCODER_FILE, RUNTIMES, OnnxEncoder, exported, read_info
 from siamese.registry.guard import (
     ServingError,
     check_deadline,
@@ -94,17 +100,20 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         arts = context.artifacts
         if "checksums" in arts:  # packages built before checksums existed have none
             verify_checksums(arts["checksums"])
+        set_serving_threads()  # first: an onnxruntime session takes torch's thread count
         encoder = load_encoder(arts["encoder"])
-        self.setup(encoder, read_json(arts["preprocessing"]), read_json(arts["calibration"]))
+        preprocessing = read_json(arts["preprocessing"])
+        self.setup(encoder, preprocessing, read_json(arts["calibration"]), arts.get("onnx"))
         self.gallery = None
         if "gallery" in arts:  # a gallery package: refused if other weights embedded it
             from siamese.registry.gallery_package import open_served_gallery
 
             self.gallery = open_served_gallery(arts["gallery"], self)
-        set_serving_threads()
         guard_scoring_server(self.max_request_bytes, self.max_rows)
 
-    def setup(self, encoder, preprocessing: dict, calibration: dict) -> SiameseModel:
+    def setup(
+        self, encoder, preprocessing: dict, calibration: dict, onnx_dir: str | None = None
+    ) -> SiameseModel:
         if preprocessing.get("normalization") != NORMALIZATION:
             raise ValueError(
                 f"unsupported normalisation {preprocessing.get('normalization')}; this code "
@@ -127,6 +136,31 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         self.max_request_bytes = preprocessing.get("max_request_bytes")
         self.max_rows = preprocessing.get("max_rows")
         self.chunk_images = int(preprocessing.get("chunk_images") or DEFAULT_CHUNK_IMAGES)
+        self.onnx_dir = onnx_dir
+        # a package written before runtimes existed runs torch
+        return self.use_runtime(preprocessing.get("runtime", "torch"))
+
+    def use_runtime(self, runtime: str) -> SiameseModel:
+        """Run the encoder with ``runtime``: ``torch`` (the PyTorch network) or ``onnx``
+        (onnxruntime on the package's ONNX export, which registration checked against it).
+        The package's own choice is ``serve.runtime``; ``verify``/``index``/``search
+        --runtime`` override it in process. Distances are computed by the same code either
+        way, so both runtimes answer within the export's parity tolerance."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+        if runtime == "onnx":
+            if not exported(self.onnx_dir):
+                info = read_info(self.onnx_dir)
+                why = (
+                    "it was registered with serve.export_onnx: false"
+                    if info is None
+                    else f"its encoder could not be exported ({info.get('reason')})"
+                )
+                raise ValueError(f"this model has no ONNX export: {why}; use runtime torch")
+            self.network = OnnxEncoder(f"{self.onnx_dir}/{ENCODER_FILE}")
+        else:
+            self.network = self.encoder
+        self.runtime = runtime
         return self
 
     # typed: MLflow warns at import about a predict without type hints. A DataFrame hint turns
@@ -190,20 +224,20 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
                 buffer[k] = _decode(value, size, f"row {i} {col}", self.max_pixels)
                 k, done = k + 1, done + 1
                 if k == step or done == total:
-                    emb = embed(self.encoder, buffer[:k], batch_size=step)
+                    emb = embed(self.network, buffer[:k], batch_size=step)
                     if out is None:
                         out = np.empty((total, emb.shape[1]), np.float64)
                     out[done - k : done] = emb
                     k = 0
         if out is None:
-            return embed(self.encoder, buffer).astype(np.float64)  # (0, 1), as for no images
+            return embed(self.network, buffer).astype(np.float64)  # (0, 1), as for no images
         return out
 
     def embeddings(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 -> float64 (N, D) embeddings, exactly as evaluated, in batches of
         ``chunk_images`` (what requests are embedded in)."""
 
-        return embed(self.encoder, images, batch_size=self.chunk_images).astype(np.float64)
+        return embed(self.network, images, batch_size=self.chunk_images).astype(np.float64)
 
     def _embed(self, frame: pd.DataFrame) -> pd.DataFrame:
         emb = self._column_embeddings(frame, [EMBED_COLUMN])

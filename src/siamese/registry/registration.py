@@ -29,7 +29,13 @@ from siamese.registry.aliases import (
     REGISTRATION_TAG,
     alias_version,
 )
-from siamese.registry.package import build_package, model_digest, package_digest, pyfunc_kwargs
+from siamese.registry.package import (
+    build_package,
+    model_digest,
+    onnx_status,
+    package_digest,
+    pyfunc_kwargs,
+)
 from siamese.registry.versions import PACKAGE_DIGEST_TAG
 
 log = logging.getLogger(__name__)
@@ -57,13 +63,15 @@ class BuiltPackage:
     image: ImageSpec
     model_digest: str
     package_digest: str
+    onnx: str  # what the package's ONNX export is (the run's siamese.onnx tag)
 
 
 @contextlib.contextmanager
 def built_package(
-    model_dir: Path, calibration_path: Path, serve: ServeParams
+    model_dir: Path, calibration_path: Path, serve: ServeParams, onnx_sample=None
 ) -> Iterator[BuiltPackage]:
-    """The served package of a training output, for the block."""
+    """The served package of a training output, for the block. ``onnx_sample``: real images the
+    ONNX export is checked on (``serve.export_onnx``; none: no export)."""
     calibration = read_json(calibration_path)
     image = ImageSpec.from_config(read_json(model_dir / CONFIG_FILE))
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,8 +85,12 @@ def built_package(
             max_request_bytes=limit,
             max_rows=serve.max_rows,
             chunk_images=serve.chunk_images,
+            runtime=serve.runtime,
+            onnx_sample=onnx_sample if serve.export_onnx else None,
         )
-        yield BuiltPackage(artifacts, image, model_digest(dest), package_digest(dest))
+        yield BuiltPackage(
+            artifacts, image, model_digest(dest), package_digest(dest), onnx_status(artifacts)
+        )
 
 
 def log_model(run_id: str, artifacts: dict[str, str], image: ImageSpec) -> str:

@@ -22,11 +22,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from mlflow.exceptions import MlflowException
 
 from siamese.config import Params
+from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.errors import RegistryStateError
 from siamese.io import atomic_dir, dir_md5, read_json, write_json
+from siamese.models.onnx import PARITY_IMAGES
 from siamese.registry import runs, tracking
 from siamese.registry.aliases import (
     CHALLENGER,
@@ -60,6 +63,7 @@ from siamese.registry.versions import (
 
 log = logging.getLogger(__name__)
 REGISTERED_AS_TAG = "siamese.registered_as"  # on a training run whose model a version served
+ONNX_TAG = "siamese.onnx"  # on the run and the version: the package's ONNX export, or why none
 
 
 def run_register(
@@ -96,9 +100,12 @@ def run_register(
     }
     # versions an interrupted register of this run left pending go first (never reused)
     result["removed_unfinished_versions"] = remove_unfinished_versions(client, name, run_id)
-    with built_package(model_dir, calibration_path, params.serve) as package:
+    sample = parity_images(prepared_dir, pairs_dir) if params.serve.export_onnx else None
+    with built_package(model_dir, calibration_path, params.serve, sample) as package:
         result["package_sha256"] = package.package_digest
         result["model_sha256"] = package.model_digest
+        result["onnx"] = package.onnx
+        log.info("ONNX: %s", package.onnx)
         same = _version_serving(client, name, package, uri)
         if same is not None:
             mv, restored = same
@@ -122,10 +129,23 @@ def run_register(
             result["recreated_run"] = True
         result["run_id"] = run_id
         log_run_results(client, run_id, calibration, test, eval_dir)
+        client.set_tag(run_id, ONNX_TAG, package.onnx)
         with active_tracking_uri(uri):
             model_uri = log_model(run_id, package.artifacts, package.image)
-    digests = {PACKAGE_DIGEST_TAG: package.package_digest, MODEL_DIGEST_TAG: package.model_digest}
-    return _create_version(client, name, run_id, model_uri, digests, result, out_dir)
+    tags = {
+        PACKAGE_DIGEST_TAG: package.package_digest,
+        MODEL_DIGEST_TAG: package.model_digest,
+        ONNX_TAG: package.onnx,
+    }
+    return _create_version(client, name, run_id, model_uri, tags, result, out_dir)
+
+
+def parity_images(prepared_dir: str | Path, pairs_dir: str | Path) -> np.ndarray:
+    """The real images the ONNX export is checked on: the first ``PARITY_IMAGES`` distinct
+    images of the validation pairs (the ones calibration embedded)."""
+    pairs = load_pairs(pairs_path(pairs_dir, "val"))
+    rows = np.unique(np.r_[pairs["a"], pairs["b"]])[:PARITY_IMAGES]
+    return np.array(PreparedData(prepared_dir).images[rows])
 
 
 def _version_serving(client, name: str, package, uri: str) -> tuple[object, list[str]] | None:

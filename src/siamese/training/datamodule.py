@@ -23,7 +23,11 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])[0]
 
 
-_RELEASE_EVERY = 4096  # rows read between unmapping a mapped file's pages (MappedImages)
+# rows read between unmapping a mapped file's pages (MappedImages): a random row's page fault
+# maps a whole large folio of the (hot) page cache, about 0.5 MB of neighbours, so at 4096 rows a
+# training process held 1.4 GB of a big file's pages (RSS growing with N); at 32 it holds ~50 MB
+# and the madvise costs microseconds (benchmarks/scale.py)
+_RELEASE_EVERY = 32
 
 
 def _row(images: np.ndarray, i: int, reads: list[int]) -> np.ndarray:
