@@ -332,21 +332,7 @@ def search_image(
 
     meta = read_gallery(path)
     model = load_served_model(model_uri or meta["model"], tracking_uri, runtime)
-    # a gallery built before colour and resize existed recorded a gray, stretched model
-    # (and before encoder_args: a built-in encoder with its defaults)
-    built_with = {"in_channels": 1, "resize": "stretch", "encoder_args": {}, **meta["model_config"]}
-    if model.encoder.config != built_with:
-        raise GalleryError(
-            f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
-            "its config differs"
-        )
-    recorded = meta.get("encoder_sha256")  # galleries built before it was recorded lack it
-    if recorded and encoder_fingerprint(model.encoder) != recorded:
-        raise GalleryError(
-            f"model {model_uri or meta['model']} is not the one that embedded the gallery "
-            f"({meta['model']}): its weights differ; rebuild the gallery with it "
-            "(siamese index) or query with the gallery's own model"
-        )
+    check_gallery_model(meta, model, model_uri)
     data = read_file(image)
     arr = decode_image(data, model.image, name=str(image), max_pixels=model.max_pixels)
     query = model.embeddings(arr[None])
