@@ -526,6 +526,7 @@ def test_a_writer_killed_mid_write_leaves_a_consistent_gallery(faces, built, tmp
     emb = np.concatenate([np.load(src / "embeddings.npy"), filler])
     meta["identities"] += [f"filler-{i // 10}" for i in range(len(filler))]
     meta["paths"] += [f"filler/{i}" for i in range(len(filler))]
+    meta["files"] += [None] * len(filler)  # no image files: never embedded again
     meta["count"] = len(emb)
     meta["open_set"] = with_open_set_threshold(meta["open_set"], len(set(meta["identities"])))
     write_gallery(out, meta, emb, _build_faiss(emb, meta["distance"], "flat", 1))
@@ -533,7 +534,11 @@ def test_a_writer_killed_mid_write_leaves_a_consistent_gallery(faces, built, tmp
     stranger = sorted(faces["strangers"].iterdir())[0]
     new = tmp_path / "new"
     shutil.copytree(stranger, new / stranger.name)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    import siamese
+
+    # this checkout's siamese first (a loaded pyfunc put its package's copy on sys.path)
+    src = str(Path(siamese.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *sys.path])}
     states, mid_write = set(), 0
     for _ in range(10):
         proc = subprocess.Popen(

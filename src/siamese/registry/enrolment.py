@@ -101,7 +101,7 @@ def enroll(
             "count": int(len(all_emb)),
             "identities": [*meta["identities"], *data.identities],
             "paths": [*meta["paths"], *data.sources],
-            "files": [*meta.get("files", [None] * len(emb)), *source_files(root, data.sources)],
+            "files": [*_entry_files(meta), *source_files(root, data.sources)],
             "history": _history(meta, "enroll", names, str(Path(root).resolve())),
         }
         meta = _rethreshold(meta)
@@ -137,7 +137,7 @@ def unenroll(name: str, path: str | Path) -> dict:
             "count": int(len(emb)),
             "identities": [meta["identities"][i] for i in rows],
             "paths": [meta["paths"][i] for i in rows],
-            "files": [meta.get("files", [None] * len(ids))[i] for i in rows],
+            "files": [_entry_files(meta)[i] for i in rows],
             "history": _history(meta, "unenroll", [name]),
         }
         meta = _rethreshold(meta)
@@ -154,6 +154,13 @@ def _rethreshold(meta: dict) -> dict:
         **meta,
         "open_set": with_open_set_threshold(meta["open_set"], len(set(meta["identities"]))),
     }
+
+
+def _entry_files(meta: dict) -> list[str | None]:
+    """Each entry's image file; None for entries of a gallery that did not record them (built
+    before files were, or written by hand)."""
+    files = meta.get("files")
+    return list(files) if files and len(files) == meta["count"] else [None] * meta["count"]
 
 
 def _summary(meta: dict, path: Path, **change) -> dict:
