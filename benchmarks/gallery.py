@@ -187,6 +187,7 @@ def bench_openset(att_train: int, lfw: bool, seed: int) -> dict:
                 "train_s": round(took, 1),
                 **_openset_on(people[att_train:], encoder, params, seed),
             }
+            print(json.dumps({"att_faces": out["att_faces"]}), file=sys.stderr, flush=True)
     else:
         out["att_faces"] = {"skipped": f"no {att}"}
     root = SHARED_DATA / "lfw" / "lfw"
