@@ -132,12 +132,13 @@ def unenroll(name: str, path: str | Path) -> dict:
             )
         emb = np.load(path / EMBEDDINGS_FILE).astype(np.float32)[keep]
         rows = np.flatnonzero(keep)
+        files = _entry_files(meta)
         meta = {
             **meta,
             "count": int(len(emb)),
             "identities": [meta["identities"][i] for i in rows],
             "paths": [meta["paths"][i] for i in rows],
-            "files": [_entry_files(meta)[i] for i in rows],
+            "files": [files[i] for i in rows],
             "history": _history(meta, "unenroll", [name]),
         }
         meta = _rethreshold(meta)
