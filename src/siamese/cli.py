@@ -409,6 +409,50 @@ def verify(
     )
 
 
+CalibrateFromOpt = typer.Option(
+    None,
+    "--calibrate-from",
+    help="identity folders (<identity>/<image>) of people outside the gallery and the training "
+    "data, split into enrolled and not enrolled to calibrate the identify / anomaly thresholds "
+    "(default: the val split of the project's prepared data)",
+)
+PreparedOpt = typer.Option(
+    None,
+    "--prepared",
+    help="prepared data whose val split calibrates the thresholds (default: artifacts/prepared "
+    "beside --params)",
+)
+
+
+def _calibration(params_path: Path, calibrate_from: Path | None, prepared: Path | None):
+    """The ``calibrate`` hook of build_gallery: thresholds at the identify.* settings of
+    ``params_path`` (the defaults when there is no such file), on ``calibrate_from`` or the
+    prepared val split; None when neither exists (an uncalibrated, search-only gallery)."""
+    from siamese.config import IdentifyParams, load_params
+    from siamese.registry.identify import calibration_hook
+
+    try:
+        loaded = load_params(params_path) if params_path.is_file() else None
+    except ParamsError as err:
+        _fail(str(err))
+    settings, seed = (loaded.identify, loaded.seed) if loaded else (IdentifyParams(), 42)
+    if calibrate_from is not None and not calibrate_from.exists():
+        _fail(f"--calibrate-from {calibrate_from}: no such folder")
+    if prepared is not None and not prepared.is_dir():
+        _fail(f"--prepared {prepared}: no prepared data there (run `siamese prepare`)")
+    if calibrate_from is None and prepared is None:
+        prepared = params_path.parent / paths.PREPARED
+        if not prepared.is_dir():
+            typer.secho(
+                f"note: no {prepared} and no --calibrate-from: the gallery is searchable, but "
+                "identify and anomaly need its thresholds calibrated",
+                err=True,
+            )
+            return None
+
+    return calibration_hook(settings, seed, calibrate_from, prepared)
+
+
 @app.command()
 def index(
     root: Path = typer.Argument(..., help="identity folders (<identity>/<image>) or a zip"),
@@ -423,15 +467,23 @@ def index(
     ),
     params: Path = ParamsOpt,
     tracking_uri: str | None = TrackingOpt,
+    calibrate_from: Path | None = CalibrateFromOpt,
+    prepared: Path | None = PreparedOpt,
     runtime: Runtime | None = RuntimeOpt,
 ) -> None:
-    """Embed a dataset into a searchable gallery (FAISS under the model's metric)."""
+    """Embed a dataset into a searchable gallery (FAISS under the model's metric).
+
+    The open-set (`siamese identify`) and anomaly (`siamese anomaly`) thresholds are calibrated
+    at identify.target_fpir / identify.target_false_alarm of --params on people outside the
+    gallery: --calibrate-from DIR, else the validation split of the project's prepared data;
+    without either the gallery is only searchable."""
     from siamese.registry.gallery import build_gallery
 
     uri = _default_model(model, params)
+    calibrate = _calibration(params, calibrate_from, prepared)
     try:
         summary = build_gallery(
-            root, uri, out, tracking_uri, ivf_above, nlist, nprobe, runtime=_runtime(runtime)
+            root, uri, out, tracking_uri, ivf_above, nlist, nprobe, _runtime(runtime), calibrate
         )
     except (
         DatasetError,
@@ -471,6 +523,131 @@ def search(
         return
     for h in hits:
         typer.echo(f"{h['rank']:>3}  {h['distance']:.6f}  {h['identity']}  ({h['path']})")
+
+
+GalleryOpt = typer.Option(Path("gallery"), "--index", help="gallery folder")
+GalleryModelOpt = typer.Option(
+    None, "--model", help="the model to embed the query (default: the gallery's own)"
+)
+
+
+def _decide(mode: str, images: list[Path], index_dir: Path, model, tracking_uri) -> list[dict]:
+    from mlflow.exceptions import MlflowException
+
+    from siamese.registry.identify import decide_files
+
+    try:
+        return decide_files(index_dir, images, mode, model, tracking_uri)
+    except (BadImageError, GalleryError, MlflowException, RegistryStateError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def identify(
+    images: list[Path] = typer.Argument(..., help="query image file(s)"),
+    index_dir: Path = GalleryOpt,
+    model: str | None = GalleryModelOpt,
+    tracking_uri: str | None = TrackingOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the answers as JSON"),
+) -> None:
+    """Who is this? The best enrolled identity and its distance, or `unknown` when the distance
+    is beyond the gallery's open-set threshold (calibrated at identify.target_fpir)."""
+    answers = _decide("identify", images, index_dir, model, tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(answers if len(images) > 1 else answers[0], indent=2))
+        return
+    for a in answers:
+        rel = "<=" if a["known"] else ">"
+        typer.echo(
+            f"{a['image']}: {a['identity']}  (distance {a['distance']:.6f} {rel} threshold "
+            f"{a['threshold']:.6f}; nearest {a['nearest']})"
+        )
+
+
+@app.command()
+def anomaly(
+    images: list[Path] = typer.Argument(..., help="image file(s) to score"),
+    index_dir: Path = GalleryOpt,
+    model: str | None = GalleryModelOpt,
+    tracking_uri: str | None = TrackingOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the scores as JSON"),
+) -> None:
+    """Is this unlike everything known? Each image's distance to the k-th nearest gallery image
+    (kNN novelty) and an alarm above the gallery's threshold (calibrated at
+    identify.target_false_alarm)."""
+    answers = _decide("anomaly", images, index_dir, model, tracking_uri)
+    if as_json:
+        typer.echo(json.dumps(answers, indent=2))
+        return
+    for a in answers:
+        verdict = "ANOMALY" if a["anomaly"] else "known"
+        rel = ">" if a["anomaly"] else "<="
+        typer.echo(
+            f"{a['image']}: {verdict}  (score {a['score']:.6f} {rel} threshold "
+            f"{a['threshold']:.6f}, k={a['k']})"
+        )
+
+
+@app.command()
+def enroll(
+    root: Path = typer.Argument(..., help="identity folders (<identity>/<image>) to add"),
+    index_dir: Path = GalleryOpt,
+    model: str | None = GalleryModelOpt,
+    tracking_uri: str | None = TrackingOpt,
+) -> None:
+    """Add identities to a gallery without embedding the others again (atomic; an identity
+    already enrolled is refused)."""
+    from mlflow.exceptions import MlflowException
+
+    from siamese.registry.enrolment import enroll as enroll_folder
+
+    try:
+        summary = enroll_folder(root, index_dir, model, tracking_uri)
+    except (
+        BadImageError,
+        DatasetError,
+        GalleryError,
+        FileNotFoundError,
+        MlflowException,
+        RegistryStateError,
+    ) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@app.command()
+def unenroll(
+    name: str = typer.Argument(..., help="the identity to remove"),
+    index_dir: Path = GalleryOpt,
+) -> None:
+    """Remove an identity (all its images) from a gallery (atomic)."""
+    from siamese.registry.enrolment import unenroll as unenroll_identity
+
+    try:
+        summary = unenroll_identity(name, index_dir)
+    except GalleryError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
+@app.command("register-gallery")
+def register_gallery(
+    index_dir: Path = typer.Argument(Path("gallery"), help="gallery folder (siamese index)"),
+    tracking_uri: str | None = TrackingOpt,
+) -> None:
+    """Register a gallery with the model version that embedded it, as a version of
+    <model name>-gallery, so `mlflow models serve -m models:/<model name>-gallery@champion`
+    answers mode identify and anomaly; `siamese promote` embeds it again with each new
+    champion."""
+    from mlflow.exceptions import MlflowException
+
+    from siamese.registry.gallery_package import register_gallery as register
+
+    try:
+        summary = register(index_dir, tracking_uri)
+    except (GalleryError, MlflowException, RegistryStateError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 
 
 @app.command()

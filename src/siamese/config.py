@@ -464,6 +464,55 @@ class EvaluateParams(_Strict):
         return v
 
 
+class IdentifyParams(_Strict):
+    """1:N identification against an enrolled gallery: how evaluate measures it on the test
+    identities, and how ``siamese index`` calibrates a gallery's open-set and anomaly thresholds
+    on the validation identities (siamese.evaluation.openset, siamese.registry.identify)."""
+
+    enrolled_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="share of the identities enrolled; the others probe as not enrolled (at "
+        "least one identity on each side)",
+    )
+    gallery_images: int = Field(
+        1, ge=1, le=1000, description="images per enrolled identity in the gallery (the rest probe)"
+    )
+    target_fpir: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="the open-set threshold `siamese identify` answers `unknown` beyond: at "
+        "most this share of not-enrolled validation probes identified",
+    )
+    fpir_targets: list[float] = Field(
+        default_factory=lambda: [0.01, 0.1],
+        min_length=1,
+        description="evaluate reports FNIR at these FPIRs",
+    )
+    anomaly_k: int = Field(
+        1, ge=1, le=1000, description="kNN novelty: distance to the k-th nearest known sample"
+    )
+    target_false_alarm: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="the anomaly alarm threshold: at most this share of known validation "
+        "samples flagged",
+    )
+
+    @field_validator("fpir_targets")
+    @classmethod
+    def _fpirs_in_range(cls, v: list[float]) -> list[float]:
+        for fpir in v:
+            if not 0 < fpir < 1:
+                raise ValueError(f"every FPIR target must lie in (0, 1) (got {fpir})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"FPIR targets must be distinct (got {v})")
+        return v
+
+
 class RegisterParams(_Strict):
     model_name: str = Field(
         "siamese-digits",
@@ -614,6 +663,7 @@ class Params(_Strict):
     trainer: TrainerParams = Field(default_factory=TrainerParams)
     calibrate: CalibrateParams = Field(default_factory=CalibrateParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    identify: IdentifyParams = Field(default_factory=IdentifyParams)
     register: RegisterParams = Field(default_factory=RegisterParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     serve: ServeParams = Field(default_factory=ServeParams)

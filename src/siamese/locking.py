@@ -93,3 +93,26 @@ def project_lock(project_dir: str | Path, wait_seconds: float = 0.0) -> Iterator
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def gallery_lock(gallery: str | Path, shared: bool = False) -> Iterator[Path]:
+    """Hold a gallery folder's lock for the block: exclusive for a writer (``siamese index``,
+    ``enroll``, ``unenroll``), shared for a reader (``identify``, ``anomaly``), so a reader never
+    sees a writer's two renames half done and two writers never build on the same old gallery.
+
+    An ``flock`` on ``.<name>.lock`` beside the folder (the folder itself is replaced by each
+    write); waits for the holder, who only holds it for seconds. The kernel releases it when the
+    holder dies, however it dies."""
+    gallery = Path(gallery)
+    gallery.parent.mkdir(parents=True, exist_ok=True)
+    path = gallery.parent / f".{gallery.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

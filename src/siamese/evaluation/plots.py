@@ -57,6 +57,32 @@ def det_figure(d: np.ndarray, y: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
+def openset_det_figure(points: list[tuple[float, float, float]], report: dict, path: Path) -> Path:
+    """Open-set DET: FNIR against FPIR (siamese.evaluation.openset) on normal-deviate axes, the
+    FNIR at each reported FPIR marked."""
+    from scipy.stats import norm  # lazy: scipy is slow to import
+
+    plt = _plt()
+    eps = 1e-4
+    fpir = np.clip([p[0] for p in points], eps, 1 - eps)
+    fnir = np.clip([p[1] for p in points], eps, 1 - eps)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.step(norm.ppf(fpir), norm.ppf(fnir), where="post")
+    for key, value in report.items():
+        if key.startswith("fnir_at_fpir_"):
+            target = float(key.removeprefix("fnir_at_fpir_"))
+            z = norm.ppf(np.clip([target, value], eps, 1 - eps))
+            ax.plot(*z, "o", label=f"FNIR {value:.3f} @ FPIR {target:g}")
+    ticks = np.array([1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8])
+    ax.set_xticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+    lim = norm.ppf([eps, 0.95])
+    ax.set(xlim=lim, ylim=lim, xlabel="FPIR (not-enrolled probes identified)", ylabel="FNIR")
+    ax.set_title(f"Open-set DET (rank-1 {report.get('rank_1', float('nan')):.3f})")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
 def histogram_figure(d: np.ndarray, y: np.ndarray, threshold: float, bins: int, path: Path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -47,6 +47,19 @@ def det_rows(d: np.ndarray, y: np.ndarray) -> list[tuple]:
     return rows
 
 
+def openset_det_table(points: list[tuple[float, float, float]]) -> str:
+    """The open-set DET curve (FNIR against FPIR, siamese.evaluation.openset.det_points) as CSV,
+    with the normal deviates DET plots use (header only when open-set was skipped)."""
+    from scipy.stats import norm  # lazy: scipy is slow to import
+
+    eps = 1e-6
+    rows = []
+    for fpir, fnir, t in points:
+        za, zb = norm.ppf(np.clip([fpir, fnir], eps, 1 - eps))
+        rows.append((f"{fpir:.6g}", f"{fnir:.6g}", f"{za:.6g}", f"{zb:.6g}", f"{t:.6g}"))
+    return _csv(["fpir", "fnir", "fpir_deviate", "fnir_deviate", "threshold"], rows)
+
+
 def forgery_eers(d: np.ndarray, y: np.ndarray, kind: np.ndarray) -> dict[str, float]:
     """EER of genuine pairs against skilled-forgery negatives and against random negatives,
     when the test pairs hold skilled forgeries (signature data)."""

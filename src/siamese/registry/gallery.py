@@ -14,8 +14,14 @@ gallery folder (index, embeddings, labels, paths, model URI) is written atomical
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -29,6 +35,7 @@ from siamese.data.sources import load_folder_dataset
 from siamese.data.store import IMAGES_FILE
 from siamese.errors import GalleryError
 from siamese.io import atomic_dir, read_json, write_json
+from siamese.locking import gallery_lock
 from siamese.registry.loading import load_served_model, resolve_model_uri
 
 GALLERY_FILE, INDEX_FILE, EMBEDDINGS_FILE = "gallery.json", "index.faiss", "embeddings.npy"
@@ -71,29 +78,18 @@ def _scores_to_distances(scores: np.ndarray, distance: str) -> np.ndarray:
     return np.clip(s, 0.0, None)
 
 
-def build_gallery(
-    root: str | Path,
-    model_uri: str,
-    out: str | Path,
-    tracking_uri: str | None = None,
-    ivf_above: int = DEFAULT_IVF_ABOVE,
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    runtime: str | None = None,
-) -> dict:
-    """Embed every image under ``root`` (``<identity>/<image>``, or any layout prepare reads) and
-    write the gallery folder ``out`` atomically; returns its summary. ``runtime``: torch or onnx
-    (default: the package's ``serve.runtime``)."""
+def embed_folder(root: str | Path, model, out: Path) -> tuple[np.ndarray, object]:
+    """Embed every image under ``root`` with the served ``model``: (float64 embeddings, the
+    loaded dataset, its ``images`` dropped), for a gallery at ``out``.
 
-    resolved = resolve_model_uri(model_uri, tracking_uri)
-    model = load_served_model(resolved, tracking_uri, runtime)
-    # a gallery is searched, not trained on: an image filed under two identities, or twice
-    # under one, is kept (every file is a gallery entry)
-    # decoded in parallel into a scratch file beside the output, mapped from disk, and embedded
-    # a batch at a time: a gallery larger than memory can be indexed
-    out = Path(out)
+    A gallery is searched, not trained on: an image filed under two identities, or twice under
+    one, is kept (every file is a gallery entry). Decoded in parallel into a scratch file beside
+    the output, mapped from disk, and embedded a batch at a time: a gallery larger than memory
+    can be indexed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.decode.") as scratch:
+    # named by the process: enrolment's recovery removes only a dead process's
+    decode = f".{out.name}.decode-{os.getpid()}."
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=decode) as scratch:
         data = load_folder_dataset(
             root,
             model.image,
@@ -104,6 +100,60 @@ def build_gallery(
         )
         emb = model.embeddings(data.images)
         data.images = None  # unmapped before the scratch folder goes
+    return emb, data
+
+
+def encoder_fingerprint(encoder) -> str:
+    """SHA-256 of an encoder's architecture config and weights (every tensor's name, shape,
+    dtype and bytes, in name order): the same for a model however it was stored or loaded."""
+    h = hashlib.sha256(json.dumps(encoder.config, sort_keys=True).encode())
+    for key, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_files(root: str | Path, sources: list[str]) -> list[str | None]:
+    """Each entry's image file (absolute), to embed it again with another model; None where
+    the entry has no file of its own (a zip member)."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        return [None] * len(sources)
+    return [str(root / s) for s in sources]
+
+
+def write_gallery(out: Path, meta: dict, emb: np.ndarray, index: object | None) -> None:
+    """The gallery folder, written in a scratch folder and renamed into place (atomic_dir):
+    a reader sees the old gallery or the new one, never a mix."""
+    with atomic_dir(out) as tmp:
+        np.save(tmp / EMBEDDINGS_FILE, emb.astype(np.float32))
+        if index is not None:
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+        write_json(tmp / GALLERY_FILE, meta)
+
+
+def build_gallery(
+    root: str | Path,
+    model_uri: str,
+    out: str | Path,
+    tracking_uri: str | None = None,
+    ivf_above: int = DEFAULT_IVF_ABOVE,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    runtime: str | None = None,
+    calibrate: Callable[[object, dict], dict] | None = None,
+) -> dict:
+    """Embed every image under ``root`` (``<identity>/<image>``, or any layout prepare reads) and
+    write the gallery folder ``out`` atomically; returns its summary. ``runtime``: torch or onnx
+    (default: the package's ``serve.runtime``). ``calibrate``: given the served model and the
+    gallery's entries, those added to gallery.json in the same write (the open-set and anomaly
+    thresholds, siamese.registry.identify)."""
+
+    resolved = resolve_model_uri(model_uri, tracking_uri)
+    model = load_served_model(resolved, tracking_uri, runtime)
+    out = Path(out)
+    emb, data = embed_folder(root, model, out)
     distance = model.encoder.config["distance"]
     n = len(emb)
     kind = index_kind(distance, n, ivf_above)
@@ -118,6 +168,10 @@ def build_gallery(
         "identities": data.identities,
         "paths": data.sources,
         "root": str(Path(root).resolve()),
+        # the weights themselves, so a gallery is never searched with other weights of the same
+        # architecture (another version), and the files, so it can be embedded again
+        "encoder_sha256": encoder_fingerprint(model.encoder),
+        "files": source_files(root, data.sources),
     }
     index = None
     if kind != "brute":
@@ -128,12 +182,12 @@ def build_gallery(
             nprobe = min(nprobe or max(1, nlist // 8), nlist)
             meta.update(nlist=int(nlist), nprobe=int(nprobe))
         index = _build_faiss(x, distance, kind, nlist or 1)
-    with atomic_dir(out) as tmp:
-        np.save(tmp / EMBEDDINGS_FILE, emb.astype(np.float32))
-        if index is not None:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-        write_json(tmp / GALLERY_FILE, meta)
-    return {k: meta[k] for k in ("model", "distance", "index", "count", "dim") if k in meta} | {
+    if calibrate is not None:
+        meta.update(calibrate(model, meta))
+    with gallery_lock(out):  # readers and enrolment see the old gallery or this one
+        write_gallery(out, meta, emb, index)
+    keys = ("model", "distance", "index", "count", "dim", "open_set", "anomaly")
+    return {k: meta[k] for k in keys if k in meta} | {
         "identities": len(set(data.identities)),
         "out": str(out),
     }
@@ -147,6 +201,78 @@ def read_gallery(path: str | Path) -> dict:
     if meta.get("format") != FORMAT_VERSION:
         raise GalleryError(f"{path}: unsupported gallery format {meta.get('format')}")
     return meta
+
+
+def recover_interrupted_write(path: str | Path, writer: bool = True) -> list[str]:
+    """Undo what a killed writer of the gallery ``path`` left; call it holding the gallery's
+    lock (every write of the folder happens under the exclusive lock, so whatever a holder finds
+    is a dead writer's). When ``path`` is missing, the previous gallery parked as
+    ``.<name>.old-<pid>`` (a kill between atomic_dir's two renames) goes back: safe under the
+    shared lock too. A ``writer`` (exclusive lock) also removes parked galleries no longer
+    needed and half-written scratch folders (``.<name>.*.tmp``). Returns what it did."""
+
+    path = Path(path)
+    parent, name = path.parent, path.name
+    if not parent.is_dir():
+        return []
+    done = []
+    parked = sorted(
+        (p for p in parent.glob(f".{name}.old-*") if (p / GALLERY_FILE).is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not path.exists() and parked:
+        with contextlib.suppress(FileNotFoundError):  # a concurrent reader restored it first
+            os.replace(parked[-1], path)
+            done.append(f"restored {parked[-1].name} as {name}")
+    if writer:
+        for p in [*parent.glob(f".{name}.old-*"), *parent.glob(f".{name}.*.tmp")]:
+            if p.exists() and not p.name.startswith(f".{name}.decode-"):
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed {p.name}")
+        # images decoded by a dead process (`siamese index` decodes outside the lock)
+        for p in parent.glob(f".{name}.decode-*"):
+            pid = p.name.removeprefix(f".{name}.decode-").split(".")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed {p.name}")
+    return done
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def require_gallery(path: Path) -> None:
+    """A clear error for a folder that is no gallery, before any lock file is made beside it
+    (a gallery parked by a killed writer counts: the lock's holder restores it)."""
+    if not (path / GALLERY_FILE).is_file() and not list(path.parent.glob(f".{path.name}.old-*")):
+        read_gallery(path)  # raises, naming the folder and how to build a gallery
+
+
+def check_gallery_model(meta: dict, model, model_uri: str | None) -> None:
+    """Refuse a model other than the one that embedded the gallery (its config differs): its
+    distances to the gallery's embeddings would mean nothing."""
+    # a gallery built before colour and resize existed recorded a gray, stretched model
+    # (and before encoder_args: a built-in encoder with its defaults)
+    built_with = {"in_channels": 1, "resize": "stretch", "encoder_args": {}, **meta["model_config"]}
+    if model.encoder.config != built_with:
+        raise GalleryError(
+            f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
+            "its config differs"
+        )
+    recorded = meta.get("encoder_sha256")  # galleries built before it was recorded lack it
+    if recorded and encoder_fingerprint(model.encoder) != recorded:
+        raise GalleryError(
+            f"model {model_uri or meta['model']} is not the one that embedded the gallery "
+            f"({meta['model']}): its weights differ; rebuild the gallery with it "
+            "(siamese index) or query with the gallery's own model"
+        )
 
 
 def search_embeddings(
@@ -206,14 +332,7 @@ def search_image(
 
     meta = read_gallery(path)
     model = load_served_model(model_uri or meta["model"], tracking_uri, runtime)
-    # a gallery built before colour and resize existed recorded a gray, stretched model
-    # (and before encoder_args: a built-in encoder with its defaults)
-    built_with = {"in_channels": 1, "resize": "stretch", "encoder_args": {}, **meta["model_config"]}
-    if model.encoder.config != built_with:
-        raise GalleryError(
-            f"model {model_uri} is not the one that built the gallery ({meta['model']}): "
-            "its config differs"
-        )
+    check_gallery_model(meta, model, model_uri)
     data = read_file(image)
     arr = decode_image(data, model.image, name=str(image), max_pixels=model.max_pixels)
     query = model.embeddings(arr[None])

@@ -60,6 +60,8 @@ from siamese.registry.integrity import verify_checksums
 from siamese.registry.serving_input import EMBED_COLUMN, INPUT_COLUMNS
 
 MODES = ("pair", "embed")
+# answered by a gallery package only (siamese.registry.gallery_package): one image per row
+GALLERY_MODES = ("identify", "anomaly")
 # images decoded and embedded at once, for packages that do not say (serve.chunk_images)
 DEFAULT_CHUNK_IMAGES = 32
 # what siamese.models.encoders.preprocess does; stored in the package and checked on load
@@ -102,6 +104,11 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         encoder = load_encoder(arts["encoder"])
         preprocessing = read_json(arts["preprocessing"])
         self.setup(encoder, preprocessing, read_json(arts["calibration"]), arts.get("onnx"))
+        self.gallery = None
+        if "gallery" in arts:  # a gallery package: refused if other weights embedded it
+            from siamese.registry.gallery_package import open_served_gallery
+
+            self.gallery = open_served_gallery(arts["gallery"], self)
         guard_scoring_server(self.max_request_bytes, self.max_rows)
 
     def setup(
@@ -162,8 +169,15 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         mode = (params or {}).get("mode", "pair")
-        if mode not in MODES:
-            raise invalid_input(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+        if mode in GALLERY_MODES and getattr(self, "gallery", None) is None:
+            raise invalid_input(
+                f"mode {mode!r} needs a gallery: serve the model's gallery package "
+                "(models:/<name>-gallery@champion, see siamese register-gallery)"
+            )
+        if mode not in MODES + GALLERY_MODES:
+            raise invalid_input(
+                f"unknown mode {mode!r}; allowed: {', '.join(MODES + GALLERY_MODES)}"
+            )
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
         if not isinstance(model_input, pd.DataFrame):
@@ -181,13 +195,16 @@ class SiameseModel(mlflow.pyfunc.PythonModel):
         try:
             if mode == "embed":
                 return self._embed(model_input)
+            if mode in GALLERY_MODES:
+                emb = self._column_embeddings(model_input, [EMBED_COLUMN])
+                return self.gallery.answer(emb, mode, self.encoder)
             return self._pairs(model_input)
         except BadImageError as err:
             raise invalid_input(str(err)) from None
 
     @staticmethod
     def _columns(mode: str) -> list[str]:
-        return [EMBED_COLUMN] if mode == "embed" else list(INPUT_COLUMNS)
+        return [EMBED_COLUMN] if mode in ("embed", *GALLERY_MODES) else list(INPUT_COLUMNS)
 
     def _column_embeddings(self, frame: pd.DataFrame, columns) -> np.ndarray:
         """float64 embeddings of the images of ``columns`` (all rows of the first column, then

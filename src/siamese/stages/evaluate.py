@@ -3,7 +3,8 @@ verification team signs off: metrics with bootstrap CIs, k-fold accuracy, probab
 ROC / DET / histogram / reliability data and figures, and the hardest errors; plus the identity
 benchmarks on the test images: leave-one-out retrieval (precision@1, R-precision, MAP@R) and
 N-way K-shot episode accuracies with 95% CIs (siamese.evaluation.retrieval,
-siamese.evaluation.oneshot)."""
+siamese.evaluation.oneshot), and open-set 1:N identification (rank-1/5, FNIR at FPIR, the open-set
+DET) with the kNN-novelty AUROC of known against unseen identities (siamese.evaluation.openset)."""
 
 from __future__ import annotations
 
@@ -23,25 +24,41 @@ from siamese.data.artifacts import PreparedData, load_pairs, pairs_path
 from siamese.evaluation import metrics
 from siamese.evaluation.bootstrap import bootstrap_ci, kfold_accuracy
 from siamese.evaluation.oneshot import evaluate_episodes
-from siamese.evaluation.plots import write_evaluation_figures
-from siamese.evaluation.report import forgery_eers, report_tables, verification_statistics
+from siamese.evaluation.openset import openset_report
+from siamese.evaluation.plots import openset_det_figure, write_evaluation_figures
+from siamese.evaluation.report import (
+    forgery_eers,
+    openset_det_table,
+    report_tables,
+    verification_statistics,
+)
 from siamese.evaluation.retrieval import retrieval_metrics
 from siamese.io import atomic_dir, read_json, save_npz, write_json
 from siamese.models.loading import embed, load_encoder, pair_distances
 
 
-def identity_benchmarks(params: Params, encoder, data: PreparedData) -> dict:
-    """Retrieval and N-way K-shot episode accuracies on the test-split images (forgeries
-    excluded); N is clamped to the identities available, or a setting records why it was
-    skipped."""
+def identity_benchmarks(
+    params: Params, encoder, data: PreparedData
+) -> tuple[dict, list[tuple[float, float, float]]]:
+    """Retrieval, N-way K-shot episode accuracies and open-set identification on the test-split
+    images (forgeries excluded); N is clamped to the identities available, or a setting records
+    why it was skipped. Also the open-set DET points (FPIR, FNIR, threshold)."""
 
-    e = params.evaluate
+    e, ident = params.evaluate, params.identify
     out: dict = {}
-    if not e.retrieval and not (e.oneshot_episodes and e.oneshot_ways):
-        return out
     idx = data.indices("test", forged=False)
     labels = data.labels[idx]
     emb = embed(encoder, data.images, indices=idx).astype(np.float64)
+    out["openset"], out["anomaly"], det = openset_report(
+        encoder,
+        emb,
+        labels,
+        ident.enrolled_fraction,
+        ident.gallery_images,
+        ident.fpir_targets,
+        ident.anomaly_k,
+        params.seed,
+    )
     if e.retrieval:
         out["retrieval"] = retrieval_metrics(encoder, emb, labels)
     if e.oneshot_episodes and e.oneshot_ways:
@@ -58,7 +75,7 @@ def identity_benchmarks(params: Params, encoder, data: PreparedData) -> dict:
                     encoder, emb, labels, ways, shots, episodes, params.seed, groups, q
                 )
         out["oneshot"] = oneshot
-    return out
+    return out, det
 
 
 def run_evaluate(
@@ -80,7 +97,8 @@ def run_evaluate(
     threshold = calibration["threshold"]
     report = metrics.verification_report(d, y, threshold, e.far_targets)
     report.update(forgery_eers(d, y, pairs["kind"]))
-    report.update(identity_benchmarks(params, encoder, data))
+    identification, openset_det = identity_benchmarks(params, encoder, data)
+    report.update(identification)
     far_keys = [k for k in report if k.startswith("tar_at_far_")]
     fars = [f for f in e.far_targets if f"tar_at_far_{f:g}" in far_keys]
     if e.bootstrap_resamples:
@@ -113,6 +131,7 @@ def run_evaluate(
         write_json(tmp / "metrics.json", report)
         for name, text in report_tables(d, y, e.histogram_bins, rel).items():
             (tmp / name).write_text(text)
+        (tmp / "openset_det.csv").write_text(openset_det_table(openset_det))
         save_npz(tmp / "scores.npz", distance=d, same=y.astype(np.int8), a=pairs["a"], b=pairs["b"])
         (tmp / "figures").mkdir()
         write_evaluation_figures(
@@ -124,4 +143,6 @@ def run_evaluate(
             rel,
             hardest=(data.images, pairs, e.hardest_pairs),
         )
+        if openset_det:
+            openset_det_figure(openset_det, report["openset"], tmp / "figures" / "openset_det.png")
     return report

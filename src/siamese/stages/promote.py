@@ -177,7 +177,24 @@ def run_promote(
             client.set_model_version_tag(name, version, "previous_champion", str(champ.version))
         if chal.tags.get("rolled_back_at"):
             client.delete_model_version_tag(name, version, "rolled_back_at")
+        values.update(_reembed_gallery(client, params, name, version, Path(prepared_dir), uri))
     return record(decision, reason, **values)
+
+
+def _reembed_gallery(client, params: Params, name: str, version: str, prepared, uri) -> dict:
+    """The registered gallery embedded again by the new champion (siamese.registry
+    .gallery_package). A failure does not undo the promotion: the gallery's champion package
+    keeps serving the gallery with the weights that embedded it, and the error is recorded."""
+    from siamese.registry.gallery_package import reembed_for_champion
+
+    try:
+        done = reembed_for_champion(
+            client, name, version, prepared, params.identify, params.seed, uri
+        )
+    except Exception as err:  # noqa: BLE001 - recorded, the promotion stands
+        log.warning("gallery of %s not embedded again by v%s: %s", name, version, err)
+        return {"gallery_error": f"{type(err).__name__}: {err}"[:1000]}
+    return {"gallery": done} if done else {}
 
 
 def run_rollback(params: Params, out_dir: str | Path | None = None) -> dict:
