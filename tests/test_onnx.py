@@ -307,6 +307,16 @@ def test_verify_index_and_search_take_the_runtime(registered, tmp_path):
     assert res.exit_code == 0, res.output
     hits = json.loads(res.output)
     assert hits[0]["identity"] == "id0" and hits[0]["distance"] <= 1e-4  # a is in the gallery
+    # 1:N identification with either runtime gives the same answer
+    said = {}
+    for runtime in ("torch", "onnx"):
+        res = runner.invoke(
+            app,
+            ["identify", str(a), "--index", str(tmp_path / "g"), "--runtime", runtime, "--json"],
+        )
+        assert res.exit_code == 0, res.output
+        said[runtime] = json.loads(res.output)
+    assert said["onnx"]["identity"] == said["torch"]["identity"] == "id0", said
     res = runner.invoke(app, ["verify", str(a), str(b), "--model", uri, "--runtime", "tvm"])
     assert res.exit_code == 2 and "torch" in res.output and "onnx" in res.output
 

@@ -531,14 +531,16 @@ GalleryModelOpt = typer.Option(
 )
 
 
-def _decide(mode: str, images: list[Path], index_dir: Path, model, tracking_uri) -> list[dict]:
+def _decide(
+    mode: str, images: list[Path], index_dir: Path, model, tracking_uri, runtime
+) -> list[dict]:
     from mlflow.exceptions import MlflowException
 
     from siamese.registry.identify import decide_files
 
     try:
-        return decide_files(index_dir, images, mode, model, tracking_uri)
-    except (BadImageError, GalleryError, MlflowException, RegistryStateError) as err:
+        return decide_files(index_dir, images, mode, model, tracking_uri, _runtime(runtime))
+    except (BadImageError, GalleryError, MlflowException, RegistryStateError, ValueError) as err:
         _fail(str(err))
 
 
@@ -548,11 +550,12 @@ def identify(
     index_dir: Path = GalleryOpt,
     model: str | None = GalleryModelOpt,
     tracking_uri: str | None = TrackingOpt,
+    runtime: Runtime | None = RuntimeOpt,
     as_json: bool = typer.Option(False, "--json", help="print the answers as JSON"),
 ) -> None:
     """Who is this? The best enrolled identity and its distance, or `unknown` when the distance
     is beyond the gallery's open-set threshold (calibrated at identify.target_fpir)."""
-    answers = _decide("identify", images, index_dir, model, tracking_uri)
+    answers = _decide("identify", images, index_dir, model, tracking_uri, runtime)
     if as_json:
         typer.echo(json.dumps(answers if len(images) > 1 else answers[0], indent=2))
         return
@@ -570,12 +573,13 @@ def anomaly(
     index_dir: Path = GalleryOpt,
     model: str | None = GalleryModelOpt,
     tracking_uri: str | None = TrackingOpt,
+    runtime: Runtime | None = RuntimeOpt,
     as_json: bool = typer.Option(False, "--json", help="print the scores as JSON"),
 ) -> None:
     """Is this unlike everything known? Each image's distance to the k-th nearest gallery image
     (kNN novelty) and an alarm above the gallery's threshold (calibrated at
     identify.target_false_alarm)."""
-    answers = _decide("anomaly", images, index_dir, model, tracking_uri)
+    answers = _decide("anomaly", images, index_dir, model, tracking_uri, runtime)
     if as_json:
         typer.echo(json.dumps(answers, indent=2))
         return

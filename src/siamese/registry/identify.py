@@ -313,8 +313,14 @@ def anomaly_embeddings(path: str | Path, meta: dict, emb: np.ndarray, encoder) -
     ]
 
 
-def _gallery_model(path: Path, meta: dict, model_uri: str | None, tracking_uri: str | None):
-    model = load_served_model(model_uri or meta["model"], tracking_uri)
+def _gallery_model(
+    path: Path,
+    meta: dict,
+    model_uri: str | None,
+    tracking_uri: str | None,
+    runtime: str | None = None,
+):
+    model = load_served_model(model_uri or meta["model"], tracking_uri, runtime)
     check_gallery_model(meta, model, model_uri)
     return model
 
@@ -325,9 +331,11 @@ def decide_files(
     mode: str,
     model_uri: str | None = None,
     tracking_uri: str | None = None,
+    runtime: str | None = None,
 ) -> list[dict]:
     """``identify`` or ``anomaly`` answers for image files, under the gallery's model (or
-    ``model_uri``, which must be the same model), each naming its file."""
+    ``model_uri``, which must be the same model), each naming its file; its encoder run by
+    ``runtime`` (torch or onnx; default: the package's ``serve.runtime``)."""
 
     if mode not in DECISIONS:
         raise GalleryError(f"unknown mode {mode!r}; allowed: {', '.join(DECISIONS)}")
@@ -338,7 +346,7 @@ def decide_files(
         recover_interrupted_write(path, writer=False)
         meta = read_gallery(path)
         _thresholds(meta, "open_set" if mode == "identify" else "anomaly", path)
-        model = _gallery_model(path, meta, model_uri, tracking_uri)
+        model = _gallery_model(path, meta, model_uri, tracking_uri, runtime)
         emb = model.embeddings(query_images(model, images))
         answers = DECISIONS[mode](path, meta, emb, model.encoder)
     return [{"image": name, **a} for (name, _), a in zip(images, answers, strict=True)]
