@@ -9,9 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
-from siamese.losses.contrastive import contrastive_pair_loss
-from siamese.losses.supcon import cosine_logits
+from siamese.losses.base import PairScorer, Stats
+from siamese.losses.temperature import TemperatureLoss, cosine_logits
 from siamese.mining.online import label_masks
 
 
@@ -26,28 +25,12 @@ def ntxent_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float) -> 
     return per_pair[pos].mean()
 
 
-class NTXentLoss(Loss):
+class NTXentLoss(TemperatureLoss):
     """NT-Xent at ``temperature`` (``train.temperature``) over every positive pair of the batch
     against all of its anchor's negatives (the all_pairs selection). Explicit pairs (the
     validation pair loss) are scored with the contrastive pair loss at ``pair_margin``."""
 
     name: ClassVar[str] = "ntxent"
-    miners: ClassVar[tuple[str, ...]] = ("all_pairs",)
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        miner: str = "all_pairs",
-        pair_margin: float = 0.5,
-        pair_form: str = "squared",
-    ):
-        super().__init__(miner)
-        self.temperature = temperature
-        self.pair_margin, self.pair_form = pair_margin, pair_form
-
-    @classmethod
-    def from_params(cls, train: LossSettings) -> NTXentLoss:
-        return cls(train.temperature, train.miner, train.margin, train.contrastive_form)
 
     def reference(
         self, emb: torch.Tensor, labels: torch.Tensor, encoder: PairScorer | None = None
@@ -55,10 +38,3 @@ class NTXentLoss(Loss):
         pos, neg = label_masks(labels)
         stats = {"mined_pos": int(pos.sum()) // 2, "mined_neg": int(neg.sum()) // 2}
         return ntxent_loss(emb, labels, self.temperature), stats
-
-    def explicit_pair_loss(
-        self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
-    ) -> torch.Tensor:
-        return contrastive_pair_loss(
-            encoder.pair_distance(a, b), same, self.pair_margin, self.pair_form
-        )

@@ -9,8 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
-from siamese.losses.contrastive import contrastive_pair_loss
+from siamese.losses.base import PairScorer, Stats
+from siamese.losses.temperature import TemperatureLoss
 
 
 def prototypical_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -33,7 +33,7 @@ def prototypical_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: floa
     return torch.nn.functional.cross_entropy(logits[query], inverse[query])
 
 
-class PrototypicalLoss(Loss):
+class PrototypicalLoss(TemperatureLoss):
     """Snell et al.'s prototypical loss at ``temperature`` (``train.temperature``) over the
     batch's classes (the all_pairs selection: every image against every prototype). Explicit
     pairs (the validation pair loss) are scored with the contrastive pair loss at
@@ -41,22 +41,6 @@ class PrototypicalLoss(Loss):
     metric the prototypes are compared with."""
 
     name: ClassVar[str] = "prototypical"
-    miners: ClassVar[tuple[str, ...]] = ("all_pairs",)
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        miner: str = "all_pairs",
-        pair_margin: float = 0.5,
-        pair_form: str = "squared",
-    ):
-        super().__init__(miner)
-        self.temperature = temperature
-        self.pair_margin, self.pair_form = pair_margin, pair_form
-
-    @classmethod
-    def from_params(cls, train: LossSettings) -> PrototypicalLoss:
-        return cls(train.temperature, train.miner, train.margin, train.contrastive_form)
 
     def reference(
         self, emb: torch.Tensor, labels: torch.Tensor, encoder: PairScorer | None = None
@@ -64,10 +48,3 @@ class PrototypicalLoss(Loss):
         counts = torch.unique(labels, return_counts=True)[1]
         stats = {"ways": len(counts), "queries": int(counts[counts > 1].sum())}
         return prototypical_loss(emb, labels, self.temperature), stats
-
-    def explicit_pair_loss(
-        self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
-    ) -> torch.Tensor:
-        return contrastive_pair_loss(
-            encoder.pair_distance(a, b), same, self.pair_margin, self.pair_form
-        )

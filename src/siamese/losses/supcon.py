@@ -8,15 +8,9 @@ from typing import ClassVar
 
 import torch
 
-from siamese.losses.base import Loss, LossSettings, PairScorer, Stats
-from siamese.losses.contrastive import contrastive_pair_loss
+from siamese.losses.base import PairScorer, Stats
+from siamese.losses.temperature import TemperatureLoss, cosine_logits
 from siamese.mining.online import label_masks
-
-
-def cosine_logits(emb: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, B) cosine similarities divided by the temperature: the softmax losses' logits."""
-    x = torch.nn.functional.normalize(emb, dim=1)
-    return x @ x.T / temperature
 
 
 def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,28 +29,12 @@ def supcon_loss(emb: torch.Tensor, labels: torch.Tensor, temperature: float) -> 
     return -per_anchor.mean()
 
 
-class SupConLoss(Loss):
+class SupConLoss(TemperatureLoss):
     """Supervised contrastive loss at ``temperature`` (``train.temperature``); every pair of the
     batch takes part (the all_pairs selection). Explicit pairs (the validation pair loss) are
     scored with the contrastive pair loss at ``pair_margin``."""
 
     name: ClassVar[str] = "supcon"
-    miners: ClassVar[tuple[str, ...]] = ("all_pairs",)
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        miner: str = "all_pairs",
-        pair_margin: float = 0.5,
-        pair_form: str = "squared",
-    ):
-        super().__init__(miner)
-        self.temperature = temperature
-        self.pair_margin, self.pair_form = pair_margin, pair_form
-
-    @classmethod
-    def from_params(cls, train: LossSettings) -> SupConLoss:
-        return cls(train.temperature, train.miner, train.margin, train.contrastive_form)
 
     def reference(
         self, emb: torch.Tensor, labels: torch.Tensor, encoder: PairScorer | None = None
@@ -64,10 +42,3 @@ class SupConLoss(Loss):
         pos, neg = label_masks(labels)
         stats = {"mined_pos": int(pos.sum()) // 2, "mined_neg": int(neg.sum()) // 2}
         return supcon_loss(emb, labels, self.temperature), stats
-
-    def explicit_pair_loss(
-        self, encoder: PairScorer, a: torch.Tensor, b: torch.Tensor, same: torch.Tensor
-    ) -> torch.Tensor:
-        return contrastive_pair_loss(
-            encoder.pair_distance(a, b), same, self.pair_margin, self.pair_form
-        )
