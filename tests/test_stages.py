@@ -84,6 +84,7 @@ def test_all_stages_on_faces_then_champion_gate(faces_params, project):
         "distance_hist.png",
         "reliability.png",
         "hardest_errors.png",
+        "openset_det.png",  # 1:N identification, FNIR against FPIR
     }
 
     # the served model decides on real face pairs and names malformed input
