@@ -420,3 +420,19 @@ def test_a_package_served_with_the_onnx_runtime_answers_over_http_as_torch(regis
     by_torch = expected.predict(None, frame)
     np.testing.assert_allclose(served["distance"], by_torch["distance"], atol=PARITY_TOLERANCE)
     assert list(served["match"]) == list(by_torch["match"])
+
+
+def test_the_export_says_nothing_of_the_exporter_internals(tmp_path, caplog):
+    """Each exporter pass logs (onnx_ir: "Removed 37 unused nodes", ...) and torch warns about
+    torchvision kernels it skips: none of it reaches a user's log (``--verbose`` shows it)."""
+    import logging
+    import warnings
+
+    caplog.set_level(logging.INFO)  # what a stage logs
+    net = SiameseEncoder("conv4", 16, 8, 4, True).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(net, tmp_path, real_images(8, 16, 16, 1))
+    chatter = [r for r in caplog.records if not r.name.startswith("siamese")]
+    assert not chatter, [f"{r.name}: {r.getMessage()}" for r in chatter[:5]]
+    assert not caught, [str(w.message) for w in caught[:5]]

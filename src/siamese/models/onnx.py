@@ -44,7 +44,7 @@ ENCODER_FILE, DISTANCE_FILE, INFO_FILE = "encoder.onnx", "distance.onnx", "onnx.
 IMAGES_INPUT, EMBEDDING_OUTPUT = "images", "embedding"
 PAIR_INPUTS, DISTANCE_OUTPUT = ("a", "b"), "distance"
 # the exporter's notices about itself (and about torchvision ops a Siamese encoder never uses)
-_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript")
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
 
 
 class _Images(nn.Module):
