@@ -11,13 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import mlflow
-
 from siamese.errors import RegistryStateError
 from siamese.io import atomic_dir, read_json, write_json
 from siamese.models.onnx import DISTANCE_FILE, ENCODER_FILE, INFO_FILE, exported, read_info
 from siamese.registry.integrity import file_sha256
-from siamese.registry.loading import missing_files_error, resolve_model_uri, verify_package
+from siamese.registry.loading import checked_package, is_remote, resolve_model_uri
 from siamese.registry.package import ONNX_DIR
 from siamese.registry.tracking import tracking_uri as default_tracking_uri
 
@@ -37,23 +35,10 @@ def export_model(
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
     tracking_uri = tracking_uri or default_tracking_uri()
-    remote = "://" in str(uri) or str(uri).startswith(("models:", "runs:"))
-    resolved = resolve_model_uri(str(uri), tracking_uri) if remote else str(uri)
+    resolved = resolve_model_uri(str(uri), tracking_uri) if is_remote(uri) else str(uri)
     with tempfile.TemporaryDirectory(prefix="siamese-export-") as tmp:
-        local = Path(uri)
-        if remote:
-            try:
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=resolved, dst_path=tmp, tracking_uri=tracking_uri
-                    )
-                )
-            except Exception as err:
-                problem = missing_files_error(resolved, tracking_uri)
-                if problem is None:
-                    raise
-                raise problem from err
-        digest = verify_package(local, resolved, tracking_uri)  # refuses an altered package
+        # downloaded and checked: an altered package is refused
+        local, digest = checked_package(resolved, tracking_uri, tmp)
         arts = local / "artifacts"
         onnx_dir = arts / ONNX_DIR
         if not exported(onnx_dir):

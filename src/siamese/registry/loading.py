@@ -97,6 +97,34 @@ def verify_package(model_dir: str | Path, uri: str, tracking_uri: str) -> str:
     return digest
 
 
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names a logged or registered model rather than a local folder."""
+    return "://" in str(uri) or str(uri).startswith(("models:", "runs:"))
+
+
+def checked_package(uri: str, tracking_uri: str, dst: str | Path | None = None) -> tuple[Path, str]:
+    """The folder of a model URI's package (downloaded into ``dst``, default a new temporary
+    folder that is kept; a local folder as it is), checked by :func:`verify_package`, and its
+    model digest. A registered version whose files are gone raises a ``RegistryStateError``
+    naming the repair."""
+    try:
+        local = Path(uri)
+        if is_remote(uri):
+            dst = dst or tempfile.mkdtemp(prefix="siamese-model-")
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri
+                )
+            )
+        return local, verify_package(local, uri, tracking_uri)
+    except Exception as err:
+        # a file gone from the store (an altered package too) is named with its repair
+        problem = missing_files_error(uri, tracking_uri)
+        if problem is None:
+            raise
+        raise problem from err
+
+
 def load_pyfunc(uri: str, tracking_uri: str | None = None) -> tuple[mlflow.pyfunc.PyFuncModel, str]:
     """The pyfunc model of a model URI or folder, checked (:func:`verify_package`) before it is
     loaded, with its model digest. A registered version whose files are gone raises a
@@ -104,21 +132,12 @@ def load_pyfunc(uri: str, tracking_uri: str | None = None) -> tuple[mlflow.pyfun
     tracking_uri = tracking_uri or default_tracking_uri()
     uri = str(uri)
     with active_tracking_uri(tracking_uri):
+        # the download is kept (as mlflow.pyfunc.load_model keeps its own): the loaded model's
+        # code paths stay importable
+        local, digest = checked_package(uri, tracking_uri)
         try:
-            local = Path(uri)
-            if "://" in uri or uri.startswith(("models:", "runs:")):
-                # kept (as mlflow.pyfunc.load_model keeps its own download): the loaded model's
-                # code paths stay importable
-                dst = tempfile.mkdtemp(prefix="siamese-model-")
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=uri, dst_path=dst, tracking_uri=tracking_uri
-                    )
-                )
-            digest = verify_package(local, uri, tracking_uri)
             return mlflow.pyfunc.load_model(str(local)), digest
         except Exception as err:
-            # a file gone from the store (an altered package too) is named with its repair
             problem = missing_files_error(uri, tracking_uri)
             if problem is None:
                 raise
