@@ -165,14 +165,5 @@ def load_registered_encoder(uri: str | Path, tracking_uri: str | None = None) ->
         raise FileNotFoundError(f"{uri}: neither a model URI nor a folder holding model.json")
     tracking_uri = tracking_uri or default_tracking_uri()
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=str(uri), dst_path=tmp, tracking_uri=tracking_uri
-            )
-            verify_package(path, str(uri), tracking_uri)
-            return load_encoder(Path(path) / "artifacts" / "encoder")
-        except Exception as err:
-            problem = missing_files_error(str(uri), tracking_uri)
-            if problem is None:
-                raise
-            raise problem from err
+        local, _ = checked_package(str(uri), tracking_uri, tmp)
+        return load_encoder(local / "artifacts" / "encoder")
